@@ -1,0 +1,1 @@
+"""Bundled YAML configs (data, not code): ``anymae configs`` lists them."""

@@ -1,0 +1,67 @@
+"""Checkpoint files: atomic writes, safe reads.
+
+Every write goes to a temporary file in the same folder, is flushed to disk and then renamed over the
+target, so a crash never leaves a half-written checkpoint under the final name. Every read uses
+``torch.load(weights_only=True)``: a file that would run code when unpickled is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CheckpointError", "read_checkpoint", "write_checkpoint"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read, is unsafe, or does not match the model."""
+
+
+def write_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """Atomically write ``payload`` with ``torch.save`` (temp file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with errors that name the file.
+
+    ``argparse.Namespace`` (the ``args`` entry of official MAE trainer checkpoints) is allowed: it is
+    plain data. Anything else that is not tensors and containers is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"refusing to load {path}: it is not plain tensors and containers and could run code when "
+            f"unpickled (torch.load weights_only=True said: {first})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,158 @@
+"""The ``anymae`` command line: pretrain, visualize, plugins, configs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "demo_image"  # `anymae pretrain` with no argument: the embedded image demo
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    from .engine import NonFiniteLossError
+
+    warnings.simplefilter("default")
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, FileNotFoundError, KeyError, OSError) as exc:
+        print(f"anymae {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """DataLoader workers re-raise with the worker's traceback in the message: keep its last line."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "Traceback" in text:
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(line.strip() for line in lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anymae", description="Masked-autoencoder pre-training for any modality.")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("pretrain", help="pre-train an MAE (no CONFIG: the embedded image demo)")
+    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="a YAML file or a bundled config name")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=10")
+    p.add_argument("--resume", help="a checkpoint to continue from, or 'auto' for the newest in the run folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("visualize", help="reconstruction figure of a checkpoint on input files")
+    p.add_argument("checkpoint", help="anymae checkpoint, official MAE .pth, or Hugging Face ViTMAE folder")
+    p.add_argument("inputs", nargs="+", help="input files (images for the image modality)")
+    p.add_argument("-o", "--output", default="reconstruction.png", help="PNG to write")
+    p.add_argument("--mask-ratio", type=float, default=None, help="default: the model's")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
+    p.set_defaults(func=_visualize)
+
+    p = sub.add_parser("plugins", help="list plugins: what each registers, distribution, version, status")
+    p.add_argument("--verbose", "-v", action="store_true", help="also the hooks each plugin implements")
+    p.set_defaults(func=_plugins)
+
+    p = sub.add_parser("configs", help="list the bundled configs")
+    p.set_defaults(func=_configs)
+    return parser
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine import pretrain
+
+    cfg = load_config(args.config, args.overrides)
+    print(f"anymae pretrain: config {cfg.name!r}, modality {cfg.model.modality!r}")
+    result = pretrain(cfg, resume=args.resume, progress=not args.no_progress)
+    print(f"\nfinished: last-epoch training loss {result.train_loss:.4f}")
+    if result.heldout_loss is not None:
+        ratio = result.heldout_loss / result.baseline_loss if result.baseline_loss else float("nan")
+        print(
+            f"held-out masked-patch loss {result.heldout_loss:.4f} vs {result.baseline_loss:.4f} for the trivial "
+            f"baseline (each patch predicted by its own mean): {ratio:.2f}x"
+        )
+    print(f"run folder:      {result.run_dir}")
+    print(f"checkpoint:      {result.checkpoint}")
+    print(f"metrics:         {result.metrics}")
+    print(f"resolved config: {result.run_dir / 'config.yaml'}")
+    if result.figure is not None:
+        print(f"reconstructions: {result.figure}")
+    return 0
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    import torch
+
+    from anymae.plugins import get_registry
+
+    from .checkpoint import read_checkpoint
+    from .config import from_dict, resolve_model_config
+    from .loading import CHECKPOINT_FORMAT, load_model
+
+    model = load_model(args.checkpoint)
+    model.eval()
+    model_cfg = resolve_model_config(model.config["model"])
+    modality = get_registry().modality(model_cfg.modality)
+    data_raw = {}  # official and Hugging Face models: the modality's default normalization
+    if Path(args.checkpoint).is_file():
+        payload = read_checkpoint(args.checkpoint)
+        if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+            data_raw = payload["config"].get("data") or {}
+    data_cfg = from_dict(modality.data_config, data_raw, "data")
+    inputs = modality.load_inputs(args.inputs, data_cfg, model_cfg.tokenizer)
+    generator = torch.Generator().manual_seed(args.seed)
+    noise = torch.rand(inputs.shape[0], model.tokenizer.num_tokens, generator=generator)
+    with torch.no_grad():
+        loss, pred, mask = model(inputs, noise=noise, mask_ratio=args.mask_ratio)
+    out = modality.render_reconstruction(
+        inputs=inputs,
+        pred=pred,
+        mask=mask,
+        tokenizer=model.tokenizer,
+        norm_pix_loss=model.norm_pix_loss,
+        data=data_cfg,
+        path=args.output,
+    )
+    print(f"masked-patch loss {loss.item():.4f}; wrote {out}")
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from anymae.plugins import get_registry
+
+    registry = get_registry()
+    rows = [("plugin", "registers", "distribution", "version", "status")]
+    for info in registry.plugins.values():
+        status = info.status if info.status != "broken" else f"broken: {info.error}"
+        rows.append((info.name, ", ".join(info.registers) or "-", info.distribution or "-", info.version or "-", status))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+        info = registry.plugins.get(row[0])
+        if args.verbose and info is not None:
+            print("    hooks: " + (", ".join(info.hooks) or "-"))
+    return 0
+
+
+def _configs(args: argparse.Namespace) -> int:
+    from .config import bundled_configs
+
+    for name, summary in bundled_configs().items():
+        print(f"{name:<24} {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

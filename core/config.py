@@ -1,0 +1,320 @@
+"""Configs are data: YAML validated into typed dataclasses, with ``key.sub=value`` overrides.
+
+The core sections (``model``, ``optim``, ``train``) are dataclasses here; the modality-specific
+sections (``model.tokenizer`` and ``data``) are validated against the dataclasses the modality declares.
+Every mistake is reported before any work starts, naming the key and, for typos, the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "bundled_configs",
+    "config_to_dict",
+    "from_dict",
+    "load_config",
+    "read_config_source",
+    "resolve_config",
+    "resolve_model_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type or an out-of-range value."""
+
+
+@dataclass
+class ModelConfig:
+    """The MAE architecture; the defaults are ``mae_vit_base_patch16`` (reference section 1)."""
+
+    modality: str = "image"
+    tokenizer: Any = field(default_factory=dict)  # validated against the modality's tokenizer_config
+    masking: str = "random"
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = False  # the official code's default; the paper's configs turn it on
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    decoder_mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6  # official MAE; Hugging Face ViTMAE uses 1e-12
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        for name in ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_num_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.decoder_depth < 0:
+            raise ValueError(f"decoder_depth must be >= 0, got {self.decoder_depth}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.decoder_embed_dim % self.decoder_num_heads:
+            raise ValueError(
+                f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by "
+                f"decoder_num_heads {self.decoder_num_heads}"
+            )
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with the paper's pre-training values (reference section 2)."""
+
+    blr: float = 1.5e-4  # base lr: lr = blr * effective_batch / 256
+    lr: float | None = None  # absolute lr; when set, the blr rule is not applied
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_epochs: float = 40
+
+    def __post_init__(self) -> None:
+        if self.blr <= 0 or (self.lr is not None and self.lr <= 0):
+            raise ValueError("blr and lr must be positive")
+        if self.warmup_epochs < 0 or self.min_lr < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_epochs, min_lr and weight_decay must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop. ``batch_size`` is per device; effective batch = batch_size x accum_iter x devices."""
+
+    epochs: int = 800
+    batch_size: int = 64
+    accum_iter: int = 1
+    num_workers: int = 10
+    pin_memory: bool = True
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["fp32", "bf16"] = "fp32"
+    output_dir: str = "runs"
+    run_name: str | None = None  # default: the config's name
+    save_every_epochs: int = 20
+    log_every_steps: int = 10
+    max_bad_fraction: float = 0.01  # stop cleanly when more than this fraction of samples fail to load
+    heldout_batches: int = 4  # batches of the held-out split for the final masked-patch loss
+    figure_samples: int = 4  # held-out samples drawn in the reconstruction figure
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "accum_iter", "save_every_epochs", "log_every_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_workers < 0 or self.heldout_batches < 0 or self.figure_samples < 0:
+            raise ValueError("num_workers, heldout_batches and figure_samples must be >= 0")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+
+
+@dataclass
+class Config:
+    """A whole run: ``model``, ``data`` (the modality's data_config), ``optim``, ``train``."""
+
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: Any = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --- validation ---------------------------------------------------------------------------------------
+def from_dict(cls: type, raw: Any, where: str) -> Any:
+    """Validate ``raw`` (a mapping) into dataclass ``cls``; ``where`` is the dotted key for messages."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {where or 'file'} must be a mapping, got {type(raw).__name__}: {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            match = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {match[0]!r}?" if match else ""
+            raise ConfigError(
+                f"unknown config key {dotted!r}{hint} Valid keys in {where or 'the top level'}: {', '.join(fields)}"
+            )
+        kwargs[key] = _check(value, hints[key], dotted)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"config {where or 'file'}: {exc}") from None
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _check(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config {key}: {value!r} matches none of {_type_name(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"config {key}: expected null, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"config {key}: {value!r} is not one of {', '.join(map(repr, args))}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple or tp is tuple:
+        if isinstance(value, (list, tuple)):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_check(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+            if not args:
+                return tuple(value)
+            if len(value) != len(args):
+                raise ConfigError(f"config {key}: expected {len(args)} values, got {len(value)}: {value!r}")
+            return tuple(_check(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, args, strict=True)))
+    elif origin is list or tp is list:
+        if isinstance(value, (list, tuple)):
+            return [_check(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    elif origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    else:
+        raise TypeError(f"config field {key} has an unsupported annotation {tp!r}")
+    raise ConfigError(f"config {key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+# --- sources, overrides, resolution ----------------------------------------------------------------
+def bundled_configs() -> dict[str, str]:
+    """Name -> first comment line of every YAML config shipped in ``anymae.configs``."""
+    out = {}
+    for entry in sorted(resources.files("anymae.configs").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            first = entry.read_text().splitlines()[0] if entry.read_text() else ""
+            out[entry.name[: -len(".yaml")]] = first.lstrip("# ").strip()
+    return out
+
+
+def read_config_source(source: str | Path) -> tuple[str, dict[str, Any]]:
+    """A path to a YAML file, or the name of a bundled config -> (name, raw mapping)."""
+    path = Path(source)
+    if path.is_file():
+        text, name = path.read_text(), path.stem
+    else:
+        bundled = resources.files("anymae.configs") / f"{source}.yaml"
+        if not bundled.is_file():
+            names = list(bundled_configs())
+            match = difflib.get_close_matches(str(source), names, n=1)
+            hint = f" (did you mean {match[0]!r}?)" if match else ""
+            raise ConfigError(
+                f"config {str(source)!r} is neither a file nor a bundled config{hint}; bundled: {', '.join(names)}"
+            )
+        text, name = bundled.read_text(), str(source)
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {source}: invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {source}: the top level must be a mapping")
+    raw.setdefault("name", name)
+    return name, raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested mapping, in place."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(text) if text else ""
+    return raw
+
+
+def resolve_config(raw: dict[str, Any], registry: Any = None) -> Config:
+    """Validate a raw mapping into a :class:`Config`, including the modality's own sections."""
+    if registry is None:
+        from anymae.plugins import get_registry
+
+        registry = get_registry()
+    raw = dict(raw)
+    model_raw = raw.pop("model", None)
+    data_raw = raw.pop("data", None)
+    cfg = from_dict(Config, raw, "")
+    cfg.model = resolve_model_config(model_raw, registry)
+    cfg.data = from_dict(registry.modality(cfg.model.modality).data_config, data_raw, "data")
+    return cfg
+
+
+def resolve_model_config(raw: Any, registry: Any = None) -> ModelConfig:
+    """The ``model`` section (plain data, e.g. from a checkpoint) -> ModelConfig with the modality's tokenizer config."""
+    if registry is None:
+        from anymae.plugins import get_registry
+
+        registry = get_registry()
+    raw = dict(raw or {})
+    tokenizer_raw = raw.pop("tokenizer", None)
+    cfg = from_dict(ModelConfig, raw, "model")
+    try:
+        modality = registry.modality(cfg.modality)
+        registry.masking_strategy(cfg.masking)
+    except KeyError as exc:
+        raise ConfigError(f"config model: {exc.args[0]}") from None
+    cfg.tokenizer = from_dict(modality.tokenizer_config, tokenizer_raw, "model.tokenizer")
+    return cfg
+
+
+def load_config(source: str | Path, overrides: Sequence[str] = (), registry: Any = None) -> Config:
+    """Read a YAML file or bundled config, apply overrides and validate everything."""
+    _, raw = read_config_source(source)
+    return resolve_config(apply_overrides(raw, overrides), registry)
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """A config (or any part of it) as plain data: dicts, lists, str, numbers, bools, None."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [config_to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: config_to_dict(v) for k, v in cfg.items()}
+    return cfg

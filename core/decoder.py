@@ -1,0 +1,59 @@
+"""The MAE decoder: one shared mask token, unshuffle, its own fixed positions, a per-patch prediction head."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from .masking import gather_tokens
+from .pos_embed import with_cls_slot
+
+__all__ = ["MaskedDecoder"]
+
+
+class MaskedDecoder(nn.Module):
+    """Linear D -> D_dec, mask tokens, unshuffle, positions, blocks, LayerNorm, Linear D_dec -> P."""
+
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        out_dim: int,
+        pos_table: Tensor,
+        norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+        block_fn: Callable[..., nn.Module] = Block,
+        qkv_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if pos_table.shape[1] != embed_dim:
+            raise ValueError(f"position table width {pos_table.shape[1]} != decoder width {embed_dim}")
+        self.embed = nn.Linear(in_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.register_buffer("pos_embed", with_cls_slot(pos_table), persistent=False)  # (1, 1+L, D_dec)
+        self.blocks = nn.ModuleList(
+            block_fn(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, norm_layer=norm_layer)
+            for _ in range(depth)
+        )
+        self.norm = norm_layer(embed_dim)
+        self.pred = nn.Linear(embed_dim, out_dim)
+
+    def forward(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
+        """latent: (N, 1 + L_vis, D), ids_restore: (N, L) -> pred (N, L, P) in the original token order."""
+        x = self.embed(latent)  # (N, 1 + L_vis, D_dec)
+        n, num_tokens = ids_restore.shape
+        mask_tokens = self.mask_token.expand(n, num_tokens + 1 - x.shape[1], -1)  # (N, L - L_vis, D_dec)
+        body = torch.cat([x[:, 1:], mask_tokens], dim=1)  # (N, L, D_dec), shuffled order
+        body = gather_tokens(body, ids_restore)  # (N, L, D_dec), original order
+        x = torch.cat([x[:, :1], body], dim=1) + self.pos_embed  # (N, 1 + L, D_dec)
+        for block in self.blocks:
+            x = block(x)
+        x = self.pred(self.norm(x))  # (N, 1 + L, P)
+        return x[:, 1:]  # drop the CLS slot

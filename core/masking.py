@@ -1,0 +1,95 @@
+"""Random masking exactly as MAE (reference section 1), and the interface of masking strategies.
+
+A masking strategy decides *which* tokens are removed by returning a per-token ``noise``: tokens are
+sorted by it ascending and the first ``len_keep`` are kept. The paper's random masking is uniform noise;
+structured strategies (tube, block, time/frequency) shape the noise instead. Everything downstream
+(gathers, unshuffle, the binary mask) is shared.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "MaskingStrategy",
+    "gather_tokens",
+    "keep_count",
+    "noise_from_mask",
+    "random_masking",
+    "shuffle_from_noise",
+]
+
+
+class MaskingStrategy(Protocol):
+    """``strategy(batch=N, grid=(..), mask_ratio=r, device=dev, generator=g) -> (noise (N, L), len_keep)``."""
+
+    def __call__(
+        self,
+        *,
+        batch: int,
+        grid: tuple[int, ...],
+        mask_ratio: float,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, int]: ...
+
+
+def keep_count(num_tokens: int, mask_ratio: float) -> int:
+    """``int(L * (1 - mask_ratio))``: 49 of 196 at 0.75, as the official code rounds."""
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    len_keep = int(num_tokens * (1 - mask_ratio))
+    if len_keep < 1:
+        raise ValueError(f"mask_ratio {mask_ratio} keeps no token of {num_tokens}")
+    return len_keep
+
+
+def random_masking(
+    *,
+    batch: int,
+    grid: tuple[int, ...],
+    mask_ratio: float,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, int]:
+    """The paper's per-sample random masking: noise ~ U(0, 1) of shape (N, L)."""
+    num_tokens = 1
+    for g in grid:
+        num_tokens *= g
+    noise = torch.rand(batch, num_tokens, device=device, generator=generator)  # (N, L)
+    return noise, keep_count(num_tokens, mask_ratio)
+
+
+def noise_from_mask(mask: Tensor) -> tuple[Tensor, int]:
+    """A forced boolean mask (N, L), True = removed, as (noise, len_keep) for ``shuffle_from_noise``."""
+    if mask.dtype != torch.bool or mask.ndim != 2:
+        raise ValueError(f"mask must be a bool tensor (N, L), got {mask.dtype} {tuple(mask.shape)}")
+    removed = mask.sum(dim=1)
+    if not bool((removed == removed[0]).all()):
+        raise ValueError(f"mask must remove the same number of tokens per row, got {removed.tolist()}")
+    len_keep = mask.shape[1] - int(removed[0])
+    if len_keep < 1:
+        raise ValueError("mask removes every token")
+    return mask.float(), len_keep
+
+
+def shuffle_from_noise(noise: Tensor, len_keep: int) -> tuple[Tensor, Tensor, Tensor]:
+    """noise (N, L) -> ids_keep (N, L_vis), ids_restore (N, L), mask (N, L) float with 1 = removed.
+
+    Small noise is kept. A stable sort keeps ties (forced masks, tubes) in token order.
+    """
+    ids_shuffle = torch.argsort(noise, dim=1, stable=True)  # (N, L)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)  # (N, L)
+    ids_keep = ids_shuffle[:, :len_keep]  # (N, L_vis)
+    mask = torch.ones_like(noise, dtype=torch.float32)
+    mask[:, :len_keep] = 0
+    mask = torch.gather(mask, 1, ids_restore)  # (N, L) back in the original token order
+    return ids_keep, ids_restore, mask
+
+
+def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
+    """x (N, L, D), ids (N, K) -> (N, K, D). ``expand`` makes a view, not a copy like ``repeat``."""
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

@@ -1,0 +1,56 @@
+"""The modality interface: what a plugin registers so that the core can train on a new kind of data."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .tokenizer import Tokenizer
+
+__all__ = ["Modality"]
+
+
+class Modality(ABC):
+    """A kind of data: its config sections, tokenizer, datasets, input loader and reconstruction figure.
+
+    ``tokenizer_config`` and ``data_config`` are dataclasses; the config loader validates the YAML
+    sections ``model.tokenizer`` and ``data`` against them (unknown keys, types, ``__post_init__`` checks)
+    and hands the instances to the methods below.
+    """
+
+    name: ClassVar[str]
+    tokenizer_config: ClassVar[type]
+    data_config: ClassVar[type]
+
+    @abstractmethod
+    def build_tokenizer(self, config: Any, *, embed_dim: int) -> Tokenizer:
+        """A tokenizer producing ``embed_dim``-wide tokens, from a ``tokenizer_config`` instance."""
+
+    @abstractmethod
+    def build_dataset(self, data: Any, tokenizer: Any, *, split: str) -> Dataset | None:
+        """The pre-training dataset for ``split`` ("train" or "heldout"); items are input tensors (or
+        ``(input, label)`` pairs, whose label is ignored). ``None`` when the data has no such split.
+        Raise ``FileNotFoundError``/``ValueError`` naming the config key for missing or empty data."""
+
+    @abstractmethod
+    def load_inputs(self, paths: Sequence[str | Path], data: Any, tokenizer: Any) -> Tensor:
+        """Files -> one model-ready batch with the evaluation transform (for ``anymae visualize``)."""
+
+    @abstractmethod
+    def render_reconstruction(
+        self,
+        *,
+        inputs: Tensor,
+        pred: Tensor,
+        mask: Tensor,
+        tokenizer: Tokenizer,
+        norm_pix_loss: bool,
+        data: Any,
+        path: str | Path,
+    ) -> Path:
+        """Write a figure of inputs (N, ...), predictions (N, L, P) and mask (N, L) to ``path``."""

@@ -1,0 +1,150 @@
+"""MaskedAutoencoder: tokenizer -> random masking -> visible-only encoder -> mask-token decoder -> masked loss.
+
+The forward pass is split into the paper's stages (``forward_encoder``, ``forward_decoder``,
+``forward_loss``) and follows the official conventions: ``pred (N, L, P)`` in the tokenizer's patch order
+and a float ``mask (N, L)`` with 1 = removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from .decoder import MaskedDecoder
+from .encoder import MaskedEncoder
+from .loss import masked_mse, normalize_patches
+from .masking import MaskingStrategy, keep_count, noise_from_mask, random_masking, shuffle_from_noise
+from .tokenizer import Tokenizer
+
+__all__ = ["MaskedAutoencoder"]
+
+
+class MaskedAutoencoder(nn.Module):
+    """An MAE for any modality whose tokenizer implements :class:`Tokenizer`.
+
+    ``decoder=None`` gives an encoder-only model (e.g. loaded from ``mae_pretrain_vit_base.pth``): it can
+    ``encode`` but not compute the reconstruction loss.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer: Tokenizer,
+        encoder: MaskedEncoder,
+        decoder: MaskedDecoder | None,
+        masking: MaskingStrategy = random_masking,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = False,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.decoder = decoder
+        self.masking = masking
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        # Plain data describing how to rebuild this model (saved in checkpoints); not used by forward.
+        self.config: dict[str, Any] = dict(config or {})
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Official MAE init: xavier-uniform Linear weights (qkv fused), zero biases, LayerNorm 1/0,
+        cls and mask tokens N(0, 0.02). The tokenizer initialises itself (e.g. its Conv as a Linear)."""
+        nn.init.normal_(self.encoder.cls_token, std=0.02)
+        if self.decoder is not None:
+            nn.init.normal_(self.decoder.mask_token, std=0.02)
+        for part in (self.encoder, self.decoder):
+            if part is not None:
+                part.apply(_init_linear_and_norm)
+
+    # --- the paper's stages -----------------------------------------------------------------------------
+    def forward_encoder(
+        self,
+        x: Tensor,
+        *,
+        mask_ratio: float | None = None,
+        noise: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x -> latent (N, 1 + L_vis, D), mask (N, L) float 1 = removed, ids_restore (N, L)."""
+        tokens = self.tokenizer(x)  # (N, L, D)
+        noise, len_keep = self._mask_noise(tokens, mask_ratio=mask_ratio, noise=noise, mask=mask)
+        ids_keep, ids_restore, mask_out = shuffle_from_noise(noise, len_keep)
+        latent = self.encoder(tokens, ids_keep)  # (N, 1 + L_vis, D)
+        return latent, mask_out, ids_restore
+
+    def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
+        """latent (N, 1 + L_vis, D), ids_restore (N, L) -> pred (N, L, P)."""
+        if self.decoder is None:
+            raise RuntimeError(
+                "this model has no decoder (it was built or loaded encoder-only); "
+                "use model.encode(x) for features, or load a checkpoint that has decoder weights"
+            )
+        return self.decoder(latent, ids_restore)
+
+    def forward_target(self, x: Tensor) -> Tensor:
+        """x -> target (N, L, P): the tokenizer's patches, normalized per patch with ``norm_pix_loss``."""
+        target = self.tokenizer.patchify(x)  # (N, L, P)
+        if self.norm_pix_loss:
+            target = normalize_patches(target)[0]
+        return target
+
+    def forward_loss(self, x: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
+        """Mean over removed tokens of the per-token MSE between pred (N, L, P) and the target."""
+        return masked_mse(pred, self.forward_target(x), mask)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask_ratio: float | None = None,
+        noise: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x -> (loss, pred (N, L, P), mask (N, L) float, 1 = removed).
+
+        ``noise (N, L)`` fixes the mask exactly as the official code does for the same noise;
+        ``mask (N, L)`` bool, True = removed, the same count per row, forces a given mask.
+        """
+        latent, mask_out, ids_restore = self.forward_encoder(x, mask_ratio=mask_ratio, noise=noise, mask=mask)
+        pred = self.forward_decoder(latent, ids_restore)
+        loss = self.forward_loss(x, pred, mask_out)
+        return loss, pred, mask_out
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Features with no masking: x -> (N, 1 + L, D), CLS first, after the final LayerNorm.
+
+        Deterministic in ``eval()`` mode (no random masking is ever applied here).
+        """
+        return self.encoder(self.tokenizer(x), None)
+
+    # --- helpers ------------------------------------------------------------------------------------------
+    def _mask_noise(
+        self, tokens: Tensor, *, mask_ratio: float | None, noise: Tensor | None, mask: Tensor | None
+    ) -> tuple[Tensor, int]:
+        n, num_tokens, _ = tokens.shape
+        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        if noise is not None and mask is not None:
+            raise ValueError("give either noise or mask, not both")
+        if mask is not None:
+            if tuple(mask.shape) != (n, num_tokens):
+                raise ValueError(f"mask has shape {tuple(mask.shape)}, expected (N, L) = ({n}, {num_tokens})")
+            return noise_from_mask(mask.to(tokens.device))
+        if noise is not None:
+            if tuple(noise.shape) != (n, num_tokens):
+                raise ValueError(f"noise has shape {tuple(noise.shape)}, expected (N, L) = ({n}, {num_tokens})")
+            return noise.to(tokens.device), keep_count(num_tokens, ratio)
+        return self.masking(batch=n, grid=self.tokenizer.grid, mask_ratio=ratio, device=tokens.device)
+
+
+def _init_linear_and_norm(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+

@@ -1,0 +1,145 @@
+"""The image modality: 2-D patches, ImageFolder data with the paper's transforms, Figure-2 reconstructions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import Tensor
+
+from anymae.core.data import DataError
+from anymae.core.modality import Modality
+from anymae.plugins import hookimpl
+
+from .data import (
+    BUILTIN_DEMO_ROOT,
+    IMAGE_EXTENSIONS,
+    ImageFiles,
+    eval_transform,
+    find_images,
+    load_image,
+    pretrain_transform,
+    resolve_root,
+)
+from .tokenizer import PatchTokenizer2d
+from .visualize import reconstruction_images, save_reconstruction_grid
+
+__all__ = ["ImageDataConfig", "ImageModality", "ImageTokenizerConfig", "anymae_register_modalities"]
+
+
+@dataclass
+class ImageTokenizerConfig:
+    """``model.tokenizer`` for images."""
+
+    img_size: int | tuple[int, int] = 224  # H x W, or one int for a square
+    patch_size: int = 16
+    in_chans: int = 3
+
+    def __post_init__(self) -> None:
+        h, w = self.size
+        if min(h, w, self.patch_size, self.in_chans) < 1:
+            raise ValueError(f"img_size, patch_size and in_chans must be positive, got {self}")
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"image {h}x{w} (img_size) is not divisible by patch {self.patch_size} (patch_size)")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
+
+
+@dataclass
+class ImageDataConfig:
+    """``data`` for images: an ImageNet-style folder (``root/train/<class>/*.jpg``) or a flat one."""
+
+    root: str = ""  # "builtin:demo_photos" is the set of photographs shipped with anymae
+    train_split: str = "train"
+    heldout_split: str | None = "val"  # held-out images for the final loss and figure; null for none
+    scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop scale (paper: 0.2-1.0)
+    hflip: bool = True
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
+    repeats: int = 1  # list every file this many times per epoch (for tiny datasets)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {self.repeats}")
+
+
+class ImageModality(Modality):
+    name = "image"
+    tokenizer_config = ImageTokenizerConfig
+    data_config = ImageDataConfig
+
+    def build_tokenizer(self, config: ImageTokenizerConfig, *, embed_dim: int) -> PatchTokenizer2d:
+        return PatchTokenizer2d(
+            img_size=config.size, patch_size=config.patch_size, in_chans=config.in_chans, embed_dim=embed_dim
+        )
+
+    def build_dataset(self, data: ImageDataConfig, tokenizer: ImageTokenizerConfig, *, split: str) -> ImageFiles | None:
+        _check_channels(data, tokenizer)
+        if not data.root:
+            raise DataError(f"data.root is required: a folder holding {data.train_split}/, or {BUILTIN_DEMO_ROOT!r}")
+        root = resolve_root(data.root)
+        if not root.is_dir():
+            raise DataError(f"data.root: folder {root} does not exist")
+        if split == "train":
+            folder = root / data.train_split
+            if not folder.is_dir():
+                raise DataError(f"data.train_split: folder {folder} does not exist")
+            transform = pretrain_transform(tokenizer.size, scale=data.scale, hflip=data.hflip, mean=data.mean, std=data.std)
+            repeats = data.repeats
+        elif split == "heldout":
+            if data.heldout_split is None or not (root / data.heldout_split).is_dir():
+                return None
+            folder = root / data.heldout_split
+            transform = eval_transform(tokenizer.size, mean=data.mean, std=data.std)
+            repeats = 1
+        else:
+            raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
+        files = find_images(folder)
+        if not files:
+            raise DataError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) under {folder}")
+        return ImageFiles(files, transform=transform, in_chans=tokenizer.in_chans, repeats=repeats)
+
+    def load_inputs(self, paths: Sequence[str | Path], data: ImageDataConfig, tokenizer: ImageTokenizerConfig) -> Tensor:
+        _check_channels(data, tokenizer)
+        transform = eval_transform(tokenizer.size, mean=data.mean, std=data.std)
+        return torch.stack([transform(load_image(Path(p), tokenizer.in_chans)) for p in paths])
+
+    def render_reconstruction(
+        self,
+        *,
+        inputs: Tensor,
+        pred: Tensor,
+        mask: Tensor,
+        tokenizer: Any,
+        norm_pix_loss: bool,
+        data: ImageDataConfig,
+        path: str | Path,
+    ) -> Path:
+        columns = reconstruction_images(inputs, pred, mask, tokenizer=tokenizer, norm_pix_loss=norm_pix_loss)
+        removed = tokenizer.unpatchify(mask[..., None].expand(-1, -1, tokenizer.patch_dim).float())
+        return save_reconstruction_grid(columns, removed, mean=data.mean, std=data.std, path=path)
+
+
+def _check_channels(data: ImageDataConfig, tokenizer: ImageTokenizerConfig) -> None:
+    if tokenizer.in_chans not in (1, 3):
+        raise DataError(
+            f"model.tokenizer.in_chans={tokenizer.in_chans}: image files decode to 1 (grey) or 3 (RGB) channels; "
+            "other channel counts need a dataset of tensors"
+        )
+    if len(data.mean) != tokenizer.in_chans:
+        raise DataError(f"data.mean/std have {len(data.mean)} values for {tokenizer.in_chans} channels (in_chans)")
+
+
+@hookimpl
+def anymae_register_modalities(register: Callable[[Any], None]) -> None:
+    register(ImageModality())

@@ -1,0 +1,81 @@
+"""The reconstruction figure of the MAE paper (Figure 2): original | masked | reconstruction | pasted."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from anymae.core.loss import normalize_patches
+from anymae.core.tokenizer import Tokenizer
+
+__all__ = ["reconstruction_images", "save_reconstruction_grid"]
+
+COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
+
+
+@torch.no_grad()
+def reconstruction_images(
+    inputs: Tensor, pred: Tensor, mask: Tensor, *, tokenizer: Tokenizer, norm_pix_loss: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """inputs (N, C, H, W), pred (N, L, P), mask (N, L) -> the four columns, each (N, C, H, W), input space.
+
+    A norm-pix model predicts each patch normalized by its own mean and std; those statistics are taken
+    from the original patch to turn the prediction back into pixels (otherwise it looks like noise).
+    """
+    pred = pred.float()
+    if norm_pix_loss:
+        _, mean, std = normalize_patches(tokenizer.patchify(inputs.float()))
+        pred = pred * std + mean  # (N, L, P)
+    recon = tokenizer.unpatchify(pred)  # (N, C, H, W)
+    removed = tokenizer.unpatchify(mask[..., None].expand(-1, -1, tokenizer.patch_dim).float())  # (N, C, H, W)
+    masked = inputs * (1 - removed)
+    pasted = inputs * (1 - removed) + recon * removed
+    return inputs, masked, recon, pasted
+
+
+def _to_uint8(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """(C, H, W) normalized -> (H, W, 3) uint8."""
+    m = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
+    img = (x.cpu() * s + m).clamp(0, 1)
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    elif img.shape[0] != 3:
+        img = img[:3] if img.shape[0] > 3 else img.mean(0, keepdim=True).expand(3, -1, -1)
+    return (img.permute(1, 2, 0) * 255).round().to(torch.uint8)
+
+
+def save_reconstruction_grid(
+    columns: Sequence[Tensor],
+    removed_fill: Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    path: str | Path,
+    min_side: int = 192,
+) -> Path:
+    """Write rows of (original, masked, reconstruction, pasted) as one PNG; removed patches are grey."""
+    originals, masked, recon, pasted = columns
+    n, _, h, w = originals.shape
+    zoom = max(1, -(-min_side // max(h, w)))  # small demo crops are enlarged (nearest) to be visible
+    cell_h, cell_w, pad, header = h * zoom, w * zoom, 4, 18
+    canvas = Image.new("RGB", (4 * (cell_w + pad) + pad, header + n * (cell_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, title in enumerate(COLUMNS):
+        draw.text((pad + c * (cell_w + pad) + 2, 3), title, fill="black")
+    grey = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float32)
+    for i in range(n):
+        cells = [_to_uint8(col[i], mean, std) for col in (originals, masked, recon, pasted)]
+        hole = removed_fill[i, 0].cpu().bool()  # (H, W)
+        cells[1][hole] = (grey * 255).to(torch.uint8)
+        for c, cell in enumerate(cells):
+            tile = Image.fromarray(cell.numpy()).resize((cell_w, cell_h), Image.NEAREST)
+            canvas.paste(tile, (pad + c * (cell_w + pad), header + pad + i * (cell_h + pad)))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out

@@ -1,0 +1,28 @@
+"""The anymae plugin system: pluggy hook specifications, the entry-point loader and the registry."""
+
+from .hookspecs import anymae_register_masking, anymae_register_modalities
+from .manager import (
+    ENTRY_POINT_GROUP,
+    DuplicateNameError,
+    PluginError,
+    PluginInfo,
+    Registry,
+    get_registry,
+    hookimpl,
+    load_registry,
+    reset_registry,
+)
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "DuplicateNameError",
+    "PluginError",
+    "PluginInfo",
+    "Registry",
+    "anymae_register_masking",
+    "anymae_register_modalities",
+    "get_registry",
+    "hookimpl",
+    "load_registry",
+    "reset_registry",
+]
