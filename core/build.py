@@ -58,4 +58,3 @@ def build_model(cfg: ModelConfig, *, registry: Any = None, with_decoder: bool = 
         norm_pix_loss=cfg.norm_pix_loss,
         config={"model": config_to_dict(cfg), "with_decoder": with_decoder},
     )
-

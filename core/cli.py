@@ -27,7 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("default")
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, FileNotFoundError, KeyError, OSError) as exc:
+    except (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        NonFiniteLossError,
+        FileNotFoundError,
+        KeyError,
+        OSError,
+    ) as exc:
         print(f"anymae {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
 
@@ -73,7 +81,10 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .config import load_config
     from .engine import pretrain
 
-    cfg = load_config(args.config, args.overrides)
+    config, overrides = args.config, list(args.overrides)
+    if "=" in config and not Path(config).is_file():  # `anymae pretrain train.epochs=5`: overrides of the demo
+        config, overrides = DEFAULT_CONFIG, [config, *overrides]
+    cfg = load_config(config, overrides)
     print(f"anymae pretrain: config {cfg.name!r}, modality {cfg.model.modality!r}")
     result = pretrain(cfg, resume=args.resume, progress=not args.no_progress)
     print(f"\nfinished: last-epoch training loss {result.train_loss:.4f}")
@@ -136,7 +147,15 @@ def _plugins(args: argparse.Namespace) -> int:
     rows = [("plugin", "registers", "distribution", "version", "status")]
     for info in registry.plugins.values():
         status = info.status if info.status != "broken" else f"broken: {info.error}"
-        rows.append((info.name, ", ".join(info.registers) or "-", info.distribution or "-", info.version or "-", status))
+        rows.append(
+            (
+                info.name,
+                ", ".join(info.registers) or "-",
+                info.distribution or "-",
+                info.version or "-",
+                status,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])

@@ -286,7 +286,7 @@ def resolve_config(raw: dict[str, Any], registry: Any = None) -> Config:
 
 
 def resolve_model_config(raw: Any, registry: Any = None) -> ModelConfig:
-    """The ``model`` section (plain data, e.g. from a checkpoint) -> ModelConfig with the modality's tokenizer config."""
+    """The ``model`` section as plain data (e.g. from a checkpoint) -> a validated ModelConfig."""
     if registry is None:
         from anymae.plugins import get_registry
 

@@ -12,6 +12,9 @@ from torch import Tensor, nn
 from .masking import gather_tokens
 from .pos_embed import with_cls_slot
 
+# Official MAE blocks use LayerNorm eps 1e-6 (timm default is 1e-5).
+LAYER_NORM = partial(nn.LayerNorm, eps=1e-6)
+
 __all__ = ["MaskedDecoder"]
 
 
@@ -28,7 +31,7 @@ class MaskedDecoder(nn.Module):
         mlp_ratio: float,
         out_dim: int,
         pos_table: Tensor,
-        norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+        norm_layer: Callable[[int], nn.Module] = LAYER_NORM,
         block_fn: Callable[..., nn.Module] = Block,
         qkv_bias: bool = True,
     ) -> None:
@@ -39,7 +42,13 @@ class MaskedDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.register_buffer("pos_embed", with_cls_slot(pos_table), persistent=False)  # (1, 1+L, D_dec)
         self.blocks = nn.ModuleList(
-            block_fn(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, norm_layer=norm_layer)
+            block_fn(
+                dim=embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                norm_layer=norm_layer,
+            )
             for _ in range(depth)
         )
         self.norm = norm_layer(embed_dim)

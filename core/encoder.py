@@ -12,6 +12,9 @@ from torch import Tensor, nn
 from .masking import gather_tokens
 from .pos_embed import with_cls_slot
 
+# Official MAE blocks use LayerNorm eps 1e-6 (timm default is 1e-5).
+LAYER_NORM = partial(nn.LayerNorm, eps=1e-6)
+
 __all__ = ["MaskedEncoder"]
 
 
@@ -26,7 +29,7 @@ class MaskedEncoder(nn.Module):
         num_heads: int,
         mlp_ratio: float,
         pos_table: Tensor,
-        norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+        norm_layer: Callable[[int], nn.Module] = LAYER_NORM,
         block_fn: Callable[..., nn.Module] = Block,
         qkv_bias: bool = True,
         drop_path_rate: float = 0.0,

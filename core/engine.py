@@ -89,9 +89,7 @@ def pretrain(cfg: Config, *, resume: str | None = None, registry: Any = None, pr
     start_epoch, step, checkpoint = 0, 0, resume_path
     if resume_path is not None:
         start_epoch, step = _restore(resume_path, model, optimizer, generator)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if train.precision == "bf16" else nullcontext()
-    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if train.precision == "bf16" else nullcontext()
     metrics_path = run_dir / "metrics.jsonl"
     epoch_loss = float("nan")
     with metrics_path.open("a") as metrics:
@@ -131,7 +129,14 @@ def pretrain(cfg: Config, *, resume: str | None = None, registry: Any = None, pr
                 rate = seen / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
                 if (it + 1) % (train.log_every_steps * train.accum_iter) == 0:
-                    _log(metrics, step=step, epoch=epoch + it / len(loader), loss=loss_value, lr=lr, samples_per_s=rate)
+                    _log(
+                        metrics,
+                        step=step,
+                        epoch=epoch + it / len(loader),
+                        loss=loss_value,
+                        lr=lr,
+                        samples_per_s=rate,
+                    )
             epoch_loss = float(np.mean(losses))
             _log(metrics, step=step, epoch=epoch + 1, epoch_loss=epoch_loss)
             if (epoch + 1) % train.save_every_epochs == 0 or epoch + 1 == train.epochs:
@@ -150,7 +155,13 @@ def pretrain(cfg: Config, *, resume: str | None = None, registry: Any = None, pr
 
 @torch.no_grad()
 def evaluate_heldout(
-    model: MaskedAutoencoder, modality: Any, cfg: Config, dataset: Dataset, *, device: torch.device, path: Path
+    model: MaskedAutoencoder,
+    modality: Any,
+    cfg: Config,
+    dataset: Dataset,
+    *,
+    device: torch.device,
+    path: Path,
 ) -> tuple[float, float, Path | None]:
     """Masked-patch loss on held-out data with masks fixed by ``train.seed``, the trivial baseline's loss
     (each removed patch predicted by its own mean), and the reconstruction figure of the first samples."""

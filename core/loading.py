@@ -130,7 +130,8 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict[str, Tensor], *,
         )
     if missing or unexpected:
         warnings.warn(
-            f"partial load from {source}: missing {_head(missing)}, unexpected {_head(unexpected)}", stacklevel=3
+            f"partial load from {source}: missing {_head(missing)}, unexpected {_head(unexpected)}",
+            stacklevel=3,
         )
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
 

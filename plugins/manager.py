@@ -201,7 +201,9 @@ def _run_registration(
         name, obj = _unpack_registration(kind, plugin, args)
         owner = table.get(name) or next((Registered(o, plugin) for n, o in added if n == name), None)
         if owner is not None:
-            raise DuplicateNameError(f"{kind} {name!r} is registered by both plugin {owner.plugin!r} and plugin {plugin!r}")
+            raise DuplicateNameError(
+                f"{kind} {name!r} is registered by both plugin {owner.plugin!r} and plugin {plugin!r}"
+            )
         added.append((name, obj))
 
     try:

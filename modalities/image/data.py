@@ -50,7 +50,12 @@ def load_image(path: Path, in_chans: int) -> Image.Image:
 
 
 def pretrain_transform(
-    size: tuple[int, int], *, scale: tuple[float, float], hflip: bool, mean: Sequence[float], std: Sequence[float]
+    size: tuple[int, int],
+    *,
+    scale: tuple[float, float],
+    hflip: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> transforms.Compose:
     """The paper's pre-training augmentation: RandomResizedCrop(scale=(0.2, 1), bicubic) + flip + normalize."""
     steps = [transforms.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC)]

@@ -94,7 +94,9 @@ class ImageModality(Modality):
             folder = root / data.train_split
             if not folder.is_dir():
                 raise DataError(f"data.train_split: folder {folder} does not exist")
-            transform = pretrain_transform(tokenizer.size, scale=data.scale, hflip=data.hflip, mean=data.mean, std=data.std)
+            transform = pretrain_transform(
+                tokenizer.size, scale=data.scale, hflip=data.hflip, mean=data.mean, std=data.std
+            )
             repeats = data.repeats
         elif split == "heldout":
             if data.heldout_split is None or not (root / data.heldout_split).is_dir():
@@ -109,7 +111,9 @@ class ImageModality(Modality):
             raise DataError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) under {folder}")
         return ImageFiles(files, transform=transform, in_chans=tokenizer.in_chans, repeats=repeats)
 
-    def load_inputs(self, paths: Sequence[str | Path], data: ImageDataConfig, tokenizer: ImageTokenizerConfig) -> Tensor:
+    def load_inputs(
+        self, paths: Sequence[str | Path], data: ImageDataConfig, tokenizer: ImageTokenizerConfig
+    ) -> Tensor:
         _check_channels(data, tokenizer)
         transform = eval_transform(tokenizer.size, mean=data.mean, std=data.std)
         return torch.stack([transform(load_image(Path(p), tokenizer.in_chans)) for p in paths])

@@ -33,8 +33,7 @@ class PatchTokenizer2d(Tokenizer):
     def _check(self, x: Tensor) -> None:
         if x.ndim != 4 or tuple(x.shape[1:]) != (self.in_chans, *self.img_size):
             raise ValueError(
-                f"expected images (N, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), "
-                f"got {tuple(x.shape)}"
+                f"expected images (N, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), got {tuple(x.shape)}"
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -52,5 +51,3 @@ class PatchTokenizer2d(Tokenizer):
         """(N, L, p*p*C) -> (N, C, H, W)."""
         p, (h, w) = self.patch_size, self.grid
         return rearrange(patches, "n (h w) (p q c) -> n c (h p) (w q)", h=h, w=w, p=p, q=p)
-
-
