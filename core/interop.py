@@ -140,7 +140,12 @@ def from_hugging_face(
         if key in ("embeddings.position_embeddings", "decoder.decoder_pos_embed"):
             tables["encoder.pos_embed" if key.startswith("embeddings") else "decoder.pos_embed"] = value
             continue
-        m = re.match(r"(encoder\.layer|decoder\.decoder_layers)\.(\d+)\.(.+)\.(weight|bias)$", key)
+        # Decoder blocks: `decoder.decoder_layers.j` on the Hub, `decoder.decoder_encoder.layer.j` from
+        # transformers 5 `save_pretrained`.
+        m = re.match(
+            r"(encoder\.layer|decoder\.decoder_layers|decoder\.decoder_encoder\.layer)\.(\d+)\.(.+)\.(weight|bias)$",
+            key,
+        )
         if m:
             where, i, name, kind = m.groups()
             prefix = f"{'encoder' if where == 'encoder.layer' else 'decoder'}.blocks.{i}"

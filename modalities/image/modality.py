@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
+from torch.utils.data import ConcatDataset, Dataset
 
 from anymae.core.data import DataError
 from anymae.core.modality import Modality
@@ -63,6 +64,7 @@ class ImageDataConfig:
     mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
     std: tuple[float, ...] = IMAGENET_DEFAULT_STD
     repeats: int = 1  # list every file this many times per epoch (for tiny datasets)
+    heldout_zooms: tuple[float, ...] = (1.0,)  # held-out views: 1.0 = the eval centre crop, 2.0 = its 2x zoom
 
     def __post_init__(self) -> None:
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
@@ -71,6 +73,8 @@ class ImageDataConfig:
             raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {self.repeats}")
+        if not self.heldout_zooms or min(self.heldout_zooms) < 1.0:
+            raise ValueError(f"heldout_zooms must be one or more values >= 1, got {self.heldout_zooms}")
 
 
 class ImageModality(Modality):
@@ -83,7 +87,7 @@ class ImageModality(Modality):
             img_size=config.size, patch_size=config.patch_size, in_chans=config.in_chans, embed_dim=embed_dim
         )
 
-    def build_dataset(self, data: ImageDataConfig, tokenizer: ImageTokenizerConfig, *, split: str) -> ImageFiles | None:
+    def build_dataset(self, data: ImageDataConfig, tokenizer: ImageTokenizerConfig, *, split: str) -> Dataset | None:
         _check_channels(data, tokenizer)
         if not data.root:
             raise DataError(f"data.root is required: a folder holding {data.train_split}/, or {BUILTIN_DEMO_ROOT!r}")
@@ -97,19 +101,21 @@ class ImageModality(Modality):
             transform = pretrain_transform(
                 tokenizer.size, scale=data.scale, hflip=data.hflip, mean=data.mean, std=data.std
             )
-            repeats = data.repeats
-        elif split == "heldout":
+            return ImageFiles(_files(folder), transform=transform, in_chans=tokenizer.in_chans, repeats=data.repeats)
+        if split == "heldout":
             if data.heldout_split is None or not (root / data.heldout_split).is_dir():
                 return None
-            folder = root / data.heldout_split
-            transform = eval_transform(tokenizer.size, mean=data.mean, std=data.std)
-            repeats = 1
-        else:
-            raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
-        files = find_images(folder)
-        if not files:
-            raise DataError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) under {folder}")
-        return ImageFiles(files, transform=transform, in_chans=tokenizer.in_chans, repeats=repeats)
+            files = _files(root / data.heldout_split)
+            views = [
+                ImageFiles(
+                    files,
+                    transform=eval_transform(tokenizer.size, mean=data.mean, std=data.std, zoom=z),
+                    in_chans=tokenizer.in_chans,
+                )
+                for z in data.heldout_zooms
+            ]
+            return views[0] if len(views) == 1 else ConcatDataset(views)
+        raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
 
     def load_inputs(
         self, paths: Sequence[str | Path], data: ImageDataConfig, tokenizer: ImageTokenizerConfig
@@ -132,6 +138,13 @@ class ImageModality(Modality):
         columns = reconstruction_images(inputs, pred, mask, tokenizer=tokenizer, norm_pix_loss=norm_pix_loss)
         removed = tokenizer.unpatchify(mask[..., None].expand(-1, -1, tokenizer.patch_dim).float())
         return save_reconstruction_grid(columns, removed, mean=data.mean, std=data.std, path=path)
+
+
+def _files(folder: Path) -> list[Path]:
+    files = find_images(folder)
+    if not files:
+        raise DataError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) under {folder}")
+    return files
 
 
 def _check_channels(data: ImageDataConfig, tokenizer: ImageTokenizerConfig) -> None:
