@@ -161,7 +161,7 @@ def load_registry(
 
     for hook_name, table_name, kind in _REGISTRATION_HOOKS:
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            _run_registration(registry, impl, getattr(registry, table_name), kind, strict)
+            _run_registration(registry, hook_name, impl, getattr(registry, table_name), kind, strict)
     return registry
 
 
@@ -189,8 +189,10 @@ def _mark_broken(info: PluginInfo, why: str, strict: bool, exc: BaseException | 
 
 
 def _run_registration(
-    registry: Registry, impl: pluggy.HookImpl, table: dict[str, Registered], kind: str, strict: bool
+    registry: Registry, hook_name: str, impl: pluggy.HookImpl, table: dict[str, Registered], kind: str, strict: bool
 ) -> None:
+    """Call one plugin's registration hook and commit what it registered only if it finished without
+    raising (so a failing plugin can be reported alone while the others load)."""
     plugin = impl.plugin_name
     info = registry.plugins[plugin]
     if info.status != "loaded":
@@ -207,6 +209,8 @@ def _run_registration(
         added.append((name, obj))
 
     try:
+        # Called per plugin rather than through pm.hook, so pluggy's tracing is fed by hand.
+        registry.pm.trace.root.get("hook")(f"{hook_name} (plugin {plugin!r})", {"register": register})
         impl.function(**{arg: register for arg in impl.argnames})
     except DuplicateNameError:
         raise
