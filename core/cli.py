@@ -21,21 +21,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from .checkpoint import CheckpointError
     from .config import ConfigError
-    from .data import DataError
+    from .data import BadSampleError, DataError
     from .engine import NonFiniteLossError
 
     warnings.simplefilter("default")
     try:
         return args.func(args)
-    except (
-        ConfigError,
-        DataError,
-        CheckpointError,
-        NonFiniteLossError,
-        FileNotFoundError,
-        KeyError,
-        OSError,
-    ) as exc:
+    except (ConfigError, DataError, BadSampleError, CheckpointError, NonFiniteLossError, KeyError, OSError) as exc:
         print(f"anymae {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
 

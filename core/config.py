@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -37,6 +38,28 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A config key is unknown, has the wrong type or an out-of-range value."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; configs mean the number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
 
 
 @dataclass
@@ -244,7 +267,7 @@ def read_config_source(source: str | Path) -> tuple[str, dict[str, Any]]:
             )
         text, name = bundled.read_text(), str(source)
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = _yaml(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {source}: invalid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -266,7 +289,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(text) if text else ""
+        node[parts[-1]] = _yaml(text) if text else ""
     return raw
 
 

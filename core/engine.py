@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -166,7 +167,8 @@ def evaluate_heldout(
     """Masked-patch loss on held-out data with masks fixed by ``train.seed``, the trivial baseline's loss
     (each removed patch predicted by its own mean), and the reconstruction figure of the first samples."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=False)
+    safe = SafeDataset(dataset, max_bad_fraction=cfg.train.max_bad_fraction)
+    loader = DataLoader(safe, batch_size=cfg.train.batch_size, shuffle=False)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     loss_sum = base_sum = weight = 0.0
     figure = None
@@ -250,13 +252,18 @@ def _checkpoints(run_dir: Path) -> list[Path]:
 
 
 def _resume_path(resume: str, cfg: Config) -> Path:
+    """A given path, or for "auto" the newest checkpoint of this run: runs/<name> or its -2, -3, ... siblings."""
     if resume != "auto":
         return Path(resume)
-    run_dir = Path(cfg.train.output_dir) / (cfg.train.run_name or cfg.name)
-    found = _checkpoints(run_dir) if run_dir.is_dir() else []
+    base = Path(cfg.train.output_dir) / (cfg.train.run_name or cfg.name)
+    runs = [
+        base,
+        *(d for d in base.parent.glob(f"{base.name}-*") if re.fullmatch(r"\d+", d.name[len(base.name) + 1 :])),
+    ]
+    found = [c for d in runs if d.is_dir() for c in _checkpoints(d)]
     if not found:
-        raise CheckpointError(f"--resume auto: no checkpoint-*.pt in {run_dir}")
-    return found[-1]
+        raise CheckpointError(f"--resume auto: no checkpoint-*.pt in {base} (or {base.name}-N beside it)")
+    return max(found, key=lambda c: (c.stat().st_mtime, c.name))
 
 
 def _save(

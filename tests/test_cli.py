@@ -1,0 +1,119 @@
+"""The ``anymae`` command line: configs, pretrain, visualize; user mistakes are one ``error:`` line, exit 1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from anymae.core.cli import main
+
+HEADER, PAD = 18, 4  # the reconstruction grid's title strip and cell padding (modalities/image/visualize.py)
+
+
+def _error_line(stderr: str, command: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(f"anymae {command}: error:")]
+    assert len(errors) == 1, stderr
+    assert "Traceback" not in stderr
+    return errors[0]
+
+
+@pytest.fixture
+def trained_checkpoint(tiny_config_file, tmp_path) -> Path:
+    assert main(["pretrain", str(tiny_config_file), "train.epochs=1", "--no-progress"]) == 0
+    checkpoint = tmp_path / "runs" / "tiny" / "checkpoint-0001.pt"
+    assert checkpoint.is_file()
+    return checkpoint
+
+
+def test_configs_lists_demo_image(capsys):
+    assert main(["configs"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.split()[0] == "demo_image" for line in out.splitlines() if line.strip())
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "pretrain" in capsys.readouterr().out
+
+
+def test_pretrain_prints_heldout_loss_vs_baseline_and_paths(tiny_config_file, tmp_path, capsys):
+    code = main(["pretrain", str(tiny_config_file), "train.epochs=1", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    assert "held-out masked-patch loss" in out
+    assert "trivial baseline" in out
+    for path in ("checkpoint-0001.pt", "metrics.jsonl", "config.yaml", "reconstruction.png"):
+        assert str(run_dir / path) in out, path
+        assert (run_dir / path).is_file()
+
+
+def test_pretrain_bad_key_is_a_one_line_error_exit_1(tiny_config_file, capsys):
+    code = main(["pretrain", str(tiny_config_file), "train.batch_sise=4"])
+    captured = capsys.readouterr()
+    assert code == 1
+    line = _error_line(captured.err, "pretrain")
+    assert "train.batch_sise" in line and "batch_size" in line
+
+
+def test_pretrain_missing_config_file_is_a_one_line_error(tmp_path, capsys):
+    code = main(["pretrain", str(tmp_path / "nope.yaml")])
+    assert code == 1
+    assert "nope.yaml" in _error_line(capsys.readouterr().err, "pretrain")
+
+
+def test_visualize_writes_two_rows_of_four_columns(trained_checkpoint, tiny_image_folder, tmp_path, capsys):
+    inputs = [
+        str(next((tiny_image_folder / "train").rglob("*.jpg"))),
+        str(next((tiny_image_folder / "train").rglob("*.png"))),
+    ]
+    out = tmp_path / "out.png"
+    assert main(["visualize", str(trained_checkpoint), *inputs, "-o", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    with Image.open(out) as figure:
+        assert figure.format == "PNG"
+        width, height = figure.size
+    cell = (width - PAD) / 4  # four square cells + padding per row
+    assert cell == int(cell) and cell > PAD
+    assert (height - HEADER - PAD) / cell == 2
+
+    one = tmp_path / "one.png"
+    assert main(["visualize", str(trained_checkpoint), inputs[0], "-o", str(one)]) == 0
+    with Image.open(one) as figure:
+        assert figure.size == (width, height - int(cell))
+
+
+def test_visualize_corrupt_image_is_a_one_line_error_exit_1(trained_checkpoint, tmp_path, capsys):
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_text("not an image")
+    capsys.readouterr()
+    code = main(["visualize", str(trained_checkpoint), str(bad), "-o", str(tmp_path / "out.png")])
+    assert code == 1
+    assert "corrupt.jpg" in _error_line(capsys.readouterr().err, "visualize")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_visualize_missing_checkpoint_is_a_one_line_error(tmp_path, tiny_image_folder, capsys):
+    image = str(next(tiny_image_folder.rglob("*.png")))
+    code = main(["visualize", str(tmp_path / "missing.pt"), image])
+    assert code == 1
+    assert "missing.pt" in _error_line(capsys.readouterr().err, "visualize")
+
+
+def test_console_script_reports_a_bad_key_without_traceback(tiny_config_file):
+    script = Path(sys.executable).with_name("anymae")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "anymae.core.cli"]
+    proc = subprocess.run(
+        [*command, "pretrain", str(tiny_config_file), "train.batch_sise=4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    line = _error_line(proc.stderr, "pretrain")
+    assert "did you mean 'batch_size'" in line
