@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from .encoder import LAYER_NORM
 from .masking import gather_tokens
 from .pos_embed import with_cls_slot
-
-# Official MAE blocks use LayerNorm eps 1e-6 (timm default is 1e-5).
-LAYER_NORM = partial(nn.LayerNorm, eps=1e-6)
 
 __all__ = ["MaskedDecoder"]
 

@@ -12,10 +12,10 @@ from torch import Tensor, nn
 from .masking import gather_tokens
 from .pos_embed import with_cls_slot
 
-# Official MAE blocks use LayerNorm eps 1e-6 (timm default is 1e-5).
-LAYER_NORM = partial(nn.LayerNorm, eps=1e-6)
+__all__ = ["LAYER_NORM", "MaskedEncoder"]
 
-__all__ = ["MaskedEncoder"]
+# Official MAE blocks use LayerNorm eps 1e-6 (timm's default is 1e-5).
+LAYER_NORM = partial(nn.LayerNorm, eps=1e-6)
 
 
 class MaskedEncoder(nn.Module):
