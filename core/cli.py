@@ -100,11 +100,16 @@ def _visualize(args: argparse.Namespace) -> int:
 
     from anymae.plugins import get_registry
 
-    from .checkpoint import read_checkpoint
+    from .checkpoint import CheckpointError, read_checkpoint
     from .config import from_dict, resolve_model_config
     from .loading import CHECKPOINT_FORMAT, load_model
 
     model = load_model(args.checkpoint)
+    if model.decoder is None:
+        raise CheckpointError(
+            f"{args.checkpoint} has no decoder weights, so it cannot reconstruct; use a checkpoint with a decoder "
+            "(an anymae run, mae_visualize_*.pth or mae_pretrain_*_full.pth)"
+        )
     model.eval()
     model_cfg = resolve_model_config(model.config["model"])
     modality = get_registry().modality(model_cfg.modality)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from anymae.core.cli import main
@@ -117,3 +118,29 @@ def test_console_script_reports_a_bad_key_without_traceback(tiny_config_file):
     assert proc.returncode == 1, proc.stderr
     line = _error_line(proc.stderr, "pretrain")
     assert "did you mean 'batch_size'" in line
+
+
+def test_visualize_with_an_encoder_only_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    from anymae.core.build import build_model
+    from anymae.core.config import resolve_model_config
+
+    cfg = resolve_model_config(
+        {"tokenizer": {"img_size": 32, "patch_size": 16}, "embed_dim": 768, "depth": 1, "num_heads": 12}
+    )
+    model = build_model(cfg, with_decoder=False)
+    official = {"cls_token": model.encoder.cls_token.detach(), "pos_embed": model.encoder.pos_embed}
+    for key, value in model.state_dict().items():
+        if key.startswith("tokenizer.proj."):
+            official[key.replace("tokenizer.proj.", "patch_embed.proj.")] = value
+        elif key.startswith("encoder.") and key != "encoder.cls_token":
+            official[key.removeprefix("encoder.")] = value
+    path = tmp_path / "mae_pretrain_vit_tiny.pth"
+    torch.save({"model": official}, path)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), "red").save(image)
+
+    code = main(["visualize", str(path), str(image), "-o", str(tmp_path / "out.png")])
+
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert "no decoder" in err and len(err.splitlines()) == 1
