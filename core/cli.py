@@ -15,7 +15,11 @@ DEFAULT_CONFIG = "demo_image"  # `anymae pretrain` with no argument: the embedde
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `pretrain CONFIG --no-progress a.b=1`: argparse leaves overrides after an option unparsed
+        if getattr(args, "command", None) != "pretrain" or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

@@ -1,0 +1,65 @@
+"""The reconstruction figure: per sample and channel, the series, its removed spans and their reconstruction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from anymae.core.loss import normalize_patches
+
+from .tokenizer import PatchTokenizer1d
+
+__all__ = ["reconstruct", "save_reconstruction_plot"]
+
+PANEL_H, PAD, HEADER = 64, 6, 18
+
+
+@torch.no_grad()
+def reconstruct(inputs: Tensor, pred: Tensor, *, tokenizer: PatchTokenizer1d, norm_pix_loss: bool) -> Tensor:
+    """pred (N, L, P) -> (N, C, T) in input units.
+
+    A norm-pix model predicts each patch normalized by its own mean and std; those are taken from the
+    original patch (as ``anymae.core.loss.normalize_patches`` computes them) to undo it.
+    """
+    pred = pred.float()
+    if norm_pix_loss:
+        _, mean, std = normalize_patches(tokenizer.patchify(inputs.float()))  # (N, L, 1) each
+        pred = pred * std + mean  # (N, L, P)
+    return tokenizer.unpatchify(pred)  # (N, C, T)
+
+
+def save_reconstruction_plot(
+    inputs: Tensor, recon: Tensor, mask: Tensor, *, patch_size: int, path: str | Path, width: int = 512
+) -> Path:
+    """inputs, recon (N, C, T), mask (N, L) with 1 = removed -> a PNG of N*C panels."""
+    n, c, t = inputs.shape
+    step = max(1, width // t)  # pixels per time step
+    canvas = Image.new("RGB", (t * step + 2 * PAD, HEADER + n * c * (PANEL_H + PAD) + PAD), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((PAD, 3), "black: original   grey: removed spans   red: reconstruction", fill="black")
+    for i in range(n):
+        for ch in range(c):
+            top = HEADER + (i * c + ch) * (PANEL_H + PAD)
+            orig, rec = inputs[i, ch].float(), recon[i, ch].float()
+            lo, hi = float(orig.min()), float(orig.max())
+            scale = (PANEL_H - 4) / max(hi - lo, 1e-6)
+
+            def y(v: float, top: int = top, lo: float = lo, scale: float = scale) -> float:
+                return top + PANEL_H - 2 - (min(max(v, lo), lo + (PANEL_H - 4) / scale) - lo) * scale
+
+            draw.rectangle((PAD, top, PAD + t * step - 1, top + PANEL_H - 1), outline=(220, 220, 220))
+            removed = [int(k) for k in mask[i].nonzero().flatten()]
+            for k in removed:
+                x0, x1 = PAD + k * patch_size * step, PAD + (k + 1) * patch_size * step - 1
+                draw.rectangle((x0, top + 1, x1, top + PANEL_H - 2), fill=(205, 205, 205))
+            draw.line([(PAD + s * step, y(float(orig[s]))) for s in range(t)], fill="black", width=1)
+            for k in removed:  # the loss only scores removed patches, so only those are drawn
+                span = range(k * patch_size, (k + 1) * patch_size)
+                draw.line([(PAD + s * step, y(float(rec[s]))) for s in span], fill=(220, 30, 30), width=2)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out

@@ -1,0 +1,98 @@
+"""The shipped examples, installed as real distributions with pip: the time-series modality and the template."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_plugins import plugin_rows
+
+from anymae.core.cli import main
+from anymae.core.masking import keep_count, shuffle_from_noise
+from anymae.core.testing import check_modality
+from anymae.plugins import get_registry, reset_registry
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLE_MODULES = ("anymae_timeseries", "anymae_myplugin")
+
+
+@pytest.fixture(scope="module")
+def examples_site(tmp_path_factory: pytest.TempPathFactory):
+    """Both examples pip-installed into one folder playing site-packages, on sys.path for this module.
+
+    Module-scoped (not session-scoped) so that the extra plugins are gone before other test files run.
+    """
+    root = tmp_path_factory.mktemp("examples")
+    site = root / "site"
+    for name in ("anymae-timeseries", "plugin-template"):
+        # A copy, so that the in-tree build leaves no build/ or *.egg-info in the repository.
+        source = shutil.copytree(EXAMPLES / name, root / name, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+        subprocess.run(
+            [*pip, "--target", str(site), str(source)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    sys.path.insert(0, str(site))
+    reset_registry()
+    yield site
+    sys.path.remove(str(site))
+    for name in list(sys.modules):
+        if name.split(".")[0] in EXAMPLE_MODULES:
+            del sys.modules[name]
+    reset_registry()
+
+
+def _run_cli(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-m", "anymae.core.cli", *args], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_plugins_command_lists_both_example_distributions(examples_site, capsys):
+    assert main(["plugins"]) == 0
+    rows = plugin_rows(capsys.readouterr().out)
+    assert rows["timeseries"] == ["modality:timeseries", "anymae-timeseries", "0.1.0", "loaded"]
+    assert rows["myplugin"] == ["masking:block", "anymae-myplugin", "0.1.0", "loaded"]
+
+
+def test_timeseries_satisfies_the_modality_contract(examples_site):
+    check_modality("timeseries", tokenizer={"channels": 3, "length": 64, "patch_size": 8})
+
+
+def test_template_block_masking_keeps_int_L_times_one_minus_ratio(examples_site):
+    block = get_registry().masking_strategy("block")
+    for grid in [(16,), (6, 8)]:
+        noise, len_keep = block(batch=3, grid=grid, mask_ratio=0.75, device=torch.device("cpu"))
+        num_tokens = int(np.prod(grid))
+        assert noise.shape == (3, num_tokens)
+        assert len_keep == keep_count(num_tokens, 0.75)
+        _, _, mask = shuffle_from_noise(noise, len_keep)
+        assert (mask.sum(1) == num_tokens - len_keep).all()
+
+
+def test_timeseries_demo_pretrains_and_visualizes_from_the_cli(examples_site, tmp_path):
+    import anymae_timeseries
+
+    config = anymae_timeseries.demo_config()
+    assert config.is_file() and str(config).startswith(str(examples_site))  # shipped as package data
+    proc = _run_cli(examples_site, "pretrain", str(config), "train.epochs=1", f"train.output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "timeseries_demo"
+    assert (run / "checkpoint-0001.pt").is_file()
+    assert (run / "reconstruction.png").is_file()
+
+    series = tmp_path / "series.npy"
+    np.save(series, np.random.default_rng(0).standard_normal((200, 3)).astype(np.float32))  # (T_total, C)
+    out = tmp_path / "out.png"
+    proc = _run_cli(examples_site, "visualize", str(run / "checkpoint-0001.pt"), str(series), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file()
