@@ -104,9 +104,9 @@ def _visualize(args: argparse.Namespace) -> int:
 
     from anymae.plugins import get_registry
 
-    from .checkpoint import CheckpointError, read_checkpoint
+    from .checkpoint import CheckpointError
     from .config import from_dict, resolve_model_config
-    from .loading import CHECKPOINT_FORMAT, load_model
+    from .loading import load_model
 
     model = load_model(args.checkpoint)
     if model.decoder is None:
@@ -117,12 +117,8 @@ def _visualize(args: argparse.Namespace) -> int:
     model.eval()
     model_cfg = resolve_model_config(model.config["model"])
     modality = get_registry().modality(model_cfg.modality)
-    data_raw = {}  # official and Hugging Face models: the modality's default normalization
-    if Path(args.checkpoint).is_file():
-        payload = read_checkpoint(args.checkpoint)
-        if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
-            data_raw = payload["config"].get("data") or {}
-    data_cfg = from_dict(modality.data_config, data_raw, "data")
+    # anymae checkpoints carry their data section; official and HF models use the modality's defaults.
+    data_cfg = from_dict(modality.data_config, model.config.get("data") or {}, "data")
     inputs = modality.load_inputs(args.inputs, data_cfg, model_cfg.tokenizer)
     generator = torch.Generator().manual_seed(args.seed)
     noise = torch.rand(inputs.shape[0], model.tokenizer.num_tokens, generator=generator)

@@ -276,6 +276,7 @@ def _save(
     epoch: int,
     step: int,
 ) -> Path:
+    numpy_state = np.random.get_state()
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": 1,
@@ -288,8 +289,8 @@ def _save(
             "torch": torch.get_rng_state(),
             "loader": generator.get_state(),
             "python": _plain(random.getstate()),
-            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-            "numpy_pos": int(np.random.get_state()[2]),
+            "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "numpy_pos": int(numpy_state[2]),
         },
     }
     return write_checkpoint(payload, run_dir / f"checkpoint-{epoch + 1:04d}.pt")

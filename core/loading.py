@@ -57,7 +57,10 @@ def load_model(
         model_raw, state, tables = from_official_mae(state, num_heads=num_heads, norm_pix_loss=default_norm_pix)
     if norm_pix_loss is not None:
         model_raw["norm_pix_loss"] = norm_pix_loss
-    return _build_and_load(model_raw, state, tables, source=str(path), strict=strict, registry=registry)
+    model = _build_and_load(model_raw, state, tables, source=str(path), strict=strict, registry=registry)
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        model.config["data"] = payload["config"].get("data") or {}  # input normalization for visualize
+    return model
 
 
 def _load_hugging_face(folder: Path, *, norm_pix_loss: bool | None, strict: bool, registry: Any) -> MaskedAutoencoder:

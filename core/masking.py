@@ -8,6 +8,7 @@ structured strategies (tube, block, time/frequency) shape the noise instead. Eve
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
@@ -56,9 +57,7 @@ def random_masking(
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, int]:
     """The paper's per-sample random masking: noise ~ U(0, 1) of shape (N, L)."""
-    num_tokens = 1
-    for g in grid:
-        num_tokens *= g
+    num_tokens = math.prod(grid)
     noise = torch.rand(batch, num_tokens, device=device, generator=generator)  # (N, L)
     return noise, keep_count(num_tokens, mask_ratio)
 
