@@ -7,12 +7,11 @@ from typing import Any
 
 from torch import nn
 
-from .config import ModelConfig, config_to_dict
-from .decoder import MaskedDecoder
+from .config import ModelConfig, check_decoder_options, config_to_dict
 from .encoder import MaskedEncoder
 from .model import MaskedAutoencoder
 
-__all__ = ["build_model"]
+__all__ = ["build_model", "compile_blocks", "set_fused_attn"]
 
 
 def build_model(cfg: ModelConfig, *, registry: Any = None, with_decoder: bool = True) -> MaskedAutoencoder:
@@ -35,10 +34,13 @@ def build_model(cfg: ModelConfig, *, registry: Any = None, with_decoder: bool = 
         qkv_bias=cfg.qkv_bias,
         pos_table=tokenizer.position_table(cfg.embed_dim),
         norm_layer=norm_layer,
+        cls_token=cfg.cls_token,
     )
     decoder = None
     if with_decoder:
-        decoder = MaskedDecoder(
+        builder = registry.decoder(cfg.decoder)
+        check_decoder_options(builder, cfg.decoder_options)
+        decoder = builder(
             in_dim=cfg.embed_dim,
             embed_dim=cfg.decoder_embed_dim,
             depth=cfg.decoder_depth,
@@ -48,13 +50,35 @@ def build_model(cfg: ModelConfig, *, registry: Any = None, with_decoder: bool = 
             out_dim=tokenizer.patch_dim,
             pos_table=tokenizer.position_table(cfg.decoder_embed_dim),
             norm_layer=norm_layer,
+            grid=tuple(tokenizer.grid),
+            num_prefix=encoder.num_prefix,
+            **cfg.decoder_options,
         )
-    return MaskedAutoencoder(
+    model = MaskedAutoencoder(
         tokenizer=tokenizer,
         encoder=encoder,
         decoder=decoder,
         masking=registry.masking_strategy(cfg.masking),
         mask_ratio=cfg.mask_ratio,
-        norm_pix_loss=cfg.norm_pix_loss,
+        target=registry.target(cfg.target),
+        pred_masked_only=cfg.pred_masked_only,
         config={"model": config_to_dict(cfg), "with_decoder": with_decoder},
     )
+    set_fused_attn(model, cfg.fused_attn)
+    return model
+
+
+def set_fused_attn(model: nn.Module, enabled: bool) -> None:
+    """Switch every timm attention layer between ``scaled_dot_product_attention`` and the explicit
+    ``softmax(q k^T / sqrt(d)) v`` of the official code (same result up to rounding)."""
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = enabled
+
+
+def compile_blocks(model: nn.Module, **options: Any) -> None:
+    """``torch.compile`` each transformer block in place (``train.compile``): the masking, gathers and
+    the variable visible-token count stay eager, so one compiled graph serves every step."""
+    for part in (getattr(model, "encoder", None), getattr(model, "decoder", None)):
+        for block in getattr(part, "blocks", []):
+            block.compile(**options)

@@ -107,6 +107,7 @@ def _visualize(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
     from .config import from_dict, resolve_model_config
     from .loading import load_model
+    from .masking import sample_mask
 
     model = load_model(args.checkpoint)
     if model.decoder is None:
@@ -121,15 +122,22 @@ def _visualize(args: argparse.Namespace) -> int:
     data_cfg = from_dict(modality.data_config, model.config.get("data") or {}, "data")
     inputs = modality.load_inputs(args.inputs, data_cfg, model_cfg.tokenizer)
     generator = torch.Generator().manual_seed(args.seed)
-    noise = torch.rand(inputs.shape[0], model.tokenizer.num_tokens, generator=generator)
+    forced = sample_mask(
+        model.masking,
+        batch=inputs.shape[0],
+        grid=model.tokenizer.grid,
+        mask_ratio=model.mask_ratio if args.mask_ratio is None else args.mask_ratio,
+        device=torch.device("cpu"),
+        generator=generator,
+    )
     with torch.no_grad():
-        loss, pred, mask = model(inputs, noise=noise, mask_ratio=args.mask_ratio)
+        loss, pred, mask = model(inputs, mask=forced)
+        pred = model.pred_to_pixels(inputs, pred)
     out = modality.render_reconstruction(
         inputs=inputs,
         pred=pred,
         mask=mask,
         tokenizer=model.tokenizer,
-        norm_pix_loss=model.norm_pix_loss,
         data=data_cfg,
         path=args.output,
     )

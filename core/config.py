@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import re
 import types
 import typing
@@ -68,9 +69,15 @@ class ModelConfig:
 
     modality: str = "image"
     tokenizer: Any = field(default_factory=dict)  # validated against the modality's tokenizer_config
-    masking: str = "random"
+    masking: str = "random"  # a registered masking strategy
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False  # the official code's default; the paper's configs turn it on
+    target: str = "pixels"  # a registered target; norm_pix_loss: true is the official spelling of norm_pix
+    cls_token: bool = True  # False: no prefix token (VideoMAE)
+    decoder: str = "global"  # a registered decoder
+    decoder_options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of that decoder
+    pred_masked_only: bool = False  # the decoder head on removed tokens only (VideoMAE); the same loss
+    fused_attn: bool = True  # scaled_dot_product_attention; False: timm's explicit softmax(QK^T)V
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
@@ -83,6 +90,10 @@ class ModelConfig:
     norm_eps: float = 1e-6  # official MAE; Hugging Face ViTMAE uses 1e-12
 
     def __post_init__(self) -> None:
+        if self.norm_pix_loss and self.target not in ("pixels", "norm_pix"):
+            raise ValueError(f"norm_pix_loss: true means target norm_pix, but target is {self.target!r}")
+        if self.norm_pix_loss or self.target == "norm_pix":
+            self.norm_pix_loss, self.target = True, "norm_pix"
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         for name in ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_num_heads"):
@@ -109,6 +120,7 @@ class OptimConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_epochs: float = 40
+    fused: bool = False  # torch's fused AdamW kernel (one kernel for all parameters)
 
     def __post_init__(self) -> None:
         if self.blr <= 0 or (self.lr is not None and self.lr <= 0):
@@ -129,6 +141,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False  # torch.compile each transformer block
+    persistent_workers: bool = True  # keep DataLoader workers between epochs (when num_workers > 0)
+    prefetch_factor: int | None = None  # batches prefetched per worker (PyTorch's default 2 when None)
     output_dir: str = "runs"
     run_name: str | None = None  # default: the config's name
     save_every_epochs: int = 20
@@ -320,10 +335,48 @@ def resolve_model_config(raw: Any, registry: Any = None) -> ModelConfig:
     try:
         modality = registry.modality(cfg.modality)
         registry.masking_strategy(cfg.masking)
+        registry.target(cfg.target)
+        decoder = registry.decoder(cfg.decoder)
     except KeyError as exc:
         raise ConfigError(f"config model: {exc.args[0]}") from None
+    check_decoder_options(decoder, cfg.decoder_options)
     cfg.tokenizer = from_dict(modality.tokenizer_config, tokenizer_raw, "model.tokenizer")
     return cfg
+
+
+# What the core passes to every decoder builder; ``model.decoder_options`` may not set these.
+DECODER_ARGUMENTS = (
+    "in_dim",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "qkv_bias",
+    "out_dim",
+    "pos_table",
+    "norm_layer",
+    "grid",
+    "num_prefix",
+)
+
+
+def check_decoder_options(builder: Any, options: dict[str, Any]) -> None:
+    """Fail on a ``model.decoder_options`` key the decoder builder does not take, naming the key."""
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        accepted = None  # the builder takes any keyword; it reports unknown ones itself
+    else:
+        accepted = [n for n in params if n not in DECODER_ARGUMENTS]
+    for key in options:
+        if key in DECODER_ARGUMENTS:
+            raise ConfigError(f"config model.decoder_options.{key}: set by the core from model.*, not an option")
+        if accepted is not None and key not in accepted:
+            match = difflib.get_close_matches(str(key), accepted, n=1)
+            hint = f"; did you mean {match[0]!r}?" if match else ""
+            raise ConfigError(
+                f"unknown config key 'model.decoder_options.{key}'{hint} "
+                f"The decoder's options: {', '.join(accepted) or 'none'}"
+            )
 
 
 def load_config(source: str | Path, overrides: Sequence[str] = (), registry: Any = None) -> Config:

@@ -16,7 +16,10 @@ __all__ = ["MaskedDecoder"]
 
 
 class MaskedDecoder(nn.Module):
-    """Linear D -> D_dec, mask tokens, unshuffle, positions, blocks, LayerNorm, Linear D_dec -> P."""
+    """Linear D -> D_dec, mask tokens, unshuffle, positions, blocks, LayerNorm, Linear D_dec -> P.
+
+    ``num_prefix`` is the number of prefix (CLS) tokens the encoder puts first: 1 for MAE, 0 for VideoMAE.
+    """
 
     def __init__(
         self,
@@ -31,13 +34,18 @@ class MaskedDecoder(nn.Module):
         norm_layer: Callable[[int], nn.Module] = LAYER_NORM,
         block_fn: Callable[..., nn.Module] = Block,
         qkv_bias: bool = True,
+        num_prefix: int = 1,
     ) -> None:
         super().__init__()
         if pos_table.shape[1] != embed_dim:
             raise ValueError(f"position table width {pos_table.shape[1]} != decoder width {embed_dim}")
+        if num_prefix not in (0, 1):
+            raise ValueError(f"num_prefix must be 0 or 1, got {num_prefix}")
+        self.num_prefix = num_prefix
         self.embed = nn.Linear(in_dim, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.register_buffer("pos_embed", with_cls_slot(pos_table), persistent=False)  # (1, 1+L, D_dec)
+        table = with_cls_slot(pos_table) if num_prefix else pos_table[None]
+        self.register_buffer("pos_embed", table, persistent=False)  # (1, num_prefix + L, D_dec)
         self.blocks = nn.ModuleList(
             block_fn(
                 dim=embed_dim,
@@ -51,15 +59,19 @@ class MaskedDecoder(nn.Module):
         self.norm = norm_layer(embed_dim)
         self.pred = nn.Linear(embed_dim, out_dim)
 
-    def forward(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
-        """latent: (N, 1 + L_vis, D), ids_restore: (N, L) -> pred (N, L, P) in the original token order."""
-        x = self.embed(latent)  # (N, 1 + L_vis, D_dec)
+    def forward(self, latent: Tensor, ids_restore: Tensor, select: Tensor | None = None) -> Tensor:
+        """latent: (N, num_prefix + L_vis, D), ids_restore: (N, L) -> pred (N, L, P) in the original token
+        order, or (N, L_sel, P) for the token ids ``select`` (N, L_sel): the head runs on those only."""
+        k = self.num_prefix
+        x = self.embed(latent)  # (N, k + L_vis, D_dec)
         n, num_tokens = ids_restore.shape
-        mask_tokens = self.mask_token.expand(n, num_tokens + 1 - x.shape[1], -1)  # (N, L - L_vis, D_dec)
-        body = torch.cat([x[:, 1:], mask_tokens], dim=1)  # (N, L, D_dec), shuffled order
+        mask_tokens = self.mask_token.expand(n, num_tokens + k - x.shape[1], -1)  # (N, L - L_vis, D_dec)
+        body = torch.cat([x[:, k:], mask_tokens], dim=1)  # (N, L, D_dec), shuffled order
         body = gather_tokens(body, ids_restore)  # (N, L, D_dec), original order
-        x = torch.cat([x[:, :1], body], dim=1) + self.pos_embed  # (N, 1 + L, D_dec)
+        x = torch.cat([x[:, :k], body], dim=1) + self.pos_embed  # (N, k + L, D_dec)
         for block in self.blocks:
             x = block(x)
-        x = self.pred(self.norm(x))  # (N, 1 + L, P)
-        return x[:, 1:]  # drop the CLS slot
+        x = x[:, k:]  # drop the prefix: (N, L, D_dec)
+        if select is not None:
+            x = gather_tokens(x, select)  # (N, L_sel, D_dec)
+        return self.pred(self.norm(x))

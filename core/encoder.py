@@ -19,7 +19,10 @@ LAYER_NORM = partial(nn.LayerNorm, eps=1e-6)
 
 
 class MaskedEncoder(nn.Module):
-    """CLS token + fixed positions + timm ViT blocks + final LayerNorm, applied to the kept tokens only."""
+    """[CLS token] + fixed positions + timm ViT blocks + final LayerNorm, applied to the kept tokens only.
+
+    ``cls_token=False`` gives VideoMAE's encoder, which has no prefix token (``num_prefix`` is 0).
+    """
 
     def __init__(
         self,
@@ -33,14 +36,17 @@ class MaskedEncoder(nn.Module):
         block_fn: Callable[..., nn.Module] = Block,
         qkv_bias: bool = True,
         drop_path_rate: float = 0.0,
+        cls_token: bool = True,
     ) -> None:
         super().__init__()
         if pos_table.shape[1] != embed_dim:
             raise ValueError(f"position table width {pos_table.shape[1]} != encoder width {embed_dim}")
         self.embed_dim = embed_dim
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.num_prefix = int(cls_token)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
         # Fixed, recomputed from the grid: derived data is not stored in checkpoints.
-        self.register_buffer("pos_embed", with_cls_slot(pos_table), persistent=False)  # (1, 1+L, D)
+        table = with_cls_slot(pos_table) if cls_token else pos_table[None]
+        self.register_buffer("pos_embed", table, persistent=False)  # (1, num_prefix + L, D)
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
             block_fn(
@@ -56,12 +62,13 @@ class MaskedEncoder(nn.Module):
         self.norm = norm_layer(embed_dim)
 
     def forward(self, tokens: Tensor, ids_keep: Tensor | None = None) -> Tensor:
-        """tokens: (N, L, D), ids_keep: (N, L_vis) or None for all -> (N, 1 + L_vis, D)."""
-        x = tokens + self.pos_embed[:, 1:]  # positions are added before masking
+        """tokens: (N, L, D), ids_keep: (N, L_vis) or None for all -> (N, num_prefix + L_vis, D)."""
+        x = tokens + self.pos_embed[:, self.num_prefix :]  # positions are added before masking
         if ids_keep is not None:
             x = gather_tokens(x, ids_keep)  # (N, L_vis, D)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)  # (N, 1, D)
-        x = torch.cat([cls, x], dim=1)  # (N, 1 + L_vis, D)
+        if self.cls_token is not None:
+            cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)  # (N, 1, D)
+            x = torch.cat([cls, x], dim=1)  # (N, 1 + L_vis, D)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

@@ -23,12 +23,13 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .build import build_model
+from .build import build_model, compile_blocks
 from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from .config import Config, config_to_dict
 from .data import DataError, SafeDataset
 from .loading import CHECKPOINT_FORMAT, load_state_dict_checked
 from .loss import masked_mse, patch_mean_baseline
+from .masking import sample_mask
 from .model import MaskedAutoencoder
 from .optim import absolute_lr, cosine_lr, param_groups_weight_decay
 
@@ -70,6 +71,8 @@ def pretrain(cfg: Config, *, resume: str | None = None, registry: Any = None, pr
     device = _device(train.device)
     _seed_everything(train.seed)
     model = build_model(cfg.model, registry=registry).to(device)
+    if train.compile:
+        compile_blocks(model)  # in place: parameter names and checkpoints are unchanged
     generator = torch.Generator().manual_seed(train.seed)
     loader = DataLoader(
         SafeDataset(train_set, max_bad_fraction=train.max_bad_fraction),
@@ -78,14 +81,18 @@ def pretrain(cfg: Config, *, resume: str | None = None, registry: Any = None, pr
         drop_last=True,
         num_workers=train.num_workers,
         pin_memory=train.pin_memory and device.type == "cuda",
-        persistent_workers=train.num_workers > 0,
+        persistent_workers=train.persistent_workers and train.num_workers > 0,
+        prefetch_factor=train.prefetch_factor if train.num_workers > 0 else None,
         generator=generator,
         worker_init_fn=_seed_worker,
     )
     effective_batch = train.batch_size * train.accum_iter
     base_lr = absolute_lr(blr=cfg.optim.blr, effective_batch=effective_batch, lr=cfg.optim.lr)
     optimizer = torch.optim.AdamW(
-        param_groups_weight_decay(model, cfg.optim.weight_decay), lr=base_lr, betas=cfg.optim.betas
+        param_groups_weight_decay(model, cfg.optim.weight_decay),
+        lr=base_lr,
+        betas=cfg.optim.betas,
+        fused=cfg.optim.fused or None,
     )
     start_epoch, step, checkpoint = 0, 0, resume_path
     if resume_path is not None:
@@ -176,8 +183,15 @@ def evaluate_heldout(
         if i >= max(cfg.train.heldout_batches, 1):
             break
         x = _inputs(batch).to(device)
-        noise = torch.rand(x.shape[0], model.tokenizer.num_tokens, generator=generator).to(device)
-        _, pred, mask = model(x, noise=noise)
+        forced = sample_mask(
+            model.masking,
+            batch=x.shape[0],
+            grid=model.tokenizer.grid,
+            mask_ratio=model.mask_ratio,
+            device=torch.device("cpu"),
+            generator=generator,
+        )
+        _, pred, mask = model(x, mask=forced.to(device))
         target = model.forward_target(x)
         count = mask.sum().item()
         loss_sum += masked_mse(pred.float(), target, mask).item() * count
@@ -187,10 +201,9 @@ def evaluate_heldout(
             k = cfg.train.figure_samples
             figure = modality.render_reconstruction(
                 inputs=x[:k].cpu(),
-                pred=pred[:k].cpu(),
+                pred=model.pred_to_pixels(x[:k], pred[:k].float()).cpu(),
                 mask=mask[:k].cpu(),
                 tokenizer=model.tokenizer.cpu(),
-                norm_pix_loss=model.norm_pix_loss,
                 data=cfg.data,
                 path=path,
             )

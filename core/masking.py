@@ -20,6 +20,7 @@ __all__ = [
     "keep_count",
     "noise_from_mask",
     "random_masking",
+    "sample_mask",
     "shuffle_from_noise",
 ]
 
@@ -92,3 +93,18 @@ def shuffle_from_noise(noise: Tensor, len_keep: int) -> tuple[Tensor, Tensor, Te
 def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
     """x (N, L, D), ids (N, K) -> (N, K, D). ``expand`` makes a view, not a copy like ``repeat``."""
     return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def sample_mask(
+    strategy: MaskingStrategy,
+    *,
+    batch: int,
+    grid: tuple[int, ...],
+    mask_ratio: float,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """A bool mask (N, L), True = removed, drawn from ``strategy`` (for held-out sets and figures, where
+    the masks must be reproducible and follow the model's own strategy, e.g. tubes)."""
+    noise, len_keep = strategy(batch=batch, grid=grid, mask_ratio=mask_ratio, device=device, generator=generator)
+    return shuffle_from_noise(noise, len_keep)[2].bool()

@@ -49,8 +49,10 @@ class Modality(ABC):
         pred: Tensor,
         mask: Tensor,
         tokenizer: Tokenizer,
-        norm_pix_loss: bool,
         data: Any,
         path: str | Path,
     ) -> Path:
-        """Write a figure of inputs (N, ...), predictions (N, L, P) and mask (N, L) to ``path``."""
+        """Write a figure of inputs (N, ...), predictions (N, L, P) and mask (N, L) to ``path``.
+
+        ``pred`` holds patch values: the core has already mapped it back from the target space (e.g. a
+        norm-pix prediction is de-normalized with each true patch's mean and std)."""

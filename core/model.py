@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from .decoder import MaskedDecoder
 from .encoder import MaskedEncoder
-from .loss import masked_mse, normalize_patches
-from .masking import MaskingStrategy, keep_count, noise_from_mask, random_masking, shuffle_from_noise
+from .loss import masked_mse
+from .masking import MaskingStrategy, gather_tokens, keep_count, noise_from_mask, random_masking, shuffle_from_noise
+from .targets import PixelTarget, Target
 from .tokenizer import Tokenizer
 
 __all__ = ["MaskedAutoencoder"]
@@ -24,7 +25,9 @@ class MaskedAutoencoder(nn.Module):
     """An MAE for any modality whose tokenizer implements :class:`Tokenizer`.
 
     ``decoder=None`` gives an encoder-only model (e.g. loaded from ``mae_pretrain_vit_base.pth``): it can
-    ``encode`` but not compute the reconstruction loss.
+    ``encode`` but not compute the reconstruction loss. ``target`` turns patches into the regression target
+    (:class:`PixelTarget` or the paper's norm-pix). ``pred_masked_only`` runs the decoder head on removed
+    tokens only (VideoMAE does; the loss is the same).
     """
 
     def __init__(
@@ -32,10 +35,11 @@ class MaskedAutoencoder(nn.Module):
         *,
         tokenizer: Tokenizer,
         encoder: MaskedEncoder,
-        decoder: MaskedDecoder | None,
+        decoder: nn.Module | None,
         masking: MaskingStrategy = random_masking,
         mask_ratio: float = 0.75,
-        norm_pix_loss: bool = False,
+        target: Target | None = None,
+        pred_masked_only: bool = False,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -44,7 +48,8 @@ class MaskedAutoencoder(nn.Module):
         self.decoder = decoder
         self.masking = masking
         self.mask_ratio = mask_ratio
-        self.norm_pix_loss = norm_pix_loss
+        self.target = PixelTarget() if target is None else target
+        self.pred_masked_only = pred_masked_only
         # Plain data describing how to rebuild this model (saved in checkpoints); not used by forward.
         self.config: dict[str, Any] = dict(config or {})
         self.initialize_weights()
@@ -52,9 +57,9 @@ class MaskedAutoencoder(nn.Module):
     def initialize_weights(self) -> None:
         """Official MAE init: xavier-uniform Linear weights (qkv fused), zero biases, LayerNorm 1/0,
         cls and mask tokens N(0, 0.02). The tokenizer initialises itself (e.g. its Conv as a Linear)."""
-        nn.init.normal_(self.encoder.cls_token, std=0.02)
-        if self.decoder is not None:
-            nn.init.normal_(self.decoder.mask_token, std=0.02)
+        for token in (self.encoder.cls_token, getattr(self.decoder, "mask_token", None)):
+            if token is not None:
+                nn.init.normal_(token, std=0.02)
         for part in (self.encoder, self.decoder):
             if part is not None:
                 part.apply(_init_linear_and_norm)
@@ -68,28 +73,32 @@ class MaskedAutoencoder(nn.Module):
         noise: Tensor | None = None,
         mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """x -> latent (N, 1 + L_vis, D), mask (N, L) float 1 = removed, ids_restore (N, L)."""
+        """x -> latent (N, num_prefix + L_vis, D), mask (N, L) float 1 = removed, ids_restore (N, L)."""
         tokens = self.tokenizer(x)  # (N, L, D)
         noise, len_keep = self._mask_noise(tokens, mask_ratio=mask_ratio, noise=noise, mask=mask)
         ids_keep, ids_restore, mask_out = shuffle_from_noise(noise, len_keep)
-        latent = self.encoder(tokens, ids_keep)  # (N, 1 + L_vis, D)
+        latent = self.encoder(tokens, ids_keep)  # (N, num_prefix + L_vis, D)
         return latent, mask_out, ids_restore
 
-    def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
-        """latent (N, 1 + L_vis, D), ids_restore (N, L) -> pred (N, L, P)."""
+    def forward_decoder(self, latent: Tensor, ids_restore: Tensor, select: Tensor | None = None) -> Tensor:
+        """latent (N, num_prefix + L_vis, D), ids_restore (N, L) -> pred (N, L, P), or (N, L_sel, P) for the
+        token ids ``select`` (N, L_sel)."""
         if self.decoder is None:
             raise RuntimeError(
                 "this model has no decoder (it was built or loaded encoder-only); "
                 "use model.encode(x) for features, or load a checkpoint that has decoder weights"
             )
-        return self.decoder(latent, ids_restore)
+        if select is None:
+            return self.decoder(latent, ids_restore)
+        return self.decoder(latent, ids_restore, select)
 
     def forward_target(self, x: Tensor) -> Tensor:
-        """x -> target (N, L, P): the tokenizer's patches, normalized per patch with ``norm_pix_loss``."""
-        target = self.tokenizer.patchify(x)  # (N, L, P)
-        if self.norm_pix_loss:
-            target = normalize_patches(target)[0]
-        return target
+        """x -> target (N, L, P): the tokenizer's patches through the model's target (e.g. norm-pix)."""
+        return self.target(self.tokenizer.patchify(x), tokenizer=self.tokenizer)
+
+    def pred_to_pixels(self, x: Tensor, pred: Tensor) -> Tensor:
+        """A prediction (N, L, P) in target space -> patch values, with the true patches' statistics."""
+        return self.target.to_pixels(pred, self.tokenizer.patchify(x), tokenizer=self.tokenizer)
 
     def forward_loss(self, x: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
         """Mean over removed tokens of the per-token MSE between pred (N, L, P) and the target."""
@@ -106,15 +115,25 @@ class MaskedAutoencoder(nn.Module):
         """x -> (loss, pred (N, L, P), mask (N, L) float, 1 = removed).
 
         ``noise (N, L)`` fixes the mask exactly as the official code does for the same noise;
-        ``mask (N, L)`` bool, True = removed, the same count per row, forces a given mask.
+        ``mask (N, L)`` bool, True = removed, the same count per row, forces a given mask. With
+        ``pred_masked_only`` the head runs on removed tokens only and ``pred`` is 0 at kept tokens.
         """
         latent, mask_out, ids_restore = self.forward_encoder(x, mask_ratio=mask_ratio, noise=noise, mask=mask)
-        pred = self.forward_decoder(latent, ids_restore)
-        loss = self.forward_loss(x, pred, mask_out)
+        if not self.pred_masked_only:
+            pred = self.forward_decoder(latent, ids_restore)
+            return self.forward_loss(x, pred, mask_out), pred, mask_out
+        # Removed tokens in ascending token order (VideoMAE's order): a stable sort puts kept (0) first.
+        num_removed = int(mask_out[0].sum())
+        removed = torch.argsort(mask_out, dim=1, stable=True)[:, mask_out.shape[1] - num_removed :]  # (N, L_rem)
+        pred_removed = self.forward_decoder(latent, ids_restore, removed)  # (N, L_rem, P)
+        target = gather_tokens(self.forward_target(x), removed)  # (N, L_rem, P)
+        loss = ((pred_removed - target) ** 2).mean()  # every row removes the same count: = masked_mse
+        pred = pred_removed.new_zeros(*mask_out.shape, pred_removed.shape[-1])
+        pred.scatter_(1, removed.unsqueeze(-1).expand_as(pred_removed), pred_removed)
         return loss, pred, mask_out
 
     def encode(self, x: Tensor) -> Tensor:
-        """Features with no masking: x -> (N, 1 + L, D), CLS first, after the final LayerNorm.
+        """Features with no masking: x -> (N, num_prefix + L, D), CLS first if any, after the final LayerNorm.
 
         Deterministic in ``eval()`` mode (no random masking is ever applied here).
         """

@@ -1,6 +1,11 @@
 """The anymae plugin system: pluggy hook specifications, the entry-point loader and the registry."""
 
-from .hookspecs import anymae_register_masking, anymae_register_modalities
+from .hookspecs import (
+    anymae_register_decoders,
+    anymae_register_masking,
+    anymae_register_modalities,
+    anymae_register_targets,
+)
 from .manager import (
     ENTRY_POINT_GROUP,
     DuplicateNameError,
@@ -19,8 +24,10 @@ __all__ = [
     "PluginError",
     "PluginInfo",
     "Registry",
+    "anymae_register_decoders",
     "anymae_register_masking",
     "anymae_register_modalities",
+    "anymae_register_targets",
     "get_registry",
     "hookimpl",
     "load_registry",

@@ -17,7 +17,14 @@ from typing import Any
 
 import pluggy
 
-__all__ = ["PROJECT_NAME", "anymae_register_masking", "anymae_register_modalities", "hookspec"]
+__all__ = [
+    "PROJECT_NAME",
+    "anymae_register_decoders",
+    "anymae_register_masking",
+    "anymae_register_modalities",
+    "anymae_register_targets",
+    "hookspec",
+]
 
 PROJECT_NAME = "anymae"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -55,4 +62,46 @@ def anymae_register_masking(register: Callable[[str, Any], None]) -> None:
         @hookimpl
         def anymae_register_masking(register):
             register("random", random_masking)
+    """
+
+
+@hookspec
+def anymae_register_targets(register: Callable[[str, Any], None]) -> None:
+    """Register reconstruction targets: call ``register(name, target)`` once per target.
+
+    ``target`` is an object with two methods (see :class:`anymae.core.targets.Target`):
+    ``target(patches, *, tokenizer) -> (N, L, P)`` turns the tokenizer's patches ``(N, L, P)`` into what the
+    decoder regresses, and ``target.to_pixels(pred, patches, *, tokenizer) -> (N, L, P)`` maps a prediction
+    back to patch values for figures, using the true patches' statistics. ``name`` is what configs put in
+    ``model.target``. Built-ins: ``pixels`` and ``norm_pix`` (the paper's per-patch normalization;
+    ``model.norm_pix_loss: true`` is the official spelling of ``target: norm_pix``).
+
+    Example::
+
+        @hookimpl
+        def anymae_register_targets(register):
+            register("per_channel", PerChannelTarget())
+    """
+
+
+@hookspec
+def anymae_register_decoders(register: Callable[[str, Any], None]) -> None:
+    """Register decoders: call ``register(name, builder)`` once per decoder.
+
+    ``builder(*, in_dim, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, out_dim, pos_table, norm_layer,
+    grid, num_prefix, **options) -> nn.Module`` builds the decoder from the ``model.decoder_*`` config values;
+    ``pos_table`` is the tokenizer's ``(L, embed_dim)`` table (no prefix slot), ``num_prefix`` is 1 with a CLS
+    token and 0 without, and ``options`` come from ``model.decoder_options`` (checked against the builder's
+    signature before anything is built). The module's ``forward(latent, ids_restore, select=None)`` maps the
+    encoder output ``(N, num_prefix + L_vis, in_dim)`` to predictions ``(N, L, out_dim)`` in grid order, or,
+    given token ids ``select (N, L_sel)``, to the predictions of those tokens only ``(N, L_sel, out_dim)``
+    (``model.pred_masked_only``). A learned mask token is called ``mask_token``; the model applies the
+    official initialisation to it and to every Linear and LayerNorm. ``name`` is what configs put in
+    ``model.decoder``; the built-in is ``global`` (the paper's decoder).
+
+    Example::
+
+        @hookimpl
+        def anymae_register_decoders(register):
+            register("local", LocalWindowDecoder)
     """

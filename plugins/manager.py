@@ -1,4 +1,5 @@
-"""Loading plugins: entry points -> pluggy -> a registry of named modalities and masking strategies.
+"""Loading plugins: entry points -> pluggy -> a registry of named modalities, masking strategies, targets
+and decoders.
 
 The registry is the only global state in anymae, built lazily on first use. Environment switches:
 ``ANYMAE_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point name, ``ANYMAE_STRICT_PLUGINS=1`` makes a
@@ -39,6 +40,8 @@ hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT_NAME)
 _REGISTRATION_HOOKS = (
     ("anymae_register_modalities", "modalities", "modality"),
     ("anymae_register_masking", "masking", "masking strategy"),
+    ("anymae_register_targets", "targets", "target"),
+    ("anymae_register_decoders", "decoders", "decoder"),
 )
 
 
@@ -75,13 +78,15 @@ def _closest(name: str, choices: Iterable[str]) -> str:
 
 
 class Registry:
-    """Named modalities and masking strategies, and which plugin registered each."""
+    """Named modalities, masking strategies, targets and decoders, and which plugin registered each."""
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self.plugins: dict[str, PluginInfo] = {}
         self.modalities: dict[str, Registered] = {}
         self.masking: dict[str, Registered] = {}
+        self.targets: dict[str, Registered] = {}
+        self.decoders: dict[str, Registered] = {}
 
     def modality(self, name: str) -> Any:
         """The registered :class:`anymae.core.Modality` called ``name``."""
@@ -90,6 +95,14 @@ class Registry:
     def masking_strategy(self, name: str) -> Callable[..., Any]:
         """The registered masking strategy called ``name``."""
         return self._lookup("masking strategy", self.masking, name)
+
+    def target(self, name: str) -> Any:
+        """The registered reconstruction target called ``name``."""
+        return self._lookup("target", self.targets, name)
+
+    def decoder(self, name: str) -> Callable[..., Any]:
+        """The registered decoder builder called ``name``."""
+        return self._lookup("decoder", self.decoders, name)
 
     def _lookup(self, kind: str, table: dict[str, Registered], name: str) -> Any:
         if name not in table:
@@ -229,8 +242,11 @@ def _unpack_registration(kind: str, plugin: str, args: tuple[Any, ...]) -> tuple
         if len(args) != 1 or not isinstance(args[0], Modality):
             raise PluginError(f"register() takes one anymae.core.Modality instance, got {args!r}")
         return args[0].name, args[0]
+    what = {"target": "target: an object with __call__ and to_pixels"}.get(kind, f"{kind.split()[-1]}: callable")
     if len(args) != 2 or not isinstance(args[0], str) or not callable(args[1]):
-        raise PluginError(f"register() takes (name: str, strategy: callable), got {args!r}")
+        raise PluginError(f"register() takes (name: str, {what}), got {args!r}")
+    if kind == "target" and not callable(getattr(args[1], "to_pixels", None)):
+        raise PluginError(f"target {args[0]!r} has no to_pixels(pred, patches, *, tokenizer) method")
     return args[0], args[1]
 
 

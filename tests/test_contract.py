@@ -2,8 +2,8 @@
 
 import pytest
 
-from anymae.core.testing import check_modality
 from anymae.plugins import load_registry
+from anymae.testing import check_modality
 
 REGISTRY = load_registry()
 

@@ -224,7 +224,7 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_config_dict
         return order.expand(n, num_tokens), keep_count(num_tokens, self.mask_ratio)
 
     monkeypatch.setattr(MaskedAutoencoder, "_mask_noise", fixed_mask)
-    monkeypatch.setattr(torch.optim, "AdamW", lambda groups, lr, betas: torch.optim.SGD(groups, lr=lr))
+    monkeypatch.setattr(torch.optim, "AdamW", lambda groups, lr, betas, fused: torch.optim.SGD(groups, lr=lr))
 
     root = _constant_color_folder(tmp_path / "flat", n=4)
     raw = copy.deepcopy(tiny_config_dict)

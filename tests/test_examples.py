@@ -15,8 +15,8 @@ from test_plugins import plugin_rows
 
 from anymae.core.cli import main
 from anymae.core.masking import keep_count, shuffle_from_noise
-from anymae.core.testing import check_modality
 from anymae.plugins import get_registry, reset_registry
+from anymae.testing import check_modality
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXAMPLE_MODULES = ("anymae_timeseries", "anymae_myplugin")

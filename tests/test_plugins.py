@@ -143,7 +143,12 @@ def test_entry_points_register_image_modality_and_random_masking_from_anymae():
         info = registry.plugins[name]
         assert (info.distribution, info.version, info.status) == ("anymae", ANYMAE_VERSION, "loaded")
     assert registry.plugins["image"].registers == ["modality:image"]
-    assert registry.plugins["builtin"].registers == ["masking:random"]
+    assert registry.plugins["builtin"].registers == [
+        "masking:random",
+        "target:pixels",
+        "target:norm_pix",
+        "decoder:global",
+    ]
 
 
 def test_get_registry_is_built_once_and_rebuilt_after_reset():
@@ -157,7 +162,8 @@ def test_plugins_command_lists_builtin_plugins_with_distribution_version_and_sta
     assert main(["plugins"]) == 0
     rows = plugin_rows(capsys.readouterr().out)
     assert rows["image"] == ["modality:image", "anymae", ANYMAE_VERSION, "loaded"]
-    assert rows["builtin"] == ["masking:random", "anymae", ANYMAE_VERSION, "loaded"]
+    builtins = "masking:random, target:pixels, target:norm_pix, decoder:global"
+    assert rows["builtin"] == [builtins, "anymae", ANYMAE_VERSION, "loaded"]
 
 
 def test_plugins_command_verbose_shows_the_hooks_each_plugin_implements(capsys):
@@ -166,7 +172,8 @@ def test_plugins_command_verbose_shows_the_hooks_each_plugin_implements(capsys):
     image = next(i for i, line in enumerate(lines) if line.startswith("image "))
     builtin = next(i for i, line in enumerate(lines) if line.startswith("builtin "))
     assert lines[image + 1].strip() == "hooks: anymae_register_modalities"
-    assert lines[builtin + 1].strip() == "hooks: anymae_register_masking"
+    expected = "hooks: anymae_register_decoders, anymae_register_masking, anymae_register_targets"
+    assert lines[builtin + 1].strip() == expected
 
 
 def test_plugins_command_runs_as_a_module_in_a_fresh_process():
@@ -176,7 +183,8 @@ def test_plugins_command_runs_as_a_module_in_a_fresh_process():
     assert proc.returncode == 0, proc.stderr
     rows = plugin_rows(proc.stdout)
     assert rows["image"] == ["modality:image", "anymae", ANYMAE_VERSION, "loaded"]
-    assert rows["builtin"] == ["masking:random", "anymae", ANYMAE_VERSION, "loaded"]
+    builtins = "masking:random, target:pixels, target:norm_pix, decoder:global"
+    assert rows["builtin"] == [builtins, "anymae", ANYMAE_VERSION, "loaded"]
 
 
 # --- a third-party plugin installed as a distribution ----------------------------------------------------
@@ -226,19 +234,21 @@ def test_third_party_modality_pretrains_and_reloads_with_the_same_loss(toyseq_di
     model = load_model(result.checkpoint, registry=registry).eval()
     assert type(model.tokenizer).__module__ == "toyseq_plugin"
     assert model.masking is registry.masking_strategy("every_other")
-    # The held-out loss pretrain reported used the first held-out batch and noise seeded by train.seed.
+    # The held-out loss pretrain reported used the first held-out batch and the model's own masking
+    # strategy (here every_other) drawn with a generator seeded by train.seed.
     heldout = registry.modality("toyseq").build_dataset(cfg.data, cfg.model.tokenizer, split="heldout")
     x = heldout.tensors[0][: cfg.train.batch_size]
-    noise = torch.rand(x.shape[0], model.tokenizer.num_tokens, generator=torch.Generator().manual_seed(cfg.train.seed))
+    mask = torch.zeros(x.shape[0], model.tokenizer.num_tokens, dtype=torch.bool)
+    mask[:, 1::2] = True
     with torch.no_grad():
-        loss, _, _ = model(x, noise=noise)
+        loss, _, _ = model(x, mask=mask)
     assert loss.item() == pytest.approx(result.heldout_loss, rel=1e-5)
 
     # A second model built from the config with the checkpoint's weights agrees exactly.
     rebuilt = build_model(cfg.model, registry=registry).eval()
     rebuilt.load_state_dict(read_checkpoint(result.checkpoint)["model"])
     with torch.no_grad():
-        assert torch.equal(rebuilt(x, noise=noise)[0], loss)
+        assert torch.equal(rebuilt(x, mask=mask)[0], loss)
 
 
 def test_third_party_plugin_is_discovered_by_the_cli_in_a_fresh_process(toyseq_dist):
@@ -388,28 +398,36 @@ def test_disable_env_switch_blocks_image_and_the_cli_shows_it_disabled(monkeypat
 def test_config_using_a_disabled_modality_fails_listing_the_registered_ones(monkeypatch):
     monkeypatch.setenv("ANYMAE_DISABLE_PLUGINS", " image , something-else ")
     registry = load_registry(plugins=[("seq", modality_plugin(stub_modality("seq")))])
-    with pytest.raises(ConfigError, match=r"unknown modality 'image'; registered: seq"):
+    with pytest.raises(ConfigError, match=r"unknown modality 'image'; registered: ([a-z]+, )*seq\b"):
         resolve_config({"model": {"modality": "image"}}, registry)
 
 
 def test_unknown_modality_lists_registered_and_suggests_the_closest():
-    registry = load_registry(plugins=[("audio", modality_plugin(stub_modality("audio")))])
-    with pytest.raises(KeyError, match=r"unknown modality 'imag'; registered: audio, image \(did you mean 'image'\?\)"):
+    import anymae.modalities.image
+
+    plugins = [("image", anymae.modalities.image), ("toyaudio", modality_plugin(stub_modality("toyaudio")))]
+    registry = load_registry(entry_points=False, plugins=plugins)
+    with pytest.raises(
+        KeyError, match=r"unknown modality 'imag'; registered: image, toyaudio \(did you mean 'image'\?\)"
+    ):
         registry.modality("imag")
     with pytest.raises(
-        ConfigError, match=r"unknown modality 'audoi'; registered: audio, image \(did you mean 'audio'\?\)"
+        ConfigError, match=r"unknown modality 'toyadio'; registered: image, toyaudio \(did you mean 'toyaudio'\?\)"
     ):
-        resolve_config({"model": {"modality": "audoi"}}, registry)
+        resolve_config({"model": {"modality": "toyadio"}}, registry)
 
 
 def test_unknown_masking_lists_registered_and_suggests_the_closest():
-    registry = load_registry(plugins=[("tube", masking_plugin(tube=random_masking))])
+    import anymae.modalities.image
+
+    plugins = [("builtin", anymae.plugins.builtin), ("image", anymae.modalities.image)]
+    registry = load_registry(entry_points=False, plugins=[*plugins, ("tubes", masking_plugin(toytube=random_masking))])
     with pytest.raises(
-        KeyError, match=r"unknown masking strategy 'randon'; registered: random, tube \(did you mean 'random'\?\)"
+        KeyError, match=r"unknown masking strategy 'randon'; registered: random, toytube \(did you mean 'random'\?\)"
     ):
         registry.masking_strategy("randon")
-    with pytest.raises(ConfigError, match=r"unknown masking strategy 'tubes'.*did you mean 'tube'"):
-        resolve_config({"model": {"modality": "image", "masking": "tubes"}}, registry)
+    with pytest.raises(ConfigError, match=r"unknown masking strategy 'toytubes'.*did you mean 'toytube'"):
+        resolve_config({"model": {"modality": "image", "masking": "toytubes"}}, registry)
 
 
 def test_unknown_name_without_a_close_match_gets_no_suggestion():

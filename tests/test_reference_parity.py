@@ -342,7 +342,7 @@ def _assert_matches_hf(model, hf) -> None:
 def test_hugging_face_save_pretrained_folder_matches_vitmae_forward(registry, tmp_path, norm_pix_loss):
     hf = _hf_pretraining_folder(tmp_path, norm_pix_loss=norm_pix_loss)
     model = load_model(tmp_path, registry=registry).eval()
-    assert model.norm_pix_loss is norm_pix_loss
+    assert model.config["model"]["norm_pix_loss"] is norm_pix_loss
     _assert_matches_hf(model, hf)
 
 

@@ -131,11 +131,10 @@ class ImageModality(Modality):
         pred: Tensor,
         mask: Tensor,
         tokenizer: Any,
-        norm_pix_loss: bool,
         data: ImageDataConfig,
         path: str | Path,
     ) -> Path:
-        columns = reconstruction_images(inputs, pred, mask, tokenizer=tokenizer, norm_pix_loss=norm_pix_loss)
+        columns = reconstruction_images(inputs, pred, mask, tokenizer=tokenizer)
         removed = tokenizer.unpatchify(mask[..., None].expand(-1, -1, tokenizer.patch_dim).float())
         return save_reconstruction_grid(columns, removed, mean=data.mean, std=data.std, path=path)
 

@@ -9,7 +9,6 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from anymae.core.loss import normalize_patches
 from anymae.core.tokenizer import Tokenizer
 
 __all__ = ["reconstruction_images", "save_reconstruction_grid"]
@@ -19,18 +18,13 @@ COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
 
 @torch.no_grad()
 def reconstruction_images(
-    inputs: Tensor, pred: Tensor, mask: Tensor, *, tokenizer: Tokenizer, norm_pix_loss: bool
+    inputs: Tensor, pred: Tensor, mask: Tensor, *, tokenizer: Tokenizer
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """inputs (N, C, H, W), pred (N, L, P), mask (N, L) -> the four columns, each (N, C, H, W), input space.
+    """inputs (N, C, H, W), pred (N, L, P) in patch values, mask (N, L) -> the four columns, each (N, C, H, W).
 
-    A norm-pix model predicts each patch normalized by its own mean and std; those statistics are taken
-    from the original patch to turn the prediction back into pixels (otherwise it looks like noise).
+    ``pred`` is already mapped back from the target space (e.g. norm-pix) by the core.
     """
-    pred = pred.float()
-    if norm_pix_loss:
-        _, mean, std = normalize_patches(tokenizer.patchify(inputs.float()))
-        pred = pred * std + mean  # (N, L, P)
-    recon = tokenizer.unpatchify(pred)  # (N, C, H, W)
+    recon = tokenizer.unpatchify(pred.float())  # (N, C, H, W)
     removed = tokenizer.unpatchify(mask[..., None].expand(-1, -1, tokenizer.patch_dim).float())  # (N, C, H, W)
     masked = inputs * (1 - removed)
     pasted = inputs * (1 - removed) + recon * removed

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from anymae.core.testing import check_modality
+from anymae.testing import check_modality
 
 
 def test_timeseries_satisfies_the_anymae_modality_contract():

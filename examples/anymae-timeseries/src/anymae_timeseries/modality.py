@@ -96,11 +96,10 @@ class TimeSeriesModality(Modality):
         pred: Tensor,
         mask: Tensor,
         tokenizer: Any,
-        norm_pix_loss: bool,
         data: TimeSeriesDataConfig,
         path: str | Path,
     ) -> Path:
-        recon = reconstruct(inputs, pred, tokenizer=tokenizer, norm_pix_loss=norm_pix_loss)
+        recon = reconstruct(pred, tokenizer=tokenizer)
         return save_reconstruction_plot(inputs, recon, mask, patch_size=tokenizer.patch_size, path=path)
 
 

@@ -8,8 +8,6 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from anymae.core.loss import normalize_patches
-
 from .tokenizer import PatchTokenizer1d
 
 __all__ = ["reconstruct", "save_reconstruction_plot"]
@@ -18,17 +16,9 @@ PANEL_H, PAD, HEADER = 64, 6, 18
 
 
 @torch.no_grad()
-def reconstruct(inputs: Tensor, pred: Tensor, *, tokenizer: PatchTokenizer1d, norm_pix_loss: bool) -> Tensor:
-    """pred (N, L, P) -> (N, C, T) in input units.
-
-    A norm-pix model predicts each patch normalized by its own mean and std; those are taken from the
-    original patch (as ``anymae.core.loss.normalize_patches`` computes them) to undo it.
-    """
-    pred = pred.float()
-    if norm_pix_loss:
-        _, mean, std = normalize_patches(tokenizer.patchify(inputs.float()))  # (N, L, 1) each
-        pred = pred * std + mean  # (N, L, P)
-    return tokenizer.unpatchify(pred)  # (N, C, T)
+def reconstruct(pred: Tensor, *, tokenizer: PatchTokenizer1d) -> Tensor:
+    """pred (N, L, P) in patch values (the core maps norm-pix predictions back) -> (N, C, T) in input units."""
+    return tokenizer.unpatchify(pred.float())  # (N, C, T)
 
 
 def save_reconstruction_plot(

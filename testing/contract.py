@@ -2,7 +2,7 @@
 
 anymae's own test-suite runs it over every registered modality; a plugin's tests can do the same::
 
-    from anymae.core.testing import check_modality
+    from anymae.testing import check_modality
 
     def test_my_modality_satisfies_the_contract():
         check_modality("series", tokenizer={"channels": 3, "length": 64, "patch": 8})
@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from .build import build_model
-from .config import ModelConfig, from_dict
-from .masking import keep_count
+from anymae.core.build import build_model
+from anymae.core.config import resolve_model_config
+from anymae.core.masking import keep_count
 
 __all__ = ["check_modality"]
 
@@ -26,13 +26,15 @@ def check_modality(
     name: str,
     *,
     tokenizer: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
     registry: Any = None,
     batch: int = 2,
     mask_ratio: float = 0.75,
 ) -> None:
     """Assert the modality ``name`` works with the core; raises ``AssertionError`` saying what broke.
 
-    Builds a tiny MAE on the modality's tokenizer (``tokenizer``: its ``model.tokenizer`` config) and checks:
+    Builds a tiny MAE on the modality's tokenizer (``tokenizer``: its ``model.tokenizer`` config; ``model``:
+    other ``model`` keys, e.g. ``{"masking": "tube", "cls_token": False}``) and checks:
     the patchify/unpatchify round trip, the documented shapes, the position table, masking integration
     (kept count, forced masks, fixed noise), a finite loss, a finite gradient on every trainable parameter,
     and a state-dict round trip that reproduces the loss.
@@ -41,19 +43,22 @@ def check_modality(
         from anymae.plugins import get_registry
 
         registry = get_registry()
-    modality = registry.modality(name)
-    cfg = ModelConfig(
-        modality=name,
-        tokenizer=from_dict(modality.tokenizer_config, tokenizer or {}, "model.tokenizer"),
-        mask_ratio=mask_ratio,
-        norm_pix_loss=True,
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        decoder_embed_dim=16,
-        decoder_depth=1,
-        decoder_num_heads=2,
-    )
+    raw = {
+        "modality": name,
+        "tokenizer": tokenizer or {},
+        "mask_ratio": mask_ratio,
+        "norm_pix_loss": True,
+        "embed_dim": 32,
+        "depth": 1,
+        "num_heads": 2,
+        "decoder_embed_dim": 16,
+        "decoder_depth": 1,
+        "decoder_num_heads": 2,
+        **(model or {}),
+    }
+    if "target" in (model or {}):
+        raw["norm_pix_loss"] = raw["target"] == "norm_pix"
+    cfg = resolve_model_config(raw, registry)
     torch.manual_seed(0)
     model = build_model(cfg, registry=registry)
     tok = model.tokenizer
@@ -73,8 +78,11 @@ def check_modality(
     loss, pred, mask = model(x)
     assert tuple(pred.shape) == (batch, num_tokens, patch_dim), f"{name}: pred {tuple(pred.shape)}"
     assert tuple(mask.shape) == (batch, num_tokens), f"{name}: mask {tuple(mask.shape)}"
-    removed = num_tokens - keep_count(num_tokens, mask_ratio)
-    assert (mask.sum(1) == removed).all(), f"{name}: {mask.sum(1).tolist()} removed, expected {removed} per row"
+    counts = mask.sum(1)
+    assert (counts == counts[0]).all() and 0 < counts[0] < num_tokens, f"{name}: {counts.tolist()} removed per row"
+    if cfg.masking == "random":
+        removed = num_tokens - keep_count(num_tokens, mask_ratio)
+        assert (counts == removed).all(), f"{name}: {counts.tolist()} removed, expected {removed} per row"
     assert torch.isfinite(loss), f"{name}: loss {loss.item()}"
     loss.backward()
     for pname, param in model.named_parameters():
@@ -96,4 +104,5 @@ def check_modality(
         loss_b, _, _ = twin(x, noise=noise)
         features = model.encode(x)
     assert torch.allclose(loss_a, loss_b), f"{name}: state-dict round trip changed the loss"
-    assert tuple(features.shape) == (batch, 1 + num_tokens, cfg.embed_dim), f"{name}: encode {tuple(features.shape)}"
+    expected = (batch, model.encoder.num_prefix + num_tokens, cfg.embed_dim)
+    assert tuple(features.shape) == expected, f"{name}: encode {tuple(features.shape)}, expected {expected}"
