@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, safe reads.
+"""Checkpoint files: atomic writes, safe reads, safetensors export.
 
 Every write goes to a temporary file in the same folder, is flushed to disk and then renamed over the
 target, so a crash never leaves a half-written checkpoint under the final name. Every read uses
@@ -8,6 +8,7 @@ target, so a crash never leaves a half-written checkpoint under the final name. 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import tempfile
@@ -16,7 +17,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "read_checkpoint", "write_checkpoint"]
+__all__ = ["CheckpointError", "export_safetensors", "read_checkpoint", "read_safetensors", "write_checkpoint"]
+
+SAFETENSORS_CONFIG_KEY = "anymae_config"  # metadata entry holding the model config as JSON
 
 
 class CheckpointError(RuntimeError):
@@ -65,3 +68,41 @@ def read_checkpoint(path: str | Path) -> Any:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+
+
+def export_safetensors(model: torch.nn.Module, path: str | Path) -> Path:
+    """Write ``model``'s weights as safetensors (a format that cannot carry code), atomically, with its
+    config (``model.config``: the plain data needed to rebuild it) as JSON in the file's metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    metadata = {"format": "anymae", SAFETENSORS_CONFIG_KEY: json.dumps(getattr(model, "config", {}))}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A ``.safetensors`` file -> (tensors, the anymae config from its metadata, or {} for other files)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from None
+    config = json.loads(metadata[SAFETENSORS_CONFIG_KEY]) if SAFETENSORS_CONFIG_KEY in metadata else {}
+    return tensors, config

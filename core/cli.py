@@ -1,4 +1,4 @@
-"""The ``anymae`` command line: pretrain, visualize, plugins, configs."""
+"""The ``anymae`` command line: pretrain, visualize, export, plugins, configs."""
 
 from __future__ import annotations
 
@@ -26,11 +26,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import BadSampleError, DataError
-    from .engine import NonFiniteLossError
+    from .engine import PREEMPTED_EXIT_CODE, NonFiniteLossError, PreemptedError
 
     warnings.simplefilter("default")
     try:
         return args.func(args)
+    except PreemptedError as exc:
+        print(f"anymae {args.command}: {exc}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     except (ConfigError, DataError, BadSampleError, CheckpointError, NonFiniteLossError, KeyError, OSError) as exc:
         print(f"anymae {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
@@ -63,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-ratio", type=float, default=None, help="default: the model's")
     p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
     p.set_defaults(func=_visualize)
+
+    p = sub.add_parser("export", help="write a checkpoint's model weights as safetensors (no pickle, no code)")
+    p.add_argument("checkpoint", help="anymae checkpoint, official MAE .pth, or Hugging Face ViTMAE folder")
+    p.add_argument("output", help="the .safetensors file to write; the model config goes in its metadata")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("plugins", help="list plugins: what each registers, distribution, version, status")
     p.add_argument("--verbose", "-v", action="store_true", help="also the hooks each plugin implements")
@@ -142,6 +150,16 @@ def _visualize(args: argparse.Namespace) -> int:
         path=args.output,
     )
     print(f"masked-patch loss {loss.item():.4f}; wrote {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .checkpoint import export_safetensors
+    from .loading import load_model
+
+    model = load_model(args.checkpoint)
+    out = export_safetensors(model, args.output)
+    print(f"wrote {out} ({sum(t.numel() for t in model.state_dict().values()):,} values)")
     return 0
 
 

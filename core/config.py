@@ -140,13 +140,17 @@ class TrainConfig:
     pin_memory: bool = True
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 adds a GradScaler
     compile: bool = False  # torch.compile each transformer block
     persistent_workers: bool = True  # keep DataLoader workers between epochs (when num_workers > 0)
     prefetch_factor: int | None = None  # batches prefetched per worker (PyTorch's default 2 when None)
     output_dir: str = "runs"
     run_name: str | None = None  # default: the config's name
     save_every_epochs: int = 20
+    save_every_steps: int = 0  # also checkpoint every N optimizer steps inside epochs (0: off)
+    keep_last: int = 0  # keep only the newest N checkpoints of the run (0: keep all)
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # skip: drop that step on every rank
+    max_consecutive_skips: int = 10  # with on_nonfinite=skip, stop after this many skipped steps in a row
     log_every_steps: int = 10
     max_bad_fraction: float = 0.01  # stop cleanly when more than this fraction of samples fail to load
     heldout_batches: int = 4  # batches of the held-out split for the final masked-patch loss
@@ -158,6 +162,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_workers < 0 or self.heldout_batches < 0 or self.figure_samples < 0:
             raise ValueError("num_workers, heldout_batches and figure_samples must be >= 0")
+        for name in ("save_every_steps", "keep_last"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_consecutive_skips < 1:
+            raise ValueError(f"max_consecutive_skips must be at least 1, got {self.max_consecutive_skips}")
+        if self.prefetch_factor is not None and self.prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor must be at least 1, got {self.prefetch_factor}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
 

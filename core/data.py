@@ -1,18 +1,27 @@
-"""Data plumbing shared by every modality: bad samples never kill a long run.
+"""Data plumbing shared by every modality: reproducible samples, bad samples that never kill a long run,
+and a sampler that can start in the middle of an epoch.
 
-A modality's dataset raises :class:`BadSampleError` (or any exception) for a file it cannot read;
-:class:`SafeDataset` warns once per bad sample, substitutes the next good sample deterministically, counts
-them and stops cleanly with :class:`DataError` once more than ``max_bad_fraction`` of the data is bad.
+Training keys are ``(epoch, index)`` pairs from :class:`EpochSampler`. :class:`SafeDataset` seeds every
+random generator from ``(seed, epoch, index)`` before loading a sample, so its augmentation and its mask
+are the same whichever worker, rank or (resumed) process loads it: that is what makes resume exact and
+the number of workers irrelevant to the result. A modality's dataset raises :class:`BadSampleError` (or
+any exception) for a file it cannot read; :class:`SafeDataset` warns once per bad sample, substitutes the
+next readable one deterministically and reports it, so the trainer can count bad samples over all ranks.
 """
 
 from __future__ import annotations
 
+import random
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from torch.utils.data import Dataset
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
 
-__all__ = ["BadSampleError", "DataError", "SafeDataset"]
+__all__ = ["BadSampleError", "DataError", "EpochSampler", "SafeDataset", "sample_seed"]
 
 
 class DataError(RuntimeError):
@@ -23,32 +32,115 @@ class BadSampleError(RuntimeError):
     """One sample could not be read or decoded; the message names the file."""
 
 
-class SafeDataset(Dataset):
-    """Wraps a dataset; item ``i`` that fails is replaced by the next readable item ``i+1, i+2, ...``."""
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample in one epoch (a fixed integer mix: the same in every process)."""
+    mixed = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) % 2**64
+    mixed ^= mixed >> 31
+    return mixed % 2**63
 
-    def __init__(self, dataset: Dataset, *, max_bad_fraction: float) -> None:
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """torch (CPU), python and numpy generators seeded for one sample, then restored as they were."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class SafeDataset(Dataset):
+    """Wraps a modality's dataset: seeded samples, masks drawn with them, unreadable items replaced.
+
+    ``dataset[key]`` for ``key = (epoch, index)`` (or a plain ``index``, epoch 0) returns
+    ``{"input": x, "bad": 0 or 1}`` plus ``"mask"`` (a bool (L,) tensor, True = removed) when ``mask_fn``
+    is given. ``mask_fn(generator) -> mask`` is called with a generator seeded from the sample's seed.
+    ``bad`` is 1 when item ``index`` was unreadable and the next readable item ``index+1, ...`` stands in.
+    More than ``max_bad_fraction`` unreadable items seen by one process stop it with :class:`DataError`
+    (the trainer applies the same limit to the exact count over all workers and ranks).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        max_bad_fraction: float = 1.0,
+        seed: int = 0,
+        mask_fn: Callable[[torch.Generator], torch.Tensor] | None = None,
+    ) -> None:
         self.dataset = dataset
         self.max_bad_fraction = max_bad_fraction
-        self.bad: dict[int, str] = {}  # index -> reason, in this process (each worker counts its own)
+        self.seed = seed
+        self.mask_fn = mask_fn
+        self.bad: dict[int, str] = {}  # index -> reason, in this process (each worker knows its own)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        seed = sample_seed(self.seed, epoch, index)
+        with _seeded(seed):
+            item, bad = self._load(index)
+        out = {"input": item[0] if isinstance(item, (list, tuple)) else item, "bad": bad}
+        if self.mask_fn is not None:
+            out["mask"] = self.mask_fn(torch.Generator().manual_seed(seed ^ 0x5DEECE66D))
+        return out
+
+    def _load(self, index: int) -> tuple[Any, int]:
         n = len(self)
         for step in range(n):
             i = (index + step) % n
             if i in self.bad:
                 continue
             try:
-                return self.dataset[i]
+                return self.dataset[i], int(step > 0)
             except Exception as exc:  # any decode failure is this sample's problem, not the run's
                 reason = str(exc) if isinstance(exc, BadSampleError) else f"sample {i}: {type(exc).__name__}: {exc}"
                 self.bad[i] = reason
                 warnings.warn(f"skipping unreadable sample ({reason}); using another in its place", stacklevel=2)
                 if len(self.bad) > self.max_bad_fraction * n:
                     raise DataError(
-                        f"{len(self.bad)} of {n} samples are unreadable, more than max_bad_fraction="
+                        f"{len(self.bad)} of {n} samples are unreadable, more than train.max_bad_fraction="
                         f"{self.max_bad_fraction} allows; first: {next(iter(self.bad.values()))}"
                     ) from None
         raise DataError(f"none of the {n} samples could be read; first: {next(iter(self.bad.values()), '')}")
+
+
+class EpochSampler(Sampler):
+    """``DistributedSampler`` semantics for training, yielding ``(epoch, index)`` keys.
+
+    Each epoch is a permutation seeded by ``seed + epoch``, cut to a multiple of ``world_size x batch_size``
+    (drop-last, so every rank runs the same number of batches) and dealt out rank-strided: rank ``r`` takes
+    positions ``r, r + W, ...``, so step ``k`` of W ranks with batch B sees the same W*B samples as step
+    ``k`` of one process with batch W*B. ``set_epoch(epoch, start_batch)`` starts inside an epoch (resume).
+    """
+
+    def __init__(self, size: int, *, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
+        self.size, self.batch_size, self.rank, self.world_size, self.seed = size, batch_size, rank, world_size, seed
+        self.batches_per_epoch = size // (world_size * batch_size)
+        if self.batches_per_epoch < 1:
+            raise DataError(
+                f"{size} training samples cannot fill one step of train.batch_size={batch_size} on {world_size} "
+                f"process(es)"
+            )
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch {start_batch} outside [0, {self.batches_per_epoch}]")
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        used = order[: self.batches_per_epoch * self.batch_size * self.world_size]
+        mine = used[self.rank :: self.world_size][self.start_batch * self.batch_size :]
+        return ((self.epoch, int(i)) for i in mine)

@@ -1,8 +1,12 @@
-"""The pre-training loop shared by every modality (official ``engine_pretrain`` semantics).
+"""The pre-training loop shared by every modality (official ``engine_pretrain`` semantics), on one
+process or many (``torchrun``: DistributedDataParallel).
 
-Per-iteration lr (warm-up + half-cosine at fractional epochs), gradient accumulation, optional bf16
-autocast, atomic checkpoints every ``save_every_epochs`` and at the end, ``--resume``, JSON-lines metrics,
-and a final held-out masked-patch loss next to the trivial baseline, with a reconstruction figure.
+Per-iteration lr (warm-up + half-cosine at fractional epochs), lr scaled by the effective batch
+(per-process batch x accumulation x processes), gradient accumulation (``no_sync`` between micro-steps),
+bf16 autocast or fp16 with a GradScaler, atomic checkpoints at epoch ends and every N steps with
+keep-last-N rotation, exact resume (inside an epoch too), SIGTERM = checkpoint at the next step and exit,
+a non-finite loss or gradient either stops every rank or skips that step everywhere, bad samples counted
+over all ranks, JSON-lines metrics, and a held-out masked-patch loss next to the trivial baseline.
 """
 
 from __future__ import annotations
@@ -11,33 +15,50 @@ import json
 import math
 import random
 import re
+import signal
+import threading
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+import warnings
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .build import build_model, compile_blocks
 from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from .config import Config, config_to_dict
-from .data import DataError, SafeDataset
+from .data import DataError, EpochSampler, SafeDataset
+from .distributed import DistContext, all_sum, barrier, broadcast_object, setup, teardown
 from .loading import CHECKPOINT_FORMAT, load_state_dict_checked
 from .loss import masked_mse, patch_mean_baseline
-from .masking import sample_mask
+from .masking import SampleMasker, sample_mask
 from .model import MaskedAutoencoder
 from .optim import absolute_lr, cosine_lr, param_groups_weight_decay
 
-__all__ = ["NonFiniteLossError", "PretrainResult", "evaluate_heldout", "pretrain"]
+__all__ = ["NonFiniteLossError", "PreemptedError", "PretrainResult", "evaluate_heldout", "pretrain"]
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeueing job script checks for
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+    """The loss or the gradients became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class PreemptedError(RuntimeError):
+    """SIGTERM arrived: a checkpoint was written at the next step boundary; resume with ``--resume auto``."""
+
+    def __init__(self, message: str, checkpoint: Path) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 
 @dataclass
@@ -51,114 +72,359 @@ class PretrainResult:
     metrics: Path
 
 
+@dataclass
+class Progress:
+    """Where a run is: saved in every checkpoint, so a resumed run continues exactly."""
+
+    epoch: int = 0  # the epoch being run
+    batch: int = 0  # the next micro-batch of that epoch
+    step: int = 0  # optimizer steps taken
+    bad_samples: int = 0  # unreadable samples replaced so far, all ranks
+    epoch_bad: int = 0  # ... in this epoch
+    skipped_steps: int = 0  # steps dropped for a non-finite loss or gradient (on_nonfinite=skip)
+    epoch_losses: list[float] = field(default_factory=list)  # mean loss of each micro-batch of this epoch
+
+
 def pretrain(cfg: Config, *, resume: str | None = None, registry: Any = None, progress: bool = True) -> PretrainResult:
-    """Pre-train ``cfg`` on its modality's data; ``resume`` is a checkpoint path or ``"auto"`` (newest in the run)."""
+    """Pre-train ``cfg`` on its modality's data; ``resume`` is a checkpoint path or ``"auto"`` (newest in the run).
+
+    Under ``torchrun`` every process calls this; rank 0 writes the run folder, checkpoints and metrics.
+    """
     if registry is None:
         from anymae.plugins import get_registry
 
         registry = get_registry()
-    train = cfg.train
-    modality = registry.modality(cfg.model.modality)
-    # Everything that can fail on the user's inputs fails here, before a model is built.
-    train_set = modality.build_dataset(cfg.data, cfg.model.tokenizer, split="train")
-    heldout_set = modality.build_dataset(cfg.data, cfg.model.tokenizer, split="heldout")
-    if len(train_set) < train.batch_size:
-        raise DataError(f"only {len(train_set)} training samples for train.batch_size={train.batch_size}")
-    resume_path = _resume_path(resume, cfg) if resume else None
-    run_dir = resume_path.parent if resume_path else _new_run_dir(cfg)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    ctx, device = setup(cfg.train.device)
+    try:
+        return _Trainer(cfg, registry, ctx, device, progress=progress).run(resume)
+    finally:
+        teardown(ctx)
 
-    device = _device(train.device)
-    _seed_everything(train.seed)
-    model = build_model(cfg.model, registry=registry).to(device)
-    if train.compile:
-        compile_blocks(model)  # in place: parameter names and checkpoints are unchanged
-    generator = torch.Generator().manual_seed(train.seed)
-    loader = DataLoader(
-        SafeDataset(train_set, max_bad_fraction=train.max_bad_fraction),
-        batch_size=train.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=train.num_workers,
-        pin_memory=train.pin_memory and device.type == "cuda",
-        persistent_workers=train.persistent_workers and train.num_workers > 0,
-        prefetch_factor=train.prefetch_factor if train.num_workers > 0 else None,
-        generator=generator,
-        worker_init_fn=_seed_worker,
-    )
-    effective_batch = train.batch_size * train.accum_iter
-    base_lr = absolute_lr(blr=cfg.optim.blr, effective_batch=effective_batch, lr=cfg.optim.lr)
-    optimizer = torch.optim.AdamW(
-        param_groups_weight_decay(model, cfg.optim.weight_decay),
-        lr=base_lr,
-        betas=cfg.optim.betas,
-        fused=cfg.optim.fused or None,
-    )
-    start_epoch, step, checkpoint = 0, 0, resume_path
-    if resume_path is not None:
-        start_epoch, step = _restore(resume_path, model, optimizer, generator)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if train.precision == "bf16" else nullcontext()
-    metrics_path = run_dir / "metrics.jsonl"
-    epoch_loss = float("nan")
-    with metrics_path.open("a") as metrics:
-        for epoch in range(start_epoch, train.epochs):
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            losses: list[float] = []
-            started, seen = time.perf_counter(), 0
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train.epochs}", disable=not progress, dynamic_ncols=True)
-            for it, batch in enumerate(bar):
-                if it % train.accum_iter == 0:
-                    lr = cosine_lr(
-                        epoch + it / len(loader),
-                        lr=base_lr,
-                        min_lr=cfg.optim.min_lr,
-                        warmup_epochs=cfg.optim.warmup_epochs,
-                        epochs=train.epochs,
-                    )
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                x = _inputs(batch).to(device, non_blocking=True)
-                with autocast:
-                    loss, _, _ = model(x)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(
-                        f"loss is {loss_value} at step {step} (epoch {epoch + 1}, iteration {it}); "
-                        f"last good checkpoint: {checkpoint or 'none yet'}"
-                    )
-                (loss / train.accum_iter).backward()
-                if (it + 1) % train.accum_iter == 0:
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                losses.append(loss_value)
-                seen += x.shape[0]
-                rate = seen / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
-                if (it + 1) % (train.log_every_steps * train.accum_iter) == 0:
-                    _log(
-                        metrics,
-                        step=step,
-                        epoch=epoch + it / len(loader),
-                        loss=loss_value,
-                        lr=lr,
-                        samples_per_s=rate,
-                    )
-            epoch_loss = float(np.mean(losses))
-            _log(metrics, step=step, epoch=epoch + 1, epoch_loss=epoch_loss)
-            if (epoch + 1) % train.save_every_epochs == 0 or epoch + 1 == train.epochs:
-                checkpoint = _save(run_dir, cfg, model, optimizer, generator, epoch=epoch, step=step)
 
-        heldout_loss = baseline = figure = None
-        if heldout_set is not None:
-            heldout_loss, baseline, figure = evaluate_heldout(
-                model, modality, cfg, heldout_set, device=device, path=run_dir / "reconstruction.png"
+class _Trainer:
+    def __init__(self, cfg: Config, registry: Any, ctx: DistContext, device: torch.device, *, progress: bool) -> None:
+        self.cfg, self.ctx, self.device, self.show_progress = cfg, ctx, device, progress
+        train = cfg.train
+        self.modality = registry.modality(cfg.model.modality)
+        # Everything that can fail on the user's inputs fails here, before a model is built.
+        self.train_set = self.modality.build_dataset(cfg.data, cfg.model.tokenizer, split="train")
+        self.heldout_set = self.modality.build_dataset(cfg.data, cfg.model.tokenizer, split="heldout")
+        self.sampler = EpochSampler(
+            len(self.train_set), batch_size=train.batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=train.seed
+        )
+        _seed_everything(train.seed)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.model = build_model(cfg.model, registry=registry).to(device)
+        if train.compile:
+            compile_blocks(self.model)  # in place: parameter names and checkpoints are unchanged
+        self.net: torch.nn.Module = self.model
+        if ctx.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        masker = SampleMasker(self.model.masking, self.model.tokenizer.grid, self.model.mask_ratio)
+        self.loader = DataLoader(
+            SafeDataset(self.train_set, seed=train.seed, mask_fn=masker),
+            batch_size=train.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=train.num_workers,
+            pin_memory=train.pin_memory and device.type == "cuda",
+            persistent_workers=train.persistent_workers and train.num_workers > 0,
+            prefetch_factor=train.prefetch_factor if train.num_workers > 0 else None,
+        )
+        self.effective_batch = train.batch_size * train.accum_iter * ctx.world_size
+        self.base_lr = absolute_lr(blr=cfg.optim.blr, effective_batch=self.effective_batch, lr=cfg.optim.lr)
+        self.optimizer = torch.optim.AdamW(
+            param_groups_weight_decay(self.model, cfg.optim.weight_decay),
+            lr=self.base_lr,
+            betas=cfg.optim.betas,
+            fused=cfg.optim.fused or None,
+        )
+        self.scaler = torch.amp.GradScaler(device.type) if train.precision == "fp16" else None
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
+        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+        self.state = Progress()
+        self.checkpoint: Path | None = None
+        self.preempt = threading.Event()
+
+    # --- the run -------------------------------------------------------------------------------------
+    def run(self, resume: str | None) -> PretrainResult:
+        cfg, train, ctx = self.cfg, self.cfg.train, self.ctx
+        resume_path = _resume_path(resume, cfg) if resume else None
+        run_dir = resume_path.parent if resume_path else (_new_run_dir(cfg) if ctx.is_main else None)
+        self.run_dir = Path(broadcast_object(str(run_dir), ctx))
+        if ctx.is_main:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        if resume_path is not None:
+            self._restore(resume_path)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        with self._metrics() as self.metrics, _on_sigterm(self.preempt):
+            for epoch in range(self.state.epoch, train.epochs):
+                self._run_epoch(epoch)
+            result = self._finish()
+        barrier(ctx)
+        return result
+
+    def _run_epoch(self, epoch: int) -> None:
+        cfg, train, state = self.cfg, self.cfg.train, self.state
+        self.sampler.set_epoch(epoch, state.batch)  # state.batch > 0 only when resumed inside this epoch
+        self.net.train()
+        per_epoch = self.sampler.batches_per_epoch
+        started, seen = time.perf_counter(), 0
+        window_ok = True  # no non-finite loss in this accumulation window so far
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {epoch + 1}/{train.epochs}",
+            disable=not (self.show_progress and self.ctx.is_main),
+            dynamic_ncols=True,
+            initial=state.batch,
+            total=per_epoch,
+        )
+        for it, batch in enumerate(bar, start=state.batch):
+            first, last = it % train.accum_iter == 0, (it + 1) % train.accum_iter == 0 or it + 1 == per_epoch
+            if first:
+                at = epoch + it / per_epoch  # the fractional epoch of this step's lr (logged with it)
+                lr = cosine_lr(
+                    at,
+                    lr=self.base_lr,
+                    min_lr=cfg.optim.min_lr,
+                    warmup_epochs=cfg.optim.warmup_epochs,
+                    epochs=train.epochs,
+                )
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                window_ok = True
+            x = batch["input"].to(self.device, non_blocking=True)
+            mask = batch["mask"].to(self.device, non_blocking=True)
+            with self.autocast:
+                loss = self.net(x, mask=mask)[0]
+            # One collective per micro-step: summed loss, non-finite ranks, bad samples, preemption requests.
+            local = loss.detach().float().item()
+            finite = math.isfinite(local)
+            loss_sum, nonfinite, bad, preempt = all_sum(
+                [local if finite else 0.0, float(not finite), float(batch["bad"].sum()), float(self.preempt.is_set())],
+                self.ctx,
+                self.device,
             )
-            _log(metrics, step=step, heldout_loss=heldout_loss, baseline_loss=baseline)
-    if checkpoint is None:
-        raise CheckpointError(f"no checkpoint was written to {run_dir}")
-    return PretrainResult(run_dir, checkpoint, epoch_loss, heldout_loss, baseline, figure, metrics_path)
+            self._count_bad(int(bad))
+            self.preempt_agreed = preempt > 0
+            if nonfinite:
+                window_ok = False
+                self._nonfinite(f"loss is {local if not finite else 'non-finite on another rank'}", it)
+            else:
+                sync = self.ctx.enabled and not last
+                with self.net.no_sync() if sync else nullcontext():
+                    scaled = loss / train.accum_iter
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                state.epoch_losses.append(loss_sum / self.ctx.world_size)
+            state.batch = it + 1
+            seen += x.shape[0] * self.ctx.world_size
+            if not last:
+                continue
+            grad_norm = self._step(window_ok, it)
+            rate = seen / (time.perf_counter() - started)
+            if state.epoch_losses and (state.step % train.log_every_steps == 0):
+                self._log(
+                    step=state.step,
+                    epoch=round(at, 6),
+                    loss=state.epoch_losses[-1],
+                    lr=lr,
+                    grad_norm=grad_norm,
+                    samples_per_s=round(rate, 2),
+                    bad_samples=state.bad_samples,
+                )
+            bar.set_postfix(loss=f"{state.epoch_losses[-1] if state.epoch_losses else float('nan'):.4f}",
+                            lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")  # fmt: skip
+            end_of_epoch = it + 1 == per_epoch
+            if preempt and not end_of_epoch:
+                path = self._save(mid_epoch=True)
+                raise PreemptedError(
+                    f"SIGTERM: stopped at step {state.step} (epoch {epoch + 1}, batch {it + 1}/{per_epoch}) and wrote "
+                    f"{path}; continue with --resume auto",
+                    path,
+                )
+            if train.save_every_steps and state.step % train.save_every_steps == 0 and not end_of_epoch:
+                self._save(mid_epoch=True)
+        epoch_loss = float(np.mean(state.epoch_losses)) if state.epoch_losses else float("nan")
+        state.epoch, state.batch = epoch + 1, 0
+        self.epoch_loss = epoch_loss
+        self._log(step=state.step, epoch=epoch + 1, epoch_loss=epoch_loss, bad_samples=state.bad_samples,
+                  epoch_bad_samples=state.epoch_bad, skipped_steps=state.skipped_steps)  # fmt: skip
+        state.epoch_bad, state.epoch_losses = 0, []
+        if (epoch + 1) % train.save_every_epochs == 0 or epoch + 1 == train.epochs:
+            self._save(mid_epoch=False)
+        if getattr(self, "preempt_agreed", False) and epoch + 1 < train.epochs:
+            if (epoch + 1) % train.save_every_epochs:
+                self._save(mid_epoch=False)
+            raise PreemptedError(
+                f"SIGTERM: stopped after epoch {epoch + 1} and wrote {self.checkpoint}; continue with --resume auto",
+                self.checkpoint,
+            )
+
+    def _step(self, window_ok: bool, it: int) -> float | None:
+        """The optimizer step at the end of an accumulation window; returns the gradient norm."""
+        state, train = self.state, self.cfg.train
+        grad_norm = None
+        if window_ok:
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+            if not math.isfinite(grad_norm) and self.scaler is None:
+                # DDP gradients are identical on every rank after the all-reduce: every rank agrees here.
+                window_ok = False
+                self._nonfinite(f"gradient norm is {grad_norm}", it)
+        if window_ok:
+            if self.scaler:
+                self.scaler.step(self.optimizer)  # skips the step itself on inf/NaN gradients (fp16 overflow)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            state.step += 1
+            self.consecutive_skips = 0
+        else:
+            state.skipped_steps += 1
+            self.consecutive_skips = getattr(self, "consecutive_skips", 0) + 1
+            if self.consecutive_skips >= train.max_consecutive_skips:
+                raise NonFiniteLossError(
+                    f"{self.consecutive_skips} steps in a row had a non-finite loss or gradient "
+                    f"(train.max_consecutive_skips={train.max_consecutive_skips}) at step {state.step}; "
+                    f"last good checkpoint: {self.checkpoint or 'none yet'}"
+                )
+        self.optimizer.zero_grad(set_to_none=True)
+        return None if grad_norm is None else round(grad_norm, 6)
+
+    def _nonfinite(self, what: str, it: int) -> None:
+        state = self.state
+        where = f"step {state.step} (epoch {state.epoch + 1}, batch {it + 1})"
+        if self.cfg.train.on_nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"{what} at {where}; last good checkpoint: {self.checkpoint or 'none yet'} "
+                f"(train.on_nonfinite=skip drops such steps instead)"
+            )
+        if self.ctx.is_main:
+            warnings.warn(f"{what} at {where}: skipping this step on every rank", RuntimeWarning, stacklevel=2)
+
+    def _count_bad(self, bad: int) -> None:
+        state, train = self.state, self.cfg.train
+        state.bad_samples += bad
+        state.epoch_bad += bad
+        total = len(self.train_set)
+        if state.epoch_bad > train.max_bad_fraction * total:
+            raise DataError(
+                f"{state.epoch_bad} of {total} training samples were unreadable in epoch {state.epoch + 1}, more "
+                f"than train.max_bad_fraction={train.max_bad_fraction} allows (the warnings above name the files)"
+            )
+
+    def _finish(self) -> PretrainResult:
+        cfg, state = self.cfg, self.state
+        heldout_loss = baseline = figure = None
+        if self.ctx.is_main and self.heldout_set is not None:
+            heldout_loss, baseline, figure = evaluate_heldout(
+                self.model,
+                self.modality,
+                cfg,
+                self.heldout_set,
+                device=self.device,
+                path=self.run_dir / "reconstruction.png",
+            )
+            self._log(step=state.step, heldout_loss=heldout_loss, baseline_loss=baseline)
+        if self.checkpoint is None:
+            raise CheckpointError(f"no checkpoint was written to {self.run_dir}")
+        train_loss = getattr(self, "epoch_loss", float("nan"))
+        return PretrainResult(
+            self.run_dir, self.checkpoint, train_loss, heldout_loss, baseline, figure, self.metrics_path
+        )
+
+    # --- checkpoints and metrics ---------------------------------------------------------------------------
+    def _save(self, *, mid_epoch: bool) -> Path:
+        """Rank 0 writes atomically; every rank learns the path. Mid-epoch names carry the step."""
+        state, train = self.state, self.cfg.train
+        name = f"checkpoint-step{state.step:08d}.pt" if mid_epoch else f"checkpoint-{state.epoch:04d}.pt"
+        path = self.run_dir / name
+        if self.ctx.is_main:
+            numpy_state = np.random.get_state()
+            payload = {
+                "format": CHECKPOINT_FORMAT,
+                "format_version": 2,
+                "config": config_to_dict(self.cfg),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "progress": config_to_dict(state),
+                "world_size": self.ctx.world_size,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "python": _plain(random.getstate()),
+                    "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
+                    "numpy_pos": int(numpy_state[2]),
+                },
+            }
+            try:
+                write_checkpoint(payload, path)
+            except OSError as exc:
+                raise CheckpointError(
+                    f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous checkpoint "
+                    f"{self.checkpoint or '(none yet)'} is intact"
+                ) from None
+            _rotate(self.run_dir, keep=train.keep_last, newest=path)
+        barrier(self.ctx)
+        self.checkpoint = path
+        return path
+
+    def _restore(self, path: Path) -> None:
+        payload = read_checkpoint(path)
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "optimizer" not in payload:
+            raise CheckpointError(
+                f"--resume {path}: not an anymae training checkpoint (format='anymae' with optimizer)"
+            )
+        load_state_dict_checked(self.model, payload["model"], source=str(path), strict=True)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.scaler is not None and payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
+        if "progress" in payload:
+            self.state = Progress(**payload["progress"])
+        else:  # format 1: saved at the end of epoch `epoch`
+            self.state = Progress(epoch=payload["epoch"] + 1, step=payload["step"])
+        saved_world = payload.get("world_size", 1)
+        if self.state.batch and saved_world != self.ctx.world_size:
+            raise CheckpointError(
+                f"--resume {path}: saved inside an epoch by {saved_world} process(es); resume it with the same "
+                f"number of processes (now {self.ctx.world_size}) or from an epoch-end checkpoint"
+            )
+        rng = payload["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(_tuples(rng["python"]))
+        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
+        self.checkpoint = path
+
+    @contextmanager
+    def _metrics(self) -> Iterator[Any]:
+        if not self.ctx.is_main:
+            yield None
+            return
+        with self.metrics_path.open("a") as stream:
+            yield stream
+
+    def _log(self, **record: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+            self.metrics.flush()
+
+
+@contextmanager
+def _on_sigterm(flag: threading.Event) -> Iterator[None]:
+    """SIGTERM sets ``flag`` (the loop checkpoints at the next step boundary and stops) instead of killing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @torch.no_grad()
@@ -174,7 +440,7 @@ def evaluate_heldout(
     """Masked-patch loss on held-out data with masks fixed by ``train.seed``, the trivial baseline's loss
     (each removed patch predicted by its own mean), and the reconstruction figure of the first samples."""
     model.eval()
-    safe = SafeDataset(dataset, max_bad_fraction=cfg.train.max_bad_fraction)
+    safe = SafeDataset(dataset, max_bad_fraction=cfg.train.max_bad_fraction, seed=cfg.train.seed)
     loader = DataLoader(safe, batch_size=cfg.train.batch_size, shuffle=False)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     loss_sum = base_sum = weight = 0.0
@@ -213,34 +479,16 @@ def evaluate_heldout(
 
 # --- helpers ----------------------------------------------------------------------------------------------
 def _inputs(batch: Any) -> torch.Tensor:
-    """Datasets yield inputs or (input, label) pairs; pre-training uses the inputs only."""
+    """SafeDataset batches are dicts; plain datasets yield inputs or (input, label) pairs."""
+    if isinstance(batch, dict):
+        return batch["input"]
     return batch[0] if isinstance(batch, (list, tuple)) else batch
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return device
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32  # distinct per worker and per epoch, derived from the loader's generator
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def _log(stream: Any, **record: Any) -> None:
-    stream.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
-    stream.flush()
 
 
 def _new_run_dir(cfg: Config) -> Path:
@@ -261,11 +509,20 @@ def _new_run_dir(cfg: Config) -> Path:
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
-    return sorted(run_dir.glob("checkpoint-*.pt"))
+    """The run's complete checkpoints, oldest first (temporary files of interrupted writes are hidden)."""
+    found = sorted(run_dir.glob("checkpoint-*.pt"), key=lambda c: (c.stat().st_mtime_ns, c.name))
+    complete = []
+    for path in found:
+        if zipfile.is_zipfile(path):  # torch.save's zip ends with a central directory: truncation shows
+            complete.append(path)
+        else:
+            warnings.warn(f"ignoring {path}: not a complete checkpoint file", RuntimeWarning, stacklevel=2)
+    return complete
 
 
 def _resume_path(resume: str, cfg: Config) -> Path:
-    """A given path, or for "auto" the newest checkpoint of this run: runs/<name> or its -2, -3, ... siblings."""
+    """A given path, or for "auto" the newest complete checkpoint of this run: runs/<name> or its -2, -3, ...
+    siblings."""
     if resume != "auto":
         return Path(resume)
     base = Path(cfg.train.output_dir) / (cfg.train.run_name or cfg.name)
@@ -276,53 +533,16 @@ def _resume_path(resume: str, cfg: Config) -> Path:
     found = [c for d in runs if d.is_dir() for c in _checkpoints(d)]
     if not found:
         raise CheckpointError(f"--resume auto: no checkpoint-*.pt in {base} (or {base.name}-N beside it)")
-    return max(found, key=lambda c: (c.stat().st_mtime, c.name))
+    return max(found, key=lambda c: (c.stat().st_mtime_ns, c.name))
 
 
-def _save(
-    run_dir: Path,
-    cfg: Config,
-    model: MaskedAutoencoder,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    *,
-    epoch: int,
-    step: int,
-) -> Path:
-    numpy_state = np.random.get_state()
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": 1,
-        "config": config_to_dict(cfg),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "loader": generator.get_state(),
-            "python": _plain(random.getstate()),
-            "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
-            "numpy_pos": int(numpy_state[2]),
-        },
-    }
-    return write_checkpoint(payload, run_dir / f"checkpoint-{epoch + 1:04d}.pt")
-
-
-def _restore(
-    path: Path, model: MaskedAutoencoder, optimizer: torch.optim.Optimizer, generator: torch.Generator
-) -> tuple[int, int]:
-    payload = read_checkpoint(path)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "optimizer" not in payload:
-        raise CheckpointError(f"--resume {path}: not an anymae training checkpoint (format='anymae' with optimizer)")
-    load_state_dict_checked(model, payload["model"], source=str(path), strict=True)
-    optimizer.load_state_dict(payload["optimizer"])
-    rng = payload["rng"]
-    torch.set_rng_state(rng["torch"])
-    generator.set_state(rng["loader"])
-    random.setstate(_tuples(rng["python"]))
-    np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
-    return payload["epoch"] + 1, payload["step"]
+def _rotate(run_dir: Path, *, keep: int, newest: Path) -> None:
+    """Delete all but the newest ``keep`` checkpoints (``keep`` 0: keep all); never the one just written."""
+    if keep <= 0:
+        return
+    old = [c for c in _checkpoints(run_dir) if c != newest]
+    for path in old[: max(len(old) - (keep - 1), 0)]:
+        path.unlink(missing_ok=True)
 
 
 def _plain(value: Any) -> Any:

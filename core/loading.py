@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .build import build_model
-from .checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import CheckpointError, read_checkpoint, read_safetensors
 from .config import resolve_model_config
 from .interop import from_hugging_face, from_official_mae, is_official_mae
 from .model import MaskedAutoencoder
@@ -29,7 +29,8 @@ def load_model(
     strict: bool = True,
     registry: Any = None,
 ) -> MaskedAutoencoder:
-    """Load an MAE from an anymae checkpoint, an official MAE ``.pth`` or a Hugging Face ViTMAE folder.
+    """Load an MAE from an anymae checkpoint (``.pt``, or ``.safetensors`` from ``anymae export``), an official
+    MAE ``.pth`` or a Hugging Face ViTMAE folder.
 
     The architecture is read from the checkpoint's config, or inferred from the tensors (official files:
     width, depth, patch, grid, decoder; heads from the official table or ``num_heads``). A file without
@@ -41,7 +42,13 @@ def load_model(
     path = Path(source)
     if path.is_dir():
         return _load_hugging_face(path, norm_pix_loss=norm_pix_loss, strict=strict, registry=registry)
-    payload = read_checkpoint(path)
+    if path.suffix == ".safetensors":
+        state, config = read_safetensors(path)
+        if "model" not in config:
+            raise CheckpointError(f"{path}: no anymae config in its metadata (write it with `anymae export`)")
+        payload = {"format": CHECKPOINT_FORMAT, "config": config, "model": state}
+    else:
+        payload = read_checkpoint(path)
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         model_raw = dict(payload["config"]["model"])
         state = payload["model"]

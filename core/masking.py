@@ -16,6 +16,7 @@ from torch import Tensor
 
 __all__ = [
     "MaskingStrategy",
+    "SampleMasker",
     "gather_tokens",
     "keep_count",
     "noise_from_mask",
@@ -108,3 +109,26 @@ def sample_mask(
     the masks must be reproducible and follow the model's own strategy, e.g. tubes)."""
     noise, len_keep = strategy(batch=batch, grid=grid, mask_ratio=mask_ratio, device=device, generator=generator)
     return shuffle_from_noise(noise, len_keep)[2].bool()
+
+
+class SampleMasker:
+    """One sample's mask from a strategy: ``masker(generator) -> bool (L,)``, True = removed.
+
+    The trainer draws masks in the data pipeline, one per sample with that sample's seeded generator, so
+    a sample's mask does not depend on the batch, the rank or the worker that loads it (and a strategy
+    that is a module-level function pickles into DataLoader workers).
+    """
+
+    def __init__(self, strategy: MaskingStrategy, grid: tuple[int, ...], mask_ratio: float) -> None:
+        self.strategy, self.grid, self.mask_ratio = strategy, tuple(grid), mask_ratio
+
+    def __call__(self, generator: torch.Generator) -> Tensor:
+        mask = sample_mask(
+            self.strategy,
+            batch=1,
+            grid=self.grid,
+            mask_ratio=self.mask_ratio,
+            device=torch.device("cpu"),
+            generator=generator,
+        )
+        return mask[0]

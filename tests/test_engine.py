@@ -128,7 +128,7 @@ def test_pretrain_writes_config_metrics_checkpoint_and_figure(tiny_config_dict):
     assert result.checkpoint == run_dir / "checkpoint-0002.pt"
     payload = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
     assert payload["format"] == "anymae"
-    assert payload["epoch"] == 1 and payload["step"] == 4
+    assert payload["progress"]["epoch"] == 2 and payload["progress"]["batch"] == 0 and payload["progress"]["step"] == 4
     assert payload["config"] == config_to_dict(resolve_config(tiny_config_dict))
     yaml.safe_dump(payload["config"])  # plain data: dumps without any Python tags
 
@@ -184,7 +184,7 @@ def test_resume_auto_continues_the_epoch_count(tiny_config_dict):
     assert result.run_dir == first.run_dir
     assert result.checkpoint == first.run_dir / "checkpoint-0003.pt"
     payload = read_checkpoint(result.checkpoint)
-    assert payload["epoch"] == 2 and payload["step"] == 6
+    assert payload["progress"]["epoch"] == 3 and payload["progress"]["step"] == 6
     epochs = [r["epoch"] for r in _records(result.metrics) if "epoch_loss" in r]
     assert epochs == [1, 2, 3]
 
@@ -204,7 +204,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_co
     assert resumed.checkpoint == interrupted / "checkpoint-0003.pt"
     a = read_checkpoint(full.run_dir / "checkpoint-0003.pt")
     b = read_checkpoint(resumed.checkpoint)
-    assert a["step"] == b["step"]
+    assert a["progress"] == b["progress"]
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=f"{key} differs after resume")
     assert resumed.train_loss == full.train_loss
@@ -240,7 +240,7 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_config_dict
         initial = build_model(cfg.model).state_dict()
         result = pretrain(cfg, progress=False)
         payload = read_checkpoint(result.checkpoint)
-        assert payload["step"] == 1
+        assert payload["progress"]["step"] == 1
         return {k: payload["model"][k] - initial[k] for k in initial}
 
     big = first_update(4, 1, "big")

@@ -151,8 +151,9 @@ def test_safe_dataset_substitutes_the_next_readable_sample():
 
     data = SafeDataset(Flaky(), max_bad_fraction=0.5)
     with pytest.warns(UserWarning, match="broken file number 1"):
-        assert data[1] == 2
-    assert [data[i] for i in range(4)] == [0, 2, 2, 3]
+        assert data[1] == {"input": 2, "bad": 1}
+    assert [data[i]["input"] for i in range(4)] == [0, 2, 2, 3]
+    assert [data[(5, i)]["bad"] for i in range(4)] == [0, 1, 0, 0]  # reported in every epoch, warned once
 
 
 # --- transforms ----------------------------------------------------------------------------------------
