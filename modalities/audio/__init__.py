@@ -1,0 +1,27 @@
+"""The built-in audio modality plugin (entry point ``audio`` in the ``anymae`` group): AudioMAE's recipe."""
+
+from .decoder import LocalDecoder
+from .interop import load_audiomae
+from .masking import time_frequency_masking
+from .modality import (
+    AudioDataConfig,
+    AudioModality,
+    AudioTokenizerConfig,
+    anymae_register_decoders,
+    anymae_register_masking,
+    anymae_register_modalities,
+)
+from .tokenizer import SpectrogramTokenizer
+
+__all__ = [
+    "AudioDataConfig",
+    "AudioModality",
+    "AudioTokenizerConfig",
+    "LocalDecoder",
+    "SpectrogramTokenizer",
+    "anymae_register_decoders",
+    "anymae_register_masking",
+    "anymae_register_modalities",
+    "load_audiomae",
+    "time_frequency_masking",
+]

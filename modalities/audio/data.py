@@ -1,0 +1,257 @@
+"""Audio file lists for pre-training: AudioSet JSON, ``path label`` CSV, folder-per-class and flat folders.
+
+Every list becomes ``(path, label)`` entries; a dataset item is the model input, an fbank tensor (1, T, F),
+paired with its label when the list has labels (labels are ignored by pre-training):
+
+* AudioSet JSON ``{"data": [{"wav": path, "labels": "/m/..,/m/.."}]}`` with ``class_labels_indices.csv``
+  (columns ``index,mid,display_name``): a multi-hot float vector over the classes;
+* CSV, one ``path label`` (or ``path,label``) line per clip; an optional header ``path label``: a class index
+  (labels sorted by name);
+* a folder of class sub-folders: a class index (sub-folders sorted by name);
+* a flat folder of audio files: no label.
+
+Relative paths in JSON/CSV lists are resolved against the list's own folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from anymae.core.data import BadSampleError, DataError
+
+from .decode import crop_waveform, load_waveform, roll_mag_augment
+from .features import features, samples_for_frames
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioClips",
+    "ClipList",
+    "FeatureSettings",
+    "find_audio",
+    "read_audioset_json",
+    "read_clip_list",
+    "read_csv_list",
+    "read_folder",
+    "sliding_windows",
+]
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".oga", ".m4a", ".aac", ".mp4", ".webm", ".aif", ".aiff")
+
+
+@dataclass(frozen=True)
+class ClipList:
+    """Files and their labels: ``labels`` is None (unlabelled), class indices, or multi-hot rows."""
+
+    files: list[Path]
+    labels: list[Any] | None
+    classes: list[str]
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How one file becomes a model input (see ``features.features``)."""
+
+    sample_rate: int
+    num_mel_bins: int
+    target_length: int
+    mean: float
+    std: float
+
+
+def find_audio(folder: Path) -> list[Path]:
+    """Every audio file below ``folder``, sorted for a deterministic order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+
+
+def read_folder(folder: Path) -> ClipList:
+    """Class sub-folders (labels = sorted sub-folder index) or a flat folder (no labels)."""
+    if not folder.is_dir():
+        raise DataError(f"folder {folder} does not exist")
+    flat = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and find_audio(d))
+    if flat or not classes:
+        files = find_audio(folder)
+        if not files:
+            raise DataError(f"no audio files ({' '.join(AUDIO_EXTENSIONS)}) under {folder}")
+        return ClipList(files, None, [])
+    files, labels = [], []
+    for index, name in enumerate(classes):
+        for path in find_audio(folder / name):
+            files.append(path)
+            labels.append(index)
+    return ClipList(files, labels, classes)
+
+
+def read_label_csv(path: Path) -> tuple[dict[str, int], list[str]]:
+    """AudioSet's ``class_labels_indices.csv`` (``index,mid,display_name``) -> (mid -> index, display names)."""
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise DataError(f"data.label_csv: cannot read {path}: {exc.strerror or exc}") from None
+    if not rows or not {"index", "mid"} <= set(rows[0]):
+        raise DataError(f"data.label_csv: {path} needs a header with columns index,mid[,display_name]")
+    index = {row["mid"]: int(row["index"]) for row in rows}
+    names = [""] * (max(index.values()) + 1)
+    for row in rows:
+        names[int(row["index"])] = row.get("display_name") or row["mid"]
+    return index, names
+
+
+def read_audioset_json(path: Path, label_csv: Path | None) -> ClipList:
+    """``{"data": [{"wav": ..., "labels": "/m/a,/m/b"}]}`` -> files and multi-hot rows (with ``label_csv``)."""
+    try:
+        entries = json.loads(path.read_text())["data"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not an AudioSet list {{'data': [{{'wav': ..., 'labels': ...}}]}}: {exc}") from None
+    index, names = read_label_csv(label_csv) if label_csv is not None else (None, [])
+    files, labels = [], []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "wav" not in entry:
+            raise DataError(f"{path}: entry {i} has no 'wav' key: {entry!r}")
+        files.append(_resolve(entry["wav"], path.parent))
+        if index is not None:
+            row = torch.zeros(len(names))
+            for mid in filter(None, str(entry.get("labels", "")).split(",")):
+                if mid not in index:
+                    raise DataError(f"{path}: entry {i} has label {mid!r}, which {label_csv} does not list")
+                row[index[mid]] = 1.0
+            labels.append(row)
+    if not files:
+        raise DataError(f"{path} lists no clips")
+    return ClipList(files, labels if index is not None else None, names)
+
+
+def read_csv_list(path: Path) -> ClipList:
+    """``path label`` or ``path,label`` lines (an optional ``path label`` header) -> files and class indices."""
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines()]
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line or line.startswith("#"):
+            continue
+        parts = next(csv.reader([line])) if "," in line else line.split()
+        parts = [p.strip() for p in parts]
+        if len(parts) != 2:
+            raise DataError(f"{path}:{number}: expected 'path label', got {line!r}")
+        rows.append(parts)
+    if rows and rows[0][0].lower() in ("path", "file", "filename", "wav") and rows[0][1].lower() == "label":
+        rows = rows[1:]
+    if not rows:
+        raise DataError(f"{path} lists no clips")
+    classes = sorted({label for _, label in rows})
+    lookup = {name: i for i, name in enumerate(classes)}
+    return ClipList([_resolve(p, path.parent) for p, _ in rows], [lookup[label] for _, label in rows], classes)
+
+
+def read_clip_list(source: Path, *, label_csv: Path | None = None) -> ClipList:
+    """A ``.json`` (AudioSet), a ``.csv``/``.txt``/``.tsv`` list, or a folder."""
+    if source.is_dir():
+        return read_folder(source)
+    if not source.is_file():
+        raise DataError(f"{source} does not exist")
+    if source.suffix.lower() == ".json":
+        return read_audioset_json(source, label_csv)
+    if source.suffix.lower() in (".csv", ".txt", ".tsv"):
+        return read_csv_list(source)
+    raise DataError(f"{source}: expected a folder, an AudioSet .json or a 'path label' .csv")
+
+
+def _resolve(name: str, base: Path) -> Path:
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+class AudioClips(Dataset):
+    """Files -> fbank inputs (1, T, F), with their label when the list has labels.
+
+    ``crop``: ``random`` for training, ``center``/``start`` for evaluation (see ``decode.crop_waveform``);
+    ``repeats`` lists every file that many times per epoch (each with its own random crop).
+    """
+
+    def __init__(
+        self,
+        clips: ClipList,
+        *,
+        settings: FeatureSettings,
+        crop: str,
+        roll_mag_aug: bool = False,
+        repeats: int = 1,
+    ) -> None:
+        if not clips.files:
+            raise DataError("no audio files given")
+        self.clips = clips
+        self.settings = settings
+        self.crop = crop
+        self.roll_mag_aug = roll_mag_aug
+        self.repeats = repeats
+        self.num_samples = samples_for_frames(settings.target_length, settings.sample_rate)
+
+    def __len__(self) -> int:
+        return len(self.clips.files) * self.repeats
+
+    def load(self, path: Path) -> Tensor:
+        """One file -> (1, T, F); a file that cannot be decoded raises BadSampleError naming it."""
+        s = self.settings
+        wave = load_waveform(path, sample_rate=s.sample_rate)  # (S,), mean removed
+        wave = crop_waveform(wave, self.num_samples, mode=self.crop)
+        if self.roll_mag_aug:
+            wave = roll_mag_augment(wave)
+        x = features(
+            wave,
+            sample_rate=s.sample_rate,
+            num_mel_bins=s.num_mel_bins,
+            target_length=s.target_length,
+            mean=s.mean,
+            std=s.std,
+        )
+        if not torch.isfinite(x).all():
+            raise BadSampleError(f"audio {path} gives non-finite filter-bank values")
+        return x
+
+    def __getitem__(self, index: int) -> Tensor | tuple[Tensor, Any]:
+        i = index % len(self.clips.files)
+        x = self.load(self.clips.files[i])
+        if self.clips.labels is None:
+            return x
+        return x, self.clips.labels[i]
+
+
+def sliding_windows(path: str | Path, settings: FeatureSettings, *, hop_frames: int | None = None) -> Tensor:
+    """Evaluation over a whole file: consecutive ``target_length`` windows -> (K, 1, T, F).
+
+    Windows start every ``hop_frames`` frames (default: ``target_length``, no overlap); the last one is
+    zero-padded as AudioMAE pads a short clip.
+    """
+    s = settings
+    hop = hop_frames or s.target_length
+    wave = load_waveform(path, sample_rate=s.sample_rate)
+    shift = s.sample_rate // 100  # 10 ms
+    window = samples_for_frames(s.target_length, s.sample_rate)
+    starts = np.arange(0, max(wave.shape[0] - window, 0) + 1, hop * shift).tolist()
+    if starts[-1] + window < wave.shape[0]:
+        starts.append(starts[-1] + hop * shift)  # cover the tail
+    return torch.stack(
+        [
+            features(
+                wave[start : start + window],
+                sample_rate=s.sample_rate,
+                num_mel_bins=s.num_mel_bins,
+                target_length=s.target_length,
+                mean=s.mean,
+                std=s.std,
+            )
+            for start in starts
+        ]
+    )

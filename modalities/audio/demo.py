@@ -1,0 +1,144 @@
+"""The demo sounds: chirps, tone sequences and noise bursts, generated deterministically at first use.
+
+``data.root: builtin:demo_sounds`` resolves to ``$XDG_CACHE_HOME/anymae/demo_sounds-v1`` (default
+``~/.cache/anymae/...``), written once (into a temporary folder, then renamed, so an interrupted run never
+leaves half a data set) as 16-bit 16 kHz mono WAV files in ``train/<class>/`` and, flat, ``heldout/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import wave
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["BUILTIN_DEMO_ROOT", "CLASSES", "demo_sounds_dir", "generate_demo_sounds", "resolve_root"]
+
+BUILTIN_DEMO_ROOT = "builtin:demo_sounds"
+VERSION = "v2"  # bump when the generator changes: a new cache folder is written
+CLASSES = ("chirp", "tones", "noise_bursts")
+RATE = 16_000
+DURATION_S = 4.0
+
+
+def _envelope(n: int, attack: int, release: int) -> np.ndarray:
+    env = np.ones(n)
+    env[:attack] = np.linspace(0, 1, attack)
+    env[n - release :] = np.linspace(1, 0, release)
+    return env
+
+
+def _chirp(rng: np.random.Generator, n: int) -> np.ndarray:
+    """2-4 harmonic sweeps (exponential, three harmonics) between random frequencies in 150 Hz - 2.5 kHz."""
+    out = np.zeros(n)
+    for _ in range(int(rng.integers(2, 5))):
+        length = int(rng.integers(n // 4, n // 2))
+        start = int(rng.integers(0, n - length + 1))
+        f0, f1 = np.exp(rng.uniform(np.log(150), np.log(2500), size=2))
+        t = np.arange(length) / RATE
+        duration = length / RATE
+        # phase of an exponential sweep f(t) = f0 * (f1/f0)^(t/duration)
+        k = np.log(f1 / f0) / duration
+        phase = 2 * np.pi * f0 * (np.exp(k * t) - 1) / k if abs(k) > 1e-9 else 2 * np.pi * f0 * t
+        sweep = sum(np.sin(h * phase) / h for h in (1, 2, 3))
+        out[start : start + length] += sweep * _envelope(length, 400, 800)
+    return out
+
+
+def _tones(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A melody of harmonic notes (fundamental 110-880 Hz, five harmonics), each 0.25-0.6 s."""
+    out = np.zeros(n)
+    pos = int(rng.integers(0, RATE // 4))
+    while pos < n:
+        length = min(int(rng.uniform(0.25, 0.6) * RATE), n - pos)
+        f0 = 110 * 2 ** (rng.integers(0, 37) / 12)  # a semitone of three octaves
+        t = np.arange(length) / RATE
+        note = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in (1, 2, 3, 4, 5))
+        out[pos : pos + length] += note * _envelope(length, min(160, length), min(1600, length))
+        pos += length + int(rng.integers(0, RATE // 8))
+    return out / 1.5
+
+
+def _noise_bursts(rng: np.random.Generator, n: int) -> np.ndarray:
+    """4-8 bursts of band-limited noise with an exponential decay."""
+    out = np.zeros(n)
+    freqs = np.fft.rfftfreq(n, 1 / RATE)
+    for _ in range(int(rng.integers(4, 9))):
+        length = int(rng.uniform(0.1, 0.5) * RATE)
+        start = int(rng.integers(0, n - length))
+        low = rng.uniform(100, 4000)
+        band = (freqs >= low) & (freqs <= low * rng.uniform(1.5, 4.0))
+        spectrum = np.fft.rfft(rng.standard_normal(n)) * band
+        noise = np.fft.irfft(spectrum, n)[:length]
+        noise /= np.abs(noise).max() + 1e-9
+        out[start : start + length] += noise * np.exp(-np.arange(length) / (length / 4))
+    return out
+
+
+GENERATORS = {"chirp": _chirp, "tones": _tones, "noise_bursts": _noise_bursts}
+
+
+def _write_wav(path: Path, signal: np.ndarray) -> None:
+    pcm = np.clip(signal, -1, 1)
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(RATE)
+        f.writeframes((pcm * 32767).round().astype("<i2").tobytes())
+
+
+def generate_demo_sounds(
+    root: str | Path, *, train_per_class: int = 32, heldout_per_class: int = 4, seed: int = 0
+) -> Path:
+    """Write the demo set into ``root`` (train/<class>/*.wav, heldout/NNN_<class>.wav); returns ``root``."""
+    root = Path(root)
+    n = int(DURATION_S * RATE)
+    for split, count, offset in (("train", train_per_class, 0), ("heldout", heldout_per_class, 1_000_000)):
+        for c, name in enumerate(CLASSES):
+            for i in range(count):
+                rng = np.random.default_rng([seed, c, offset + i])  # one stream per clip: order-independent
+                signal = GENERATORS[name](rng, n)
+                signal = signal / (np.abs(signal).max() + 1e-9) * rng.uniform(0.3, 0.9)
+                signal += 0.001 * rng.standard_normal(n)  # a faint noise floor, as real recordings have
+                # Training clips in class folders; held-out clips flat, named so that classes alternate
+                # (the figure shows the first held-out clips).
+                path = (
+                    root / "train" / name / f"{name}_{i:03d}.wav"
+                    if split == "train"
+                    else root / split / f"{i:03d}_{name}.wav"
+                )
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _write_wav(path, signal)
+    return root
+
+
+def demo_sounds_dir() -> Path:
+    """Where the demo set lives: ``$XDG_CACHE_HOME/anymae/demo_sounds-v1`` (``~/.cache`` by default)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "anymae" / f"demo_sounds-{VERSION}"
+
+
+def resolve_root(root: str) -> Path:
+    """``builtin:demo_sounds`` -> the generated demo folder (written on first use); else a filesystem path."""
+    if root != BUILTIN_DEMO_ROOT:
+        return Path(root).expanduser()
+    target = demo_sounds_dir()
+    if not (target / "COMPLETE").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".demo_sounds-", dir=target.parent))
+        try:
+            generate_demo_sounds(tmp)
+            (tmp / "COMPLETE").write_text("generated by anymae.modalities.audio.demo\n")
+            if target.exists() and not (target / "COMPLETE").is_file():  # an older, interrupted attempt
+                shutil.rmtree(target)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not (target / "COMPLETE").is_file():  # else another process finished first
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+    return target

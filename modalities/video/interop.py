@@ -1,0 +1,292 @@
+"""Converters from VideoMAE's pre-training checkpoints and Hugging Face ``VideoMAE`` to anymae (reference section 5).
+
+Both give an anymae video MAE with ``cls_token: false``, VideoMAE's 1-D sinusoid positions (``videomae``,
+recomputed: VideoMAE does not store them), tube masking at 0.9, the ``videomae`` decoder (no bias on the
+encoder-to-decoder Linear) and ``pred_masked_only`` (its head runs on masked tokens only).
+
+VideoMAE's attention has a bias on q and v but none on k (``q_bias``, ``v_bias``); anymae's fused qkv gets
+``cat(q_bias, 0, v_bias)``. A bias on k adds the same amount to every key's score for a given query, which
+the softmax cancels, so the zero slot never changes an output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from anymae.core.build import build_model
+from anymae.core.checkpoint import CheckpointError, read_checkpoint
+from anymae.core.config import resolve_model_config
+from anymae.core.loading import load_state_dict_checked
+from anymae.core.model import MaskedAutoencoder
+
+__all__ = ["from_hugging_face_videomae", "from_videomae", "is_videomae", "load_videomae"]
+
+# Heads are not visible in the tensors: VideoMAE's registered pre-training models (S, B, L, H).
+ENCODER_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 16}
+DECODER_HEADS = {192: 3, 384: 6, 512: 8, 640: 8}
+
+_BLOCK_NAMES = (  # Hugging Face layer part -> timm Block part
+    ("attention.output.dense.", "attn.proj."),
+    ("layernorm_before.", "norm1."),
+    ("layernorm_after.", "norm2."),
+    ("intermediate.dense.", "mlp.fc1."),
+    ("output.dense.", "mlp.fc2."),
+)
+
+
+def is_videomae(state: dict[str, Any]) -> bool:
+    return "encoder.patch_embed.proj.weight" in state
+
+
+def _unwrap(payload: Any) -> dict[str, Tensor]:
+    """The state dict inside VideoMAE's ``{'model': ...}`` / DeepSpeed ``{'module': ...}`` files."""
+    for key in ("model", "module", "state_dict"):
+        if isinstance(payload, dict) and isinstance(payload.get(key), dict):
+            return payload[key]
+    if isinstance(payload, dict):
+        return payload
+    raise CheckpointError(f"expected a state dict, got {type(payload).__name__}")
+
+
+def _count(keys: Any, pattern: str) -> int:
+    ids = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
+    return max(ids) + 1 if ids else 0
+
+
+def _heads(table: dict[int, int], width: int, given: int | None, what: str) -> int:
+    heads = given or table.get(width)
+    if heads is None:
+        raise ValueError(f"cannot infer the number of {what} heads for width {width}; pass it explicitly")
+    return heads
+
+
+def _fused_bias(q: Tensor | None, v: Tensor | None, dim: int) -> Tensor | None:
+    if q is None and v is None:
+        return None
+    zeros = torch.zeros(dim, dtype=(q if q is not None else v).dtype)
+    return torch.cat([q if q is not None else zeros, zeros, v if v is not None else zeros])
+
+
+def from_videomae(
+    payload: Any,
+    *,
+    num_frames: int = 16,
+    img_size: int | tuple[int, int] = 224,
+    num_heads: int | None = None,
+    decoder_num_heads: int | None = None,
+    normalize_target: bool = True,
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """An original VideoMAE pre-training state dict (optionally under ``model``/``module``) ->
+    (plain-data ``model`` config section, anymae state dict).
+
+    ``num_frames`` and ``img_size`` are not stored in the file (no position table); the defaults are the
+    released models' 16 x 224 x 224. ``normalize_target`` is VideoMAE's ``--normlize_target`` (default on).
+    """
+    state = _unwrap(payload)
+    if not is_videomae(state):
+        raise CheckpointError("not a VideoMAE pre-training state dict (no encoder.patch_embed.proj.weight)")
+    dim, chans, tubelet, patch, _ = state["encoder.patch_embed.proj.weight"].shape
+    model: dict[str, Any] = {
+        "modality": "video",
+        "tokenizer": {
+            "num_frames": num_frames,
+            "img_size": img_size if isinstance(img_size, int) else list(img_size),
+            "patch_size": patch,
+            "tubelet_size": tubelet,
+            "in_chans": chans,
+            "pos_embed": "videomae",
+        },
+        "masking": "tube",
+        "mask_ratio": 0.9,
+        "target": "videomae" if normalize_target else "videomae_pixels",
+        "cls_token": False,
+        "decoder": "videomae",
+        "pred_masked_only": True,
+        "embed_dim": dim,
+        "depth": _count(state, r"encoder\.blocks\.(\d+)\."),
+        "num_heads": _heads(ENCODER_HEADS, dim, num_heads, "encoder"),
+        "mlp_ratio": state["encoder.blocks.0.mlp.fc1.weight"].shape[0] / dim,
+        "qkv_bias": "encoder.blocks.0.attn.q_bias" in state,
+        "norm_eps": 1e-6,  # VideoMAE: partial(nn.LayerNorm, eps=1e-6) everywhere
+    }
+    if "encoder_to_decoder.weight" in state:
+        dec = state["encoder_to_decoder.weight"].shape[0]
+        model.update(
+            decoder_embed_dim=dec,
+            decoder_depth=_count(state, r"decoder\.blocks\.(\d+)\."),
+            decoder_num_heads=_heads(DECODER_HEADS, dec, decoder_num_heads, "decoder"),
+            decoder_mlp_ratio=state["decoder.blocks.0.mlp.fc1.weight"].shape[0] / dec,
+        )
+    renames = (
+        ("encoder.patch_embed.proj.", "tokenizer.proj."),
+        ("encoder.blocks.", "encoder.blocks."),
+        ("encoder.norm.", "encoder.norm."),
+        ("encoder_to_decoder.", "decoder.embed."),
+        ("decoder.blocks.", "decoder.blocks."),
+        ("decoder.norm.", "decoder.norm."),
+        ("decoder.head.", "decoder.pred."),
+    )
+    converted: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if re.search(r"\.attn\.[qv]_bias$", key):
+            continue  # fused below
+        new = "decoder.mask_token" if key == "mask_token" else key
+        for old, repl in renames:
+            if key.startswith(old):
+                new = repl + key[len(old) :]
+                break
+        converted[new] = value  # anything unrecognised keeps its name and is reported as unexpected
+        if key.endswith(".attn.qkv.weight"):
+            prefix = key[: -len("qkv.weight")]
+            bias = _fused_bias(state.get(prefix + "q_bias"), state.get(prefix + "v_bias"), value.shape[1])
+            if bias is not None:
+                converted[new[: -len("weight")] + "bias"] = bias
+    return model, converted
+
+
+def from_hugging_face_videomae(
+    config: dict[str, Any], state: dict[str, Tensor]
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """A Hugging Face ``VideoMAEForPreTraining`` / ``VideoMAEModel`` config.json + weights ->
+    (``model`` config section, anymae state dict). Reads both the transformers-5 layout (``query.bias``,
+    ``value.bias``) and the older one (``q_bias``, ``v_bias``)."""
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"hidden_act {config.get('hidden_act')!r} is not supported (VideoMAE uses exact GELU)")
+    state = {k.removeprefix("videomae."): v for k, v in state.items()}
+    if config.get("use_mean_pooling", True) and "layernorm.weight" not in state:
+        raise ValueError(
+            "this VideoMAE has no final encoder LayerNorm (use_mean_pooling: true, a classification backbone); "
+            "anymae's encoder always ends with one: convert a pre-training model (use_mean_pooling: false)"
+        )
+    dim = config["hidden_size"]
+    size = config.get("image_size", 224)
+    norm_pix = config.get("norm_pix_loss", True)
+    model: dict[str, Any] = {
+        "modality": "video",
+        "tokenizer": {
+            "num_frames": config.get("num_frames", 16),
+            "img_size": size if isinstance(size, int) else list(size),
+            "patch_size": config.get("patch_size", 16),
+            "tubelet_size": config.get("tubelet_size", 2),
+            "in_chans": config.get("num_channels", 3),
+            "pos_embed": "videomae",
+        },
+        "masking": "tube",
+        "mask_ratio": 0.9,
+        "target": "videomae" if norm_pix else "videomae_pixels",
+        "cls_token": False,
+        "decoder": "videomae",
+        "pred_masked_only": True,
+        "embed_dim": dim,
+        "depth": config["num_hidden_layers"],
+        "num_heads": config["num_attention_heads"],
+        "mlp_ratio": config["intermediate_size"] / dim,
+        "qkv_bias": config.get("qv_bias", config.get("qkv_bias", True)),
+        "norm_eps": config.get("layer_norm_eps", 1e-12),  # Hugging Face's default; VideoMAE's is 1e-6
+    }
+    if "encoder_to_decoder.weight" in state:
+        dec = config["decoder_hidden_size"]
+        model.update(
+            decoder_embed_dim=dec,
+            decoder_depth=config["decoder_num_hidden_layers"],
+            decoder_num_heads=config["decoder_num_attention_heads"],
+            decoder_mlp_ratio=config["decoder_intermediate_size"] / dec,
+            # VideoMAEDecoder.norm is a plain nn.LayerNorm: PyTorch's eps, not layer_norm_eps.
+            decoder_options={"head_norm_eps": 1e-5},
+        )
+    converted: dict[str, Tensor] = {}
+    attention: dict[str, dict[str, Tensor]] = {}
+    for key, value in state.items():
+        m = re.match(r"(encoder\.layer|decoder\.decoder_layers)\.(\d+)\.(.+)$", key)
+        if m:
+            where, i, rest = m.groups()
+            prefix = f"{'encoder' if where == 'encoder.layer' else 'decoder'}.blocks.{i}."
+            if rest.startswith("attention.attention."):
+                attention.setdefault(prefix, {})[rest.removeprefix("attention.attention.")] = value
+                continue
+            for old, new in _BLOCK_NAMES:
+                if rest.startswith(old):
+                    rest = new + rest[len(old) :]
+                    break
+            converted[prefix + rest] = value
+            continue
+        simple = {
+            "mask_token": "decoder.mask_token",
+            "encoder_to_decoder.weight": "decoder.embed.weight",
+        }
+        for old, new in (
+            ("embeddings.patch_embeddings.projection.", "tokenizer.proj."),
+            ("layernorm.", "encoder.norm."),
+            ("decoder.norm.", "decoder.norm."),
+            ("decoder.head.", "decoder.pred."),
+        ):
+            if key.startswith(old):
+                simple[key] = new + key[len(old) :]
+        converted[simple.get(key, key)] = value
+    for prefix, parts in attention.items():
+        known = {"query.weight", "key.weight", "value.weight", "query.bias", "value.bias", "q_bias", "v_bias"}
+        for name in sorted(set(parts) - known):
+            converted[f"{prefix}attention.attention.{name}"] = parts[name]  # reported as unexpected
+        converted[prefix + "attn.qkv.weight"] = torch.cat(
+            [parts[n] for n in ("query.weight", "key.weight", "value.weight")]
+        )
+        bias = _fused_bias(
+            parts.get("query.bias", parts.get("q_bias")),
+            parts.get("value.bias", parts.get("v_bias")),
+            parts["query.weight"].shape[0],
+        )
+        if bias is not None:
+            converted[prefix + "attn.qkv.bias"] = bias
+    return model, converted
+
+
+def load_videomae(
+    source: str | Path | dict[str, Tensor],
+    *,
+    config: dict[str, Any] | None = None,
+    strict: bool = True,
+    registry: Any = None,
+    **options: Any,
+) -> MaskedAutoencoder:
+    """An anymae model from a VideoMAE ``.pth`` file, a Hugging Face VideoMAE folder (config.json +
+    model.safetensors / pytorch_model.bin) or an in-memory state dict (with ``config``: a Hugging Face
+    config dict; without: an original VideoMAE state dict). ``options`` go to :func:`from_videomae`.
+
+    Missing or unexpected keys raise :class:`CheckpointError` naming them (``strict=False`` loads the rest
+    and warns).
+    """
+    name = "state dict" if isinstance(source, dict) else str(source)
+    if isinstance(source, dict):
+        state = source
+    elif Path(source).is_dir():
+        folder = Path(source)
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise CheckpointError(f"{folder} has no config.json (expected a Hugging Face VideoMAE folder)")
+        config = json.loads(config_file.read_text())
+        if config.get("model_type") != "videomae":
+            raise CheckpointError(f"{config_file}: model_type {config.get('model_type')!r} is not 'videomae'")
+        if (folder / "model.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(folder / "model.safetensors")
+        elif (folder / "pytorch_model.bin").is_file():
+            state = read_checkpoint(folder / "pytorch_model.bin")
+        else:
+            raise CheckpointError(f"{folder} has no model.safetensors or pytorch_model.bin")
+    else:
+        state = read_checkpoint(source)
+    if config is not None:
+        model_raw, converted = from_hugging_face_videomae(config, state)
+    else:
+        model_raw, converted = from_videomae(state, **options)
+    cfg = resolve_model_config(model_raw, registry)
+    model = build_model(cfg, registry=registry, with_decoder=any(k.startswith("decoder.") for k in converted))
+    load_state_dict_checked(model, converted, source=name, strict=strict)
+    return model

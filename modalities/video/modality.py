@@ -1,0 +1,244 @@
+"""The video modality: tubelet tokens, VideoMAE's clip sampling and augmentation, tube masking and targets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from anymae.core.data import DataError
+from anymae.core.modality import Modality
+from anymae.plugins import hookimpl
+
+from .data import VideoClips, find_split
+from .decode import read_clips
+from .decoder import videomae_decoder
+from .demo import resolve_root
+from .masking import tube_masking
+from .targets import VideoMAEPixelTarget, VideoMAETarget
+from .tokenizer import POSITION_TABLES, TubeletTokenizer
+from .transforms import eval_clip, pretrain_clip
+from .visualize import save_reconstruction_gif, save_reconstruction_grid
+
+__all__ = [
+    "VideoDataConfig",
+    "VideoModality",
+    "VideoTokenizerConfig",
+    "anymae_register_decoders",
+    "anymae_register_masking",
+    "anymae_register_modalities",
+    "anymae_register_targets",
+]
+
+
+@dataclass
+class VideoTokenizerConfig:
+    """``model.tokenizer`` for video; the defaults are VideoMAE's (16 frames of 224x224, tubelets 2x16x16)."""
+
+    num_frames: int = 16
+    img_size: int | tuple[int, int] = 224  # H x W of the crops, or one int for a square
+    patch_size: int = 16
+    tubelet_size: int = 2
+    in_chans: int = 3
+    pos_embed: Literal["videomae", "sincos_3d", "learned"] = "videomae"
+
+    def __post_init__(self) -> None:
+        h, w = self.size
+        if min(self.num_frames, h, w, self.patch_size, self.tubelet_size, self.in_chans) < 1:
+            raise ValueError(f"num_frames, img_size, patch_size, tubelet_size, in_chans must be positive: {self}")
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"frames {h}x{w} (img_size) are not divisible by patch {self.patch_size} (patch_size)")
+        if self.num_frames % self.tubelet_size:
+            raise ValueError(
+                f"num_frames {self.num_frames} is not divisible by tubelet {self.tubelet_size} (tubelet_size)"
+            )
+        if self.pos_embed not in POSITION_TABLES:
+            raise ValueError(f"pos_embed {self.pos_embed!r} is not one of {', '.join(POSITION_TABLES)}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
+
+
+@dataclass
+class VideoDataConfig:
+    """``data`` for video: ``<root>/<split>.csv`` (``path label`` lines) or ``<root>/<split>/`` (class
+    folders or flat)."""
+
+    root: str = ""  # "builtin:demo_videos" generates a small synthetic set once (cached)
+    train_split: str = "train"
+    heldout_split: str | None = "val"  # null for none
+    sampling_rate: int = 4  # frames between sampled frames (VideoMAE: 4 for Kinetics, 2 for SSv2)
+    num_sample: int = 1  # clips drawn per video read (VideoMAE's repeated sampling); >1 folds into the batch
+    scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # GroupMultiScaleCrop scales
+    max_distort: int = 1
+    fix_crop: bool = True  # crop offsets on a fixed quarter grid (VideoMAE), else uniform
+    more_fix_crop: bool = True  # 13 fixed offsets instead of 5
+    hflip: bool = False  # VideoMAE pre-training has no flip (and SSv2 must never be flipped)
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
+    repeats: int = 1  # list every video this many times per epoch (for tiny datasets)
+    heldout_clips: int = 1  # evenly spaced clips per held-out video
+
+    def __post_init__(self) -> None:
+        for name in ("sampling_rate", "num_sample", "repeats", "heldout_clips"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.scales or not all(0 < s <= 1 for s in self.scales):
+            raise ValueError(f"scales must be one or more values in (0, 1], got {self.scales}")
+        if self.max_distort < 0:
+            raise ValueError(f"max_distort must be >= 0, got {self.max_distort}")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+
+
+class VideoModality(Modality):
+    name = "video"
+    tokenizer_config = VideoTokenizerConfig
+    data_config = VideoDataConfig
+
+    def build_tokenizer(self, config: VideoTokenizerConfig, *, embed_dim: int) -> TubeletTokenizer:
+        return TubeletTokenizer(
+            num_frames=config.num_frames,
+            img_size=config.size,
+            patch_size=config.patch_size,
+            tubelet_size=config.tubelet_size,
+            in_chans=config.in_chans,
+            embed_dim=embed_dim,
+            pos_embed=config.pos_embed,
+        )
+
+    def build_dataset(self, data: VideoDataConfig, tokenizer: VideoTokenizerConfig, *, split: str) -> Dataset | None:
+        _check_channels(data, tokenizer)
+        if not data.root:
+            raise DataError(f"data.root is required: a folder holding {data.train_split}/ or {data.train_split}.csv")
+        root = resolve_root(data.root)
+        if not root.is_dir():
+            raise DataError(f"data.root: folder {root} does not exist")
+        if split == "train":
+            if data.num_sample > 1:
+                # Items would be (S, C, T, H, W) stacks; the model folds them (TubeletTokenizer.fold), but the
+                # trainer draws one mask per item, (N, L) for N*S clips. Refuse here rather than mid-run.
+                raise DataError(
+                    f"data.num_sample={data.num_sample}: anymae's trainer draws one mask per dataset item and "
+                    "cannot train on stacks of repeated clips yet; use data.num_sample=1 (and data.repeats)"
+                )
+            try:
+                items = find_split(root, data.train_split)
+            except FileNotFoundError as exc:
+                raise DataError(f"data.train_split: {exc}") from None
+            transform = partial(_train_transform, size=tokenizer.size, data=data, in_chans=tokenizer.in_chans)
+            return VideoClips(
+                [p for p, _ in items],
+                num_frames=tokenizer.num_frames,
+                sampling_rate=data.sampling_rate,
+                transform=transform,
+                mode="random",
+                num_clips=data.num_sample,
+                repeats=data.repeats,
+            )
+        if split == "heldout":
+            if data.heldout_split is None:
+                return None
+            try:
+                items = find_split(root, data.heldout_split)
+            except FileNotFoundError:
+                return None
+            return VideoClips(
+                [p for p, _ in items],
+                num_frames=tokenizer.num_frames,
+                sampling_rate=data.sampling_rate,
+                transform=partial(_eval_transform, size=tokenizer.size, data=data, in_chans=tokenizer.in_chans),
+                mode="uniform",
+                num_clips=data.heldout_clips,
+            )
+        raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
+
+    def load_inputs(
+        self, paths: Sequence[str | Path], data: VideoDataConfig, tokenizer: VideoTokenizerConfig
+    ) -> Tensor:
+        _check_channels(data, tokenizer)
+        clips = []
+        for path in paths:
+            (frames,) = read_clips(
+                path, num_frames=tokenizer.num_frames, sampling_rate=data.sampling_rate, mode="uniform"
+            )
+            clips.append(_eval_transform(frames, None, size=tokenizer.size, data=data, in_chans=tokenizer.in_chans))
+        return torch.stack(clips)
+
+    def render_reconstruction(
+        self,
+        *,
+        inputs: Tensor,
+        pred: Tensor,
+        mask: Tensor,
+        tokenizer: Any,
+        data: VideoDataConfig,
+        path: str | Path,
+    ) -> Path:
+        """The PNG grid at ``path`` and an animated GIF beside it (same name, ``.gif``)."""
+        kwargs = {"tokenizer": tokenizer, "mean": data.mean, "std": data.std}
+        save_reconstruction_gif(inputs, pred, mask, path=Path(path).with_suffix(".gif"), **kwargs)
+        return save_reconstruction_grid(inputs, pred, mask, path=path, **kwargs)
+
+
+def _train_transform(
+    frames: np.ndarray, rng: np.random.Generator, *, size: tuple[int, int], data: VideoDataConfig, in_chans: int
+) -> Tensor:
+    return pretrain_clip(
+        frames,
+        size,
+        scales=data.scales,
+        max_distort=data.max_distort,
+        fix_crop=data.fix_crop,
+        more_fix_crop=data.more_fix_crop,
+        hflip=data.hflip,
+        mean=data.mean,
+        std=data.std,
+        in_chans=in_chans,
+        rng=rng,
+    )
+
+
+def _eval_transform(
+    frames: np.ndarray, rng: Any, *, size: tuple[int, int], data: VideoDataConfig, in_chans: int
+) -> Tensor:
+    return eval_clip(frames, size, mean=data.mean, std=data.std, in_chans=in_chans)
+
+
+def _check_channels(data: VideoDataConfig, tokenizer: VideoTokenizerConfig) -> None:
+    if tokenizer.in_chans not in (1, 3):
+        raise DataError(
+            f"model.tokenizer.in_chans={tokenizer.in_chans}: video files decode to 1 (grey) or 3 (RGB) channels"
+        )
+    if len(data.mean) != tokenizer.in_chans:
+        raise DataError(f"data.mean/std have {len(data.mean)} values for {tokenizer.in_chans} channels (in_chans)")
+
+
+@hookimpl
+def anymae_register_modalities(register: Callable[[Any], None]) -> None:
+    register(VideoModality())
+
+
+@hookimpl
+def anymae_register_masking(register: Callable[[str, Any], None]) -> None:
+    register("tube", tube_masking)
+
+
+@hookimpl
+def anymae_register_targets(register: Callable[[str, Any], None]) -> None:
+    register("videomae", VideoMAETarget())
+    register("videomae_pixels", VideoMAEPixelTarget())
+
+
+@hookimpl
+def anymae_register_decoders(register: Callable[[str, Any], None]) -> None:
+    register("videomae", videomae_decoder)

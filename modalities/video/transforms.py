@@ -1,0 +1,116 @@
+"""Clip transforms applied identically to every frame: VideoMAE's multi-scale crop, flip, normalization.
+
+Clips arrive as uint8 (T, H, W, 3) arrays from :mod:`.decode` and leave as float (C, T, H, W) tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["eval_clip", "multiscale_crop_box", "normalize_clip", "pretrain_clip", "resize_clip"]
+
+
+def multiscale_crop_box(
+    image_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    *,
+    scales: Sequence[float],
+    max_distort: int,
+    fix_crop: bool,
+    more_fix_crop: bool,
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int]:
+    """VideoMAE's ``GroupMultiScaleCrop._sample_crop_size`` -> (top, left, height, width).
+
+    Crop sides are ``int(min(H, W) * scale)``, snapped to the output side when within 3 pixels; a (w, h)
+    pair is drawn among scales at most ``max_distort`` apart; with ``fix_crop`` the offset is one of the 5
+    (or, with ``more_fix_crop``, 13) fixed positions on a quarter grid, else uniform.
+    """
+    image_h, image_w = image_hw
+    out_h, out_w = out_hw
+    base = min(image_h, image_w)
+    sides = [int(base * s) for s in scales]
+    crop_hs = [out_h if abs(x - out_h) < 3 else x for x in sides]
+    crop_ws = [out_w if abs(x - out_w) < 3 else x for x in sides]
+    pairs = [(w, h) for i, h in enumerate(crop_hs) for j, w in enumerate(crop_ws) if abs(i - j) <= max_distort]
+    crop_w, crop_h = pairs[int(rng.integers(len(pairs)))]
+    crop_w, crop_h = min(crop_w, image_w), min(crop_h, image_h)  # snapping can exceed a frame barely larger
+    if not fix_crop:
+        return int(rng.integers(image_h - crop_h + 1)), int(rng.integers(image_w - crop_w + 1)), crop_h, crop_w
+    w_step, h_step = (image_w - crop_w) // 4, (image_h - crop_h) // 4
+    offsets = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2)]  # (x, y) in quarter steps: corners and centre
+    if more_fix_crop:
+        offsets += [(0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3)]
+    x, y = offsets[int(rng.integers(len(offsets)))]
+    return y * h_step, x * w_step, crop_h, crop_w
+
+
+def resize_clip(clip: Tensor, size: tuple[int, int]) -> Tensor:
+    """(T, C, H, W) float -> (T, C, h, w), bilinear with antialiasing (VideoMAE resizes with PIL BILINEAR)."""
+    if tuple(clip.shape[-2:]) == tuple(size):
+        return clip
+    return F.interpolate(clip, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def normalize_clip(clip: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """(T, C, H, W) in [0, 1] -> (C, T, H, W) normalized per channel."""
+    m = torch.tensor(mean, dtype=clip.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=clip.dtype).view(1, -1, 1, 1)
+    return ((clip - m) / s).transpose(0, 1).contiguous()
+
+
+def _to_float(frames: np.ndarray, in_chans: int) -> Tensor:
+    """uint8 (T, H, W, 3) -> float (T, C, H, W) in [0, 1]; 1 channel = ITU-R 601 luma, as PIL's "L"."""
+    clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+    if in_chans == 1:
+        clip = (clip * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return clip
+
+
+def pretrain_clip(
+    frames: np.ndarray,
+    size: tuple[int, int],
+    *,
+    scales: Sequence[float],
+    max_distort: int,
+    fix_crop: bool,
+    more_fix_crop: bool,
+    hflip: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+    in_chans: int,
+    rng: np.random.Generator,
+) -> Tensor:
+    """VideoMAE's pre-training augmentation: one multi-scale crop for the whole clip, resized to ``size``,
+    an optional horizontal flip of the whole clip, normalization -> (C, T, h, w)."""
+    top, left, h, w = multiscale_crop_box(
+        frames.shape[1:3],
+        size,
+        scales=scales,
+        max_distort=max_distort,
+        fix_crop=fix_crop,
+        more_fix_crop=more_fix_crop,
+        rng=rng,
+    )
+    clip = resize_clip(_to_float(frames[:, top : top + h, left : left + w], in_chans), size)
+    if hflip and rng.random() < 0.5:
+        clip = clip.flip(-1)
+    return normalize_clip(clip, mean, std)
+
+
+def eval_clip(
+    frames: np.ndarray, size: tuple[int, int], *, mean: Sequence[float], std: Sequence[float], in_chans: int
+) -> Tensor:
+    """VideoMAE's evaluation view: shorter side resized to the crop's longer side, centre crop -> (C, T, h, w)."""
+    clip = _to_float(frames, in_chans)
+    h, w = clip.shape[-2:]
+    short = max(size)
+    scale = short / min(h, w)
+    clip = resize_clip(clip, (max(round(h * scale), size[0]), max(round(w * scale), size[1])))
+    top, left = (clip.shape[-2] - size[0]) // 2, (clip.shape[-1] - size[1]) // 2
+    return normalize_clip(clip[..., top : top + size[0], left : left + size[1]], mean, std)
