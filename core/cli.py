@@ -1,4 +1,4 @@
-"""The ``anymae`` command line: pretrain, visualize, export, plugins, configs."""
+"""The ``anymae`` command line: pretrain, visualize, export, plugins, configs, and commands plugins add."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -78,7 +79,23 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("configs", help="list the bundled configs")
     p.set_defaults(func=_configs)
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Subcommands registered by plugins (``anymae_register_commands``), e.g. ``audio-stats``."""
+    from anymae.plugins import get_registry
+
+    for name, entry in sorted(get_registry().commands.items()):
+        if name in sub.choices:
+            warnings.warn(
+                f"plugin {entry.plugin!r}: command {name!r} is built in; ignored", RuntimeWarning, stacklevel=2
+            )
+            continue
+        p = sub.add_parser(name, help=f"{entry.obj.help} (plugin {entry.plugin})")
+        entry.obj.add_arguments(p)
+        p.set_defaults(func=entry.obj.run)
 
 
 def _pretrain(args: argparse.Namespace) -> int:

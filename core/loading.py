@@ -29,8 +29,8 @@ def load_model(
     strict: bool = True,
     registry: Any = None,
 ) -> MaskedAutoencoder:
-    """Load an MAE from an anymae checkpoint (``.pt``, or ``.safetensors`` from ``anymae export``), an official
-    MAE ``.pth`` or a Hugging Face ViTMAE folder.
+    """Load an MAE from an anymae checkpoint (``.pt``, or ``.safetensors`` from ``anymae export``), a format a
+    plugin registered (e.g. VideoMAE, AudioMAE), an official MAE ``.pth`` or a Hugging Face ViTMAE folder.
 
     The architecture is read from the checkpoint's config, or inferred from the tensors (official files:
     width, depth, patch, grid, decoder; heads from the official table or ``num_heads``). A file without
@@ -40,7 +40,14 @@ def load_model(
     warns.
     """
     path = Path(source)
+    if registry is None:
+        from anymae.plugins import get_registry
+
+        registry = get_registry()
     if path.is_dir():
+        plugin_format = _plugin_format(path, None, registry)
+        if plugin_format is not None:
+            return plugin_format.load(path, None, strict=strict, registry=registry)
         return _load_hugging_face(path, norm_pix_loss=norm_pix_loss, strict=strict, registry=registry)
     if path.suffix == ".safetensors":
         state, config = read_safetensors(path)
@@ -54,6 +61,9 @@ def load_model(
         state = payload["model"]
         tables: dict[str, Tensor] = {}
     else:
+        plugin_format = _plugin_format(path, payload, registry)
+        if plugin_format is not None:
+            return plugin_format.load(path, payload, strict=strict, registry=registry)
         state = payload.get("model", payload.get("state_dict", payload)) if isinstance(payload, dict) else None
         if not isinstance(state, dict) or not is_official_mae(state):
             raise CheckpointError(
@@ -68,6 +78,18 @@ def load_model(
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         model.config["data"] = payload["config"].get("data") or {}  # input normalization for visualize
     return model
+
+
+def _plugin_format(path: Path, payload: Any, registry: Any) -> Any:
+    """The first checkpoint format registered by a plugin that recognises ``path`` / ``payload``."""
+    for name, entry in registry.checkpoint_formats.items():
+        try:
+            if entry.obj.detect(path, payload):
+                return entry.obj
+        except Exception as exc:  # a plugin's detector must not hide the other formats
+            message = f"checkpoint format {name!r} (plugin {entry.plugin!r}) failed to inspect {path}: {exc}"
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return None
 
 
 def _load_hugging_face(folder: Path, *, norm_pix_loss: bool | None, strict: bool, registry: Any) -> MaskedAutoencoder:

@@ -1,6 +1,8 @@
 """The anymae plugin system: pluggy hook specifications, the entry-point loader and the registry."""
 
 from .hookspecs import (
+    anymae_register_checkpoint_formats,
+    anymae_register_commands,
     anymae_register_decoders,
     anymae_register_masking,
     anymae_register_modalities,
@@ -24,6 +26,8 @@ __all__ = [
     "PluginError",
     "PluginInfo",
     "Registry",
+    "anymae_register_checkpoint_formats",
+    "anymae_register_commands",
     "anymae_register_decoders",
     "anymae_register_masking",
     "anymae_register_modalities",

@@ -19,6 +19,8 @@ import pluggy
 
 __all__ = [
     "PROJECT_NAME",
+    "anymae_register_checkpoint_formats",
+    "anymae_register_commands",
     "anymae_register_decoders",
     "anymae_register_masking",
     "anymae_register_modalities",
@@ -104,4 +106,38 @@ def anymae_register_decoders(register: Callable[[str, Any], None]) -> None:
         @hookimpl
         def anymae_register_decoders(register):
             register("local", LocalWindowDecoder)
+    """
+
+
+@hookspec
+def anymae_register_checkpoint_formats(register: Callable[[str, Any], None]) -> None:
+    """Register checkpoint formats that ``load_model`` (and so ``anymae visualize`` and ``anymae export``)
+    can open: call ``register(name, fmt)`` once per format.
+
+    ``fmt.detect(path, payload) -> bool`` says whether a source is in this format: ``path`` is the file or
+    folder given, ``payload`` what ``torch.load(weights_only=True)`` read from a file (``None`` for a
+    folder). ``fmt.load(path, payload, *, strict, registry) -> MaskedAutoencoder`` converts it, refusing
+    missing or unexpected keys (naming them) unless ``strict`` is false. Plugin formats are asked after
+    anymae's own format and before the built-in official-MAE and Hugging Face ViTMAE readers.
+
+    Example::
+
+        @hookimpl
+        def anymae_register_checkpoint_formats(register):
+            register("videomae", VideoMAEFormat())
+    """
+
+
+@hookspec
+def anymae_register_commands(register: Callable[[str, Any], None]) -> None:
+    """Register ``anymae`` subcommands: call ``register(name, command)`` once per command.
+
+    ``command`` has a one-line ``help`` string, ``add_arguments(parser)`` (an ``argparse`` parser to fill)
+    and ``run(args) -> int`` (the exit code). A command may not shadow a built-in one.
+
+    Example::
+
+        @hookimpl
+        def anymae_register_commands(register):
+            register("audio-stats", AudioStatsCommand())
     """

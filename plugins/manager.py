@@ -42,7 +42,15 @@ _REGISTRATION_HOOKS = (
     ("anymae_register_masking", "masking", "masking strategy"),
     ("anymae_register_targets", "targets", "target"),
     ("anymae_register_decoders", "decoders", "decoder"),
+    ("anymae_register_checkpoint_formats", "checkpoint_formats", "checkpoint format"),
+    ("anymae_register_commands", "commands", "command"),
 )
+# What a registered object must have, per kind (besides being callable, for the callable kinds).
+_REQUIRED_METHODS = {
+    "target": ("__call__", "to_pixels"),
+    "checkpoint format": ("detect", "load"),
+    "command": ("add_arguments", "run"),
+}
 
 
 class PluginError(RuntimeError):
@@ -87,6 +95,8 @@ class Registry:
         self.masking: dict[str, Registered] = {}
         self.targets: dict[str, Registered] = {}
         self.decoders: dict[str, Registered] = {}
+        self.checkpoint_formats: dict[str, Registered] = {}
+        self.commands: dict[str, Registered] = {}
 
     def modality(self, name: str) -> Any:
         """The registered :class:`anymae.core.Modality` called ``name``."""
@@ -242,11 +252,12 @@ def _unpack_registration(kind: str, plugin: str, args: tuple[Any, ...]) -> tuple
         if len(args) != 1 or not isinstance(args[0], Modality):
             raise PluginError(f"register() takes one anymae.core.Modality instance, got {args!r}")
         return args[0].name, args[0]
-    what = {"target": "target: an object with __call__ and to_pixels"}.get(kind, f"{kind.split()[-1]}: callable")
-    if len(args) != 2 or not isinstance(args[0], str) or not callable(args[1]):
-        raise PluginError(f"register() takes (name: str, {what}), got {args!r}")
-    if kind == "target" and not callable(getattr(args[1], "to_pixels", None)):
-        raise PluginError(f"target {args[0]!r} has no to_pixels(pred, patches, *, tokenizer) method")
+    methods = _REQUIRED_METHODS.get(kind, ("__call__",))
+    if len(args) != 2 or not isinstance(args[0], str):
+        raise PluginError(f"register() takes (name: str, {kind}), got {args!r}")
+    missing = [m for m in methods if not callable(getattr(args[1], m, None))]
+    if missing:
+        raise PluginError(f"{kind} {args[0]!r} has no {' or '.join(missing)} method (needs {', '.join(methods)})")
     return args[0], args[1]
 
 

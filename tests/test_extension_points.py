@@ -223,3 +223,65 @@ def test_hermetic_registry_ignores_installed_plugins_and_env(monkeypatch):
     monkeypatch.setenv("ANYMAE_DISABLE_PLUGINS", "builtin")
     registry = hermetic_registry(types.SimpleNamespace(), builtins=True)
     assert "image" not in registry.modalities and "random" in registry.masking
+
+
+class ToyFormat:
+    """A third-party checkpoint format: ``{"toy_weights": state, "toy_config": model section}``."""
+
+    def detect(self, path, payload):
+        return isinstance(payload, dict) and "toy_weights" in payload
+
+    def load(self, path, payload, *, strict, registry):
+        model = build_model(resolve_model_config(payload["toy_config"], registry), registry=registry)
+        model.load_state_dict(payload["toy_weights"], strict=strict)
+        return model
+
+
+class ToyCommand:
+    help = "say how many modalities are registered"
+
+    def add_arguments(self, parser):
+        parser.add_argument("--shout", action="store_true")
+
+    def run(self, args):
+        print(("MODALITIES" if args.shout else "modalities") + f": {len(get_registry().modalities)}")
+        return 0
+
+
+class FormatAndCommandPlugin:
+    @hookimpl
+    def anymae_register_checkpoint_formats(self, register):
+        register("toy", ToyFormat())
+
+    @hookimpl
+    def anymae_register_commands(self, register):
+        register("toy-count", ToyCommand())
+
+
+def test_load_model_asks_plugin_checkpoint_formats(anymae_registry, tmp_path):
+    from anymae.core import load_model
+
+    registry = anymae_registry(anymae.modalities.image, ("toy", FormatAndCommandPlugin()))
+    original = _model(registry).eval()
+    torch.save({"toy_weights": original.state_dict(), "toy_config": TINY}, tmp_path / "toy.bin")
+    loaded = load_model(tmp_path / "toy.bin", registry=registry).eval()
+    x, noise = torch.randn(2, 3, 16, 16), torch.rand(2, 16)
+    assert torch.equal(loaded(x, noise=noise)[0], original(x, noise=noise)[0])
+
+
+def test_a_plugin_command_is_an_anymae_subcommand(anymae_registry, capsys):
+    from anymae.core.cli import main
+
+    anymae_registry(anymae.modalities.image, ("toy", FormatAndCommandPlugin()))
+    assert main(["toy-count", "--shout"]) == 0
+    assert capsys.readouterr().out.strip() == "MODALITIES: 1"
+
+
+def test_a_checkpoint_format_or_command_without_its_methods_is_refused():
+    class Bad:
+        @hookimpl
+        def anymae_register_commands(self, register):
+            register("half", types.SimpleNamespace(help="x", run=lambda args: 0))
+
+    with pytest.raises(PluginError, match=r"command 'half' has no add_arguments method"):
+        hermetic_registry(("bad", Bad()))

@@ -137,3 +137,18 @@ def test_videomae_conversion_names_missing_and_unexpected_keys():
         load_videomae(state, num_frames=4, img_size=32, num_heads=2, decoder_num_heads=2)
     model_raw, _ = from_videomae({"model": _videomae_state(_hf_model(True))}, num_heads=2, decoder_num_heads=2)
     assert model_raw["depth"] == 2 and model_raw["decoder_depth"] == 2 and model_raw["qkv_bias"] is True
+
+
+def test_load_model_opens_videomae_files_and_folders_through_the_checkpoint_format_hook(tmp_path):
+    from anymae.core import load_model
+
+    hf = _hf_model(False)
+    hf.save_pretrained(tmp_path / "hf")
+    direct = load_videomae(tmp_path / "hf").state_dict()
+    via_core = load_model(tmp_path / "hf").state_dict()
+    assert direct.keys() == via_core.keys() and all(torch.equal(direct[k], via_core[k]) for k in direct)
+
+    # An original .pth is recognised too; this tiny one has no released width, so its heads must be given.
+    torch.save({"model": _videomae_state(hf)}, tmp_path / "videomae.pth")
+    with pytest.raises(CheckpointError, match="cannot infer the number of encoder heads for width 32"):
+        load_model(tmp_path / "videomae.pth")

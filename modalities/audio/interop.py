@@ -180,3 +180,15 @@ def _check_table(what: str, stored: Tensor, ours: Tensor, source: str) -> None:
             f"{source}: the stored {what} differs from AudioMAE's fixed 2-D sin-cos table by {diff:.3g} "
             "(a trained table, pos_trainable=True, is not supported)"
         )
+
+
+class AudioMAEFormat:
+    """The ``audiomae`` checkpoint format for ``load_model``: AudioMAE pre-training ``.pth`` files (128 mel
+    bins, the released window and shift)."""
+
+    def detect(self, path: Path, payload: Any) -> bool:
+        state = payload.get("model", payload) if isinstance(payload, dict) else None
+        return isinstance(state, dict) and is_audiomae(state)
+
+    def load(self, path: Path, payload: Any, *, strict: bool, registry: Any) -> MaskedAutoencoder:
+        return load_audiomae(payload, strict=strict, registry=registry)

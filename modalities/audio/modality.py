@@ -20,7 +20,9 @@ from .decode import SAMPLE_RATE
 from .decoder import LocalDecoder
 from .demo import BUILTIN_DEMO_ROOT, resolve_root
 from .features import AUDIOSET_MEAN, AUDIOSET_STD
+from .interop import AudioMAEFormat
 from .masking import STRATEGIES
+from .stats import AudioStatsCommand
 from .tokenizer import SpectrogramTokenizer
 from .visualize import save_spectrogram_figure
 
@@ -169,3 +171,13 @@ def anymae_register_masking(register: Callable[[str, Any], None]) -> None:
 @hookimpl
 def anymae_register_decoders(register: Callable[[str, Any], None]) -> None:
     register("local", LocalDecoder)  # its keyword arguments beyond the core's are model.decoder_options
+
+
+@hookimpl
+def anymae_register_checkpoint_formats(register: Callable[[str, Any], None]) -> None:
+    register("audiomae", AudioMAEFormat())
+
+
+@hookimpl
+def anymae_register_commands(register: Callable[[str, Any], None]) -> None:
+    register("audio-stats", AudioStatsCommand())

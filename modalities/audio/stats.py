@@ -71,6 +71,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class AudioStatsCommand:
+    """``anymae audio-stats DATA``: registered through the ``anymae_register_commands`` hook."""
+
+    help = "fbank mean/std of a custom audio data set (for data.mean / data.std)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m anymae.modalities.audio.stats", description="fbank mean/std of an audio data set"

@@ -62,7 +62,7 @@ def _count(keys: Any, pattern: str) -> int:
 def _heads(table: dict[int, int], width: int, given: int | None, what: str) -> int:
     heads = given or table.get(width)
     if heads is None:
-        raise ValueError(f"cannot infer the number of {what} heads for width {width}; pass it explicitly")
+        raise CheckpointError(f"cannot infer the number of {what} heads for width {width}; pass it explicitly")
     return heads
 
 
@@ -290,3 +290,18 @@ def load_videomae(
     model = build_model(cfg, registry=registry, with_decoder=any(k.startswith("decoder.") for k in converted))
     load_state_dict_checked(model, converted, source=name, strict=strict)
     return model
+
+
+class VideoMAEFormat:
+    """The ``videomae`` checkpoint format for ``load_model``: original VideoMAE ``.pth`` files and Hugging Face
+    VideoMAE folders."""
+
+    def detect(self, path: Path, payload: Any) -> bool:
+        if payload is None:
+            config = path / "config.json"
+            return config.is_file() and json.loads(config.read_text()).get("model_type") == "videomae"
+        return isinstance(payload, dict) and is_videomae(_unwrap(payload))
+
+    def load(self, path: Path, payload: Any, *, strict: bool, registry: Any) -> MaskedAutoencoder:
+        source = path if payload is None else _unwrap(payload)
+        return load_videomae(source, strict=strict, registry=registry)

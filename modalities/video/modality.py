@@ -22,6 +22,7 @@ from .data import VideoClips, find_split
 from .decode import read_clips
 from .decoder import videomae_decoder
 from .demo import resolve_root
+from .interop import VideoMAEFormat
 from .masking import tube_masking
 from .targets import VideoMAEPixelTarget, VideoMAETarget
 from .tokenizer import POSITION_TABLES, TubeletTokenizer
@@ -242,3 +243,8 @@ def anymae_register_targets(register: Callable[[str, Any], None]) -> None:
 @hookimpl
 def anymae_register_decoders(register: Callable[[str, Any], None]) -> None:
     register("videomae", videomae_decoder)
+
+
+@hookimpl
+def anymae_register_checkpoint_formats(register: Callable[[str, Any], None]) -> None:
+    register("videomae", VideoMAEFormat())
