@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -106,8 +107,12 @@ def _pretrain(args: argparse.Namespace) -> int:
     if "=" in config and not Path(config).is_file():  # `anymae pretrain train.epochs=5`: overrides of the demo
         config, overrides = DEFAULT_CONFIG, [config, *overrides]
     cfg = load_config(config, overrides)
-    print(f"anymae pretrain: config {cfg.name!r}, modality {cfg.model.modality!r}")
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    if main_process:
+        print(f"anymae pretrain: config {cfg.name!r}, modality {cfg.model.modality!r}")
     result = pretrain(cfg, resume=args.resume, progress=not args.no_progress)
+    if not main_process:
+        return 0
     print(f"\nfinished: last-epoch training loss {result.train_loss:.4f}")
     if result.heldout_loss is not None:
         ratio = result.heldout_loss / result.baseline_loss if result.baseline_loss else float("nan")

@@ -144,3 +144,26 @@ def test_visualize_with_an_encoder_only_checkpoint_is_a_one_line_error(tmp_path,
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert "no decoder" in err and len(err.splitlines()) == 1
+
+
+def test_export_writes_safetensors_that_load_model_reads_back(trained_checkpoint, tmp_path, capsys):
+    from safetensors import safe_open
+
+    from anymae.core import load_model
+
+    out = tmp_path / "model.safetensors"
+    assert main(["export", str(trained_checkpoint), str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    with safe_open(str(out), framework="pt") as f:  # plain tensors + JSON metadata, no pickle
+        assert f.metadata()["format"] == "anymae" and "encoder.cls_token" in list(f.keys())
+    original, exported = load_model(trained_checkpoint).eval(), load_model(out).eval()
+    x, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    assert torch.equal(original(x, noise=noise)[0], exported(x, noise=noise)[0])
+
+
+def test_safetensors_without_anymae_metadata_is_a_one_line_error(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "other.safetensors")
+    assert main(["export", str(tmp_path / "other.safetensors"), str(tmp_path / "x.safetensors")]) == 1
+    assert "no anymae config in its metadata" in _error_line(capsys.readouterr().err, "export")
