@@ -142,6 +142,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 adds a GradScaler
     compile: bool = False  # torch.compile each transformer block
+    checkpoint_decoder_blocks: int = 0  # recompute the first N decoder blocks in backward (less memory)
+    malloc_mmap_threshold: int | None = None  # Linux/glibc CPU runs: e.g. 65536 returns freed memory at once
     persistent_workers: bool = True  # keep DataLoader workers between epochs (when num_workers > 0)
     prefetch_factor: int | None = None  # batches prefetched per worker (PyTorch's default 2 when None)
     output_dir: str = "runs"
@@ -162,7 +164,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_workers < 0 or self.heldout_batches < 0 or self.figure_samples < 0:
             raise ValueError("num_workers, heldout_batches and figure_samples must be >= 0")
-        for name in ("save_every_steps", "keep_last"):
+        for name in ("save_every_steps", "keep_last", "checkpoint_decoder_blocks"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_consecutive_skips < 1:

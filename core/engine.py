@@ -11,6 +11,7 @@ over all ranks, JSON-lines metrics, and a held-out masked-patch loss next to the
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import random
@@ -33,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .build import build_model, compile_blocks
+from .build import build_model, checkpoint_decoder_blocks, compile_blocks
 from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from .config import Config, config_to_dict
 from .data import DataError, EpochSampler, SafeDataset
@@ -116,7 +117,10 @@ class _Trainer:
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        if train.malloc_mmap_threshold is not None:
+            _set_malloc_mmap_threshold(train.malloc_mmap_threshold)
         self.model = build_model(cfg.model, registry=registry).to(device)
+        checkpoint_decoder_blocks(self.model, train.checkpoint_decoder_blocks)
         if train.compile:
             compile_blocks(self.model)  # in place: parameter names and checkpoints are unchanged
         self.net: torch.nn.Module = self.model
@@ -483,6 +487,18 @@ def _inputs(batch: Any) -> torch.Tensor:
     if isinstance(batch, dict):
         return batch["input"]
     return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+def _set_malloc_mmap_threshold(nbytes: int) -> None:
+    """glibc ``mallopt(M_MMAP_THRESHOLD, nbytes)``: freed blocks above ``nbytes`` go back to the system at once
+    instead of being kept for reuse, so a CPU run's resident memory follows its live tensors (measured in
+    benchmarks/RESULTS.md). A warning where there is no glibc."""
+    try:
+        ok = ctypes.CDLL("libc.so.6").mallopt(-3, int(nbytes))  # M_MMAP_THRESHOLD = -3 in <malloc.h>
+    except (OSError, AttributeError):
+        ok = 0
+    if not ok:
+        warnings.warn("train.malloc_mmap_threshold needs glibc (Linux); ignored", RuntimeWarning, stacklevel=2)
 
 
 def _seed_everything(seed: int) -> None:
