@@ -1,4 +1,5 @@
-"""The ``anymae`` command line: pretrain, visualize, export, plugins, configs, and commands plugins add."""
+"""The ``anymae`` command line: pretrain, finetune, linprobe, eval, visualize, export, plugins, configs, and
+plugin commands."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # `pretrain CONFIG --no-progress a.b=1`: argparse leaves overrides after an option unparsed
-        if getattr(args, "command", None) != "pretrain" or any("=" not in e or e.startswith("-") for e in extra):
+        if getattr(args, "command", None) not in ("pretrain", "finetune", "linprobe") or any(
+            "=" not in e or e.startswith("-") for e in extra
+        ):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     if not getattr(args, "command", None):
@@ -61,6 +64,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     p.set_defaults(func=_pretrain)
 
+    for name, what in (("finetune", "fine-tune a pre-trained MAE end to end"),
+                       ("linprobe", "train a linear classifier on a frozen pre-trained MAE encoder")):  # fmt: skip
+        p = sub.add_parser(name, help=f"{what} (CONFIG names {name}.checkpoint)")
+        p.add_argument("config", help="a YAML file or a bundled config name")
+        p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. preset=paper train.epochs=10")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+        p.set_defaults(func=_classify)
+
+    p = sub.add_parser("eval", help="top-1/top-5 accuracy of a fine-tuned or linear-probe checkpoint")
+    p.add_argument("checkpoint", help="checkpoint-best.pt or checkpoint-last.pt of anymae finetune/linprobe")
+    p.add_argument("--data-root", help="default: the data.root the classifier was trained with")
+    p.add_argument("--split", default="heldout", choices=["train", "heldout"], help="which split of data.root")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.set_defaults(func=_eval)
+
     p = sub.add_parser("visualize", help="reconstruction figure of a checkpoint on input files")
     p.add_argument("checkpoint", help="anymae checkpoint, official MAE .pth, or Hugging Face ViTMAE folder")
     p.add_argument("inputs", nargs="+", help="input files (images for the image modality)")
@@ -100,13 +119,15 @@ def _add_plugin_commands(sub: Any) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import ClassifyConfig, ConfigError, load_config
     from .engine import pretrain
 
     config, overrides = args.config, list(args.overrides)
     if "=" in config and not Path(config).is_file():  # `anymae pretrain train.epochs=5`: overrides of the demo
         config, overrides = DEFAULT_CONFIG, [config, *overrides]
     cfg = load_config(config, overrides)
+    if isinstance(cfg, ClassifyConfig):
+        raise ConfigError(f"config {config} is a {cfg.mode} config: run `anymae {cfg.mode} {config}`")
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     if main_process:
         print(f"anymae pretrain: config {cfg.name!r}, modality {cfg.model.modality!r}")
@@ -126,6 +147,65 @@ def _pretrain(args: argparse.Namespace) -> int:
     print(f"resolved config: {result.run_dir / 'config.yaml'}")
     if result.figure is not None:
         print(f"reconstructions: {result.figure}")
+    return 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .config import load_classify_config
+    from .finetune import train_classifier
+    from .loading import load_model
+
+    cfg = load_classify_config(args.config, args.overrides, mode=args.command)
+    pretrained = load_model(cfg.head.checkpoint)
+    if pretrained.config["model"]["modality"] != cfg.head.modality:
+        raise CheckpointError(
+            f"{cfg.head.checkpoint} is a {pretrained.config['model']['modality']!r} model but the config says "
+            f"{args.command}.modality={cfg.head.modality!r}"
+        )
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        print(f"anymae {args.command}: config {cfg.name!r}, from {cfg.head.checkpoint}")
+    result = train_classifier(cfg, pretrained, progress=not args.no_progress)
+    if not main_process:
+        return 0
+    print(
+        f"\nfinished: top-1 {result.last_acc1:.2f}%  top-5 {result.last_acc5:.2f}% (best top-1 {result.best_acc1:.2f}%)"
+    )
+    print(f"run folder:      {result.run_dir}")
+    print(f"best checkpoint: {result.best_checkpoint}")
+    print(f"metrics:         {result.metrics}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from anymae.plugins import get_registry
+
+    from .config import from_dict
+    from .distributed import setup, teardown
+    from .finetune import evaluate, load_classifier
+
+    model = load_classifier(args.checkpoint)
+    config = model.config
+    modality = get_registry().modality(config["model"]["modality"])
+    data_raw = dict(config.get("data") or {})
+    if args.data_root:
+        data_raw["root"] = args.data_root
+    data = from_dict(modality.data_config, data_raw, "data")
+    tokenizer = from_dict(modality.tokenizer_config, config["model"]["tokenizer"], "model.tokenizer")
+    dataset = modality.build_labelled_dataset(
+        data, tokenizer, split=args.split, augment=None, crop_pct=config.get("eval_crop_pct", 0.875)
+    )
+    if list(dataset.classes) != list(config.get("classes", dataset.classes)):
+        print(f"anymae eval: warning: class folders {dataset.classes} differ from training's {config['classes']}")
+    ctx, device = setup(args.device)
+    try:
+        stats = evaluate(model.to(device), dataset, batch_size=args.batch_size, device=device, ctx=ctx)
+    finally:
+        teardown(ctx)
+    if ctx.is_main:
+        print(f"{args.split}: {int(stats['n'])} samples  top-1 {stats['acc1']:.2f}%  top-5 {stats['acc5']:.2f}%  "
+              f"loss {stats['loss']:.4f}")  # fmt: skip
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import json
 import re
 import types
 import typing
@@ -22,14 +23,19 @@ from typing import Any, Literal
 import yaml
 
 __all__ = [
+    "ClassifyConfig",
+    "ClassifyOptimConfig",
     "Config",
     "ConfigError",
+    "FinetuneConfig",
+    "LinprobeConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
     "bundled_configs",
     "config_to_dict",
     "from_dict",
+    "load_classify_config",
     "load_config",
     "read_config_source",
     "resolve_config",
@@ -184,6 +190,94 @@ class Config:
     data: Any = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class LinprobeConfig:
+    """``linprobe``: a linear classifier on frozen features of a pre-trained encoder (reference section 2)."""
+
+    checkpoint: str = ""  # the pre-trained MAE (anymae .pt/.safetensors, official .pth, HF ViTMAE folder)
+    modality: str = "image"  # the checkpoint's modality (checked when it is loaded); picks the data section
+    num_classes: int | None = None  # default: the number of classes found in the training split
+    global_pool: bool = False  # official linear probe: the CLS token after the final LayerNorm
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # overrides of the checkpoint's model.tokenizer
+    eval_crop_pct: float = 0.875  # eval: resize the shorter side to size / crop_pct, centre crop
+
+    def __post_init__(self) -> None:
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if not 0 < self.eval_crop_pct <= 1:
+            raise ValueError(f"eval_crop_pct must be in (0, 1], got {self.eval_crop_pct}")
+
+
+@dataclass
+class FinetuneConfig(LinprobeConfig):
+    """``finetune``: end-to-end fine-tuning (reference section 2, Table 9 and the released recipe)."""
+
+    global_pool: bool = True  # average of the patch tokens + fc_norm; False: CLS after the final norm
+    drop_path: float = 0.1  # stochastic depth, linearly increasing over the blocks
+    layer_decay: float = 0.75  # lr scale decay^(depth + 1 - layer_id)
+    mixup: float = 0.8  # mixup alpha (0: off)
+    cutmix: float = 1.0  # cutmix alpha (0: off)
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: Literal["batch", "pair", "elem"] = "batch"
+    label_smoothing: float = 0.1
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec
+    reprob: float = 0.25  # random erasing probability
+    remode: Literal["pixel", "rand", "const"] = "pixel"
+    recount: int = 1
+    head_init_std: float = 2e-5  # trunc-normal std of the head weight (official)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if not 0 <= self.drop_path < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.reprob <= 1:
+            raise ValueError("drop_path and label_smoothing must be in [0, 1), reprob in [0, 1]")
+
+
+@dataclass
+class ClassifyOptimConfig:
+    """Optimizer of fine-tuning (AdamW) or linear probing (LARS); ``lr = blr * effective_batch / 256``."""
+
+    optimizer: Literal["adamw", "lars"] = "adamw"
+    blr: float = 1e-3
+    lr: float | None = None  # absolute lr; when set, the blr rule is not applied
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
+    momentum: float = 0.9  # LARS only
+    trust_coeff: float = 0.001  # LARS only
+    warmup_epochs: float = 5
+
+    def __post_init__(self) -> None:
+        if self.blr <= 0 or (self.lr is not None and self.lr <= 0):
+            raise ValueError("blr and lr must be positive")
+        if self.warmup_epochs < 0 or self.min_lr < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_epochs, min_lr and weight_decay must be >= 0")
+
+
+@dataclass
+class ClassifyConfig:
+    """A fine-tuning (``finetune`` section) or linear-probing (``linprobe`` section) run."""
+
+    name: str = "run"
+    preset: str | None = None  # the name of the applied entry of the config's ``presets`` (e.g. paper, release)
+    finetune: FinetuneConfig | None = None
+    linprobe: LinprobeConfig | None = None
+    data: Any = None  # the modality's data_config (of the checkpoint's modality)
+    optim: ClassifyOptimConfig = field(default_factory=ClassifyOptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def mode(self) -> str:
+        return "finetune" if self.finetune is not None else "linprobe"
+
+    @property
+    def head(self) -> LinprobeConfig:
+        """The active section (``finetune`` or ``linprobe``)."""
+        return self.finetune if self.finetune is not None else self.linprobe  # type: ignore[return-value]
 
 
 # --- validation ---------------------------------------------------------------------------------------
@@ -392,10 +486,57 @@ def check_decoder_options(builder: Any, options: dict[str, Any]) -> None:
             )
 
 
-def load_config(source: str | Path, overrides: Sequence[str] = (), registry: Any = None) -> Config:
-    """Read a YAML file or bundled config, apply overrides and validate everything."""
+def load_config(source: str | Path, overrides: Sequence[str] = (), registry: Any = None) -> Config | ClassifyConfig:
+    """Read a YAML file or bundled config, apply overrides and validate everything. A config with a
+    ``finetune`` or ``linprobe`` section is a :class:`ClassifyConfig` (see :func:`load_classify_config`)."""
     _, raw = read_config_source(source)
+    if any(s in raw for s in CLASSIFY_SECTIONS):
+        return load_classify_config(source, overrides, registry=registry)
     return resolve_config(apply_overrides(raw, overrides), registry)
+
+
+CLASSIFY_SECTIONS = ("finetune", "linprobe")
+
+
+def load_classify_config(
+    source: str | Path, overrides: Sequence[str] = (), *, mode: str | None = None, registry: Any = None
+) -> ClassifyConfig:
+    """Read a fine-tuning / linear-probing config: it has a ``finetune`` or a ``linprobe`` section (``mode``,
+    when given, says which one it must be). ``preset: NAME`` applies ``presets.NAME`` (a mapping of
+    ``key.sub: value`` overrides) before the command-line overrides; ``data`` is validated against the
+    data_config of ``<section>.modality``."""
+    if registry is None:
+        from anymae.plugins import get_registry
+
+        registry = get_registry()
+    _, raw = read_config_source(source)
+    raw = apply_overrides(raw, [o for o in overrides if o.startswith("preset=")])
+    presets = raw.pop("presets", None) or {}
+    preset = raw.get("preset")
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(
+                f"config preset {preset!r} is not one of the config's presets: {', '.join(presets) or 'none'}"
+            )
+        apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in presets[preset].items()])
+    raw = apply_overrides(raw, [o for o in overrides if not o.startswith("preset=")])
+    found = [s for s in CLASSIFY_SECTIONS if s in raw]
+    if len(found) != 1 or (mode is not None and found != [mode]):
+        want = f"a {mode!r} section" if mode else "one of the sections 'finetune' or 'linprobe'"
+        raise ConfigError(f"config {source}: needs {want}; it has {found or 'neither'}")
+    mode = found[0]
+    data_raw = raw.pop("data", None)
+    head = from_dict(FinetuneConfig if mode == "finetune" else LinprobeConfig, raw.pop(mode), mode)
+    cfg = from_dict(ClassifyConfig, raw, "")
+    setattr(cfg, mode, head)
+    if not head.checkpoint:
+        raise ConfigError(f"config {mode}.checkpoint is required: the pre-trained checkpoint to start from")
+    try:
+        modality = registry.modality(head.modality)
+    except KeyError as exc:
+        raise ConfigError(f"config {mode}.modality: {exc.args[0]}") from None
+    cfg.data = from_dict(modality.data_config, data_raw, "data")
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> Any:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["BadSampleError", "DataError", "EpochSampler", "SafeDataset", "sample_seed"]
+__all__ = ["BadSampleError", "DataError", "EpochSampler", "SafeDataset", "sample_seed", "seeded"]
 
 
 class DataError(RuntimeError):
@@ -40,7 +40,7 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 @contextmanager
-def _seeded(seed: int) -> Iterator[None]:
+def seeded(seed: int) -> Iterator[None]:
     """torch (CPU), python and numpy generators seeded for one sample, then restored as they were."""
     py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
@@ -85,7 +85,7 @@ class SafeDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         seed = sample_seed(self.seed, epoch, index)
-        with _seeded(seed):
+        with seeded(seed):
             item, bad = self._load(index)
         out = {"input": item[0] if isinstance(item, (list, tuple)) else item, "bad": bad}
         if self.mask_fn is not None:

@@ -45,7 +45,15 @@ from .masking import SampleMasker, sample_mask
 from .model import MaskedAutoencoder
 from .optim import absolute_lr, cosine_lr, param_groups_weight_decay
 
-__all__ = ["NonFiniteLossError", "PreemptedError", "PretrainResult", "evaluate_heldout", "pretrain"]
+__all__ = [
+    "NonFiniteLossError",
+    "PreemptedError",
+    "PretrainResult",
+    "evaluate_heldout",
+    "new_run_dir",
+    "pretrain",
+    "seed_everything",
+]
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeueing job script checks for
 
@@ -113,7 +121,7 @@ class _Trainer:
         self.sampler = EpochSampler(
             len(self.train_set), batch_size=train.batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=train.seed
         )
-        _seed_everything(train.seed)
+        seed_everything(train.seed)
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -157,7 +165,7 @@ class _Trainer:
     def run(self, resume: str | None) -> PretrainResult:
         cfg, train, ctx = self.cfg, self.cfg.train, self.ctx
         resume_path = _resume_path(resume, cfg) if resume else None
-        run_dir = resume_path.parent if resume_path else (_new_run_dir(cfg) if ctx.is_main else None)
+        run_dir = resume_path.parent if resume_path else (new_run_dir(cfg) if ctx.is_main else None)
         self.run_dir = Path(broadcast_object(str(run_dir), ctx))
         if ctx.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -501,13 +509,13 @@ def _set_malloc_mmap_threshold(nbytes: int) -> None:
         warnings.warn("train.malloc_mmap_threshold needs glibc (Linux); ignored", RuntimeWarning, stacklevel=2)
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def _new_run_dir(cfg: Config) -> Path:
+def new_run_dir(cfg: Config) -> Path:
     """runs/<name>, or runs/<name>-2, -3, ... when that one already holds a run: nothing is overwritten."""
     base = Path(cfg.train.output_dir) / (cfg.train.run_name or cfg.name)
     run_dir, n = base, 1

@@ -56,3 +56,19 @@ class Modality(ABC):
 
         ``pred`` holds patch values: the core has already mapped it back from the target space (e.g. a
         norm-pix prediction is de-normalized with each true patch's mean and std)."""
+
+    def build_labelled_dataset(
+        self, data: Any, tokenizer: Any, *, split: str, augment: dict[str, Any] | None, crop_pct: float = 0.875
+    ) -> Dataset:
+        """A labelled dataset for fine-tuning, linear probing and evaluation (optional).
+
+        ``split`` is "train" or "heldout" (the data section's split folders); items are ``(input, label)``
+        with ``label`` an int class index, and the dataset has a ``classes`` list (names, index order), the
+        same for every split. ``augment`` is ``None`` for the evaluation transform (``crop_pct``: the
+        resize-then-centre-crop ratio), else the training augmentation: a mapping with ``recipe``
+        ("finetune" or "linprobe") and the fine-tuning options (``auto_augment``, ``reprob``, ...).
+        """
+        raise NotImplementedError(
+            f"modality {self.name!r} does not provide labelled data (Modality.build_labelled_dataset), "
+            "so it cannot be fine-tuned, linearly probed or evaluated yet"
+        )

@@ -16,6 +16,12 @@ from anymae.core.data import DataError
 from anymae.core.modality import Modality
 from anymae.plugins import hookimpl
 
+from .classification import (
+    LabelledImages,
+    classification_eval_transform,
+    finetune_transform,
+    linprobe_transform,
+)
 from .data import (
     BUILTIN_DEMO_ROOT,
     IMAGE_EXTENSIONS,
@@ -116,6 +122,34 @@ class ImageModality(Modality):
             ]
             return views[0] if len(views) == 1 else ConcatDataset(views)
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
+
+    def build_labelled_dataset(
+        self,
+        data: ImageDataConfig,
+        tokenizer: ImageTokenizerConfig,
+        *,
+        split: str,
+        augment: dict[str, Any] | None,
+        crop_pct: float = 0.875,
+    ) -> LabelledImages:
+        _check_channels(data, tokenizer)
+        root = resolve_root(data.root) if data.root else None
+        if root is None or not root.is_dir():
+            raise DataError(f"data.root: folder {data.root!r} does not exist")
+        folders = {"train": data.train_split, "heldout": data.heldout_split}
+        if split not in folders:
+            raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
+        if folders[split] is None:
+            raise DataError(f"data.heldout_split is null: no labelled {split} split")
+        if augment is None:
+            transform = classification_eval_transform(tokenizer.size, mean=data.mean, std=data.std, crop_pct=crop_pct)
+        elif augment.get("recipe") == "linprobe":
+            transform = linprobe_transform(tokenizer.size, mean=data.mean, std=data.std)
+        else:
+            transform = finetune_transform(tokenizer.size, augment=augment, mean=data.mean, std=data.std)
+        # One class numbering for every split: the training split's class folders.
+        classes = LabelledImages.class_names(root / data.train_split)
+        return LabelledImages(root / folders[split], transform=transform, in_chans=tokenizer.in_chans, classes=classes)
 
     def load_inputs(
         self, paths: Sequence[str | Path], data: ImageDataConfig, tokenizer: ImageTokenizerConfig

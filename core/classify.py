@@ -1,0 +1,237 @@
+"""A classifier on a pre-trained MAE encoder, for fine-tuning and linear probing (reference section 2).
+
+The encoder is rebuilt from the checkpoint's config (with drop path, and a new token grid when
+``tokenizer`` overrides change the input size: anymae's position tables are fixed sin-cos, so they are
+simply recomputed for the new grid) and its weights are copied in; the decoder is dropped.
+Features: the average of the patch tokens followed by ``fc_norm`` (official fine-tuning; the final
+encoder norm is then unused and removed), or the CLS token after the final norm (official linear probe).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import config_to_dict, resolve_model_config
+from .encoder import MaskedEncoder
+from .model import MaskedAutoencoder
+from .tokenizer import Tokenizer
+
+__all__ = ["Classifier", "build_classifier", "layer_id", "param_groups_lars", "param_groups_layer_decay"]
+
+
+class Classifier(nn.Module):
+    """tokenizer -> encoder (all tokens, no masking) -> pooled feature (N, D) -> [BatchNorm] -> Linear head.
+
+    ``global_pool``: mean of the patch tokens + ``fc_norm`` (the encoder's final norm is replaced by
+    Identity, as the official fine-tuning model deletes it); else the CLS token after the final norm.
+    ``head_bn``: BatchNorm1d(D, affine=False, eps=1e-6) before the head (official linear probe; in train
+    mode it normalises with the batch statistics, as the official code does).
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer: Tokenizer,
+        encoder: MaskedEncoder,
+        num_classes: int,
+        global_pool: bool,
+        head_bn: bool = False,
+        head_init_std: float = 2e-5,
+        norm_eps: float = 1e-6,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not global_pool and encoder.num_prefix == 0:
+            raise ValueError("global_pool: false needs a CLS token, but this encoder has none (model.cls_token)")
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.global_pool = global_pool
+        dim = encoder.embed_dim
+        self.fc_norm: nn.Module = nn.LayerNorm(dim, eps=norm_eps) if global_pool else nn.Identity()
+        if global_pool:
+            self.encoder.norm = nn.Identity()
+        self.head_bn: nn.Module = nn.BatchNorm1d(dim, affine=False, eps=1e-6) if head_bn else nn.Identity()
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=head_init_std)  # timm's trunc_normal_: bounds +-2 (absolute)
+        nn.init.zeros_(self.head.bias)
+        self.config: dict[str, Any] = dict(config or {})  # plain data to rebuild it (saved in checkpoints)
+
+    @property
+    def depth(self) -> int:
+        return len(self.encoder.blocks)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """x -> pooled features (N, D)."""
+        tokens = self.encoder(self.tokenizer(x), None)  # (N, num_prefix + L, D)
+        if self.global_pool:
+            return self.fc_norm(tokens[:, self.encoder.num_prefix :].mean(dim=1))  # (N, D)
+        return tokens[:, 0]  # (N, D): CLS after the final norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x -> logits (N, num_classes)."""
+        return self.head(self.head_bn(self.forward_features(x)))
+
+
+def build_classifier(
+    pretrained: MaskedAutoencoder,
+    *,
+    num_classes: int,
+    global_pool: bool,
+    head_bn: bool = False,
+    drop_path: float = 0.0,
+    head_init_std: float = 2e-5,
+    tokenizer_overrides: dict[str, Any] | None = None,
+    registry: Any = None,
+) -> Classifier:
+    """A :class:`Classifier` whose tokenizer and encoder weights are ``pretrained``'s."""
+    if registry is None:
+        from anymae.plugins import get_registry
+
+        registry = get_registry()
+    model_raw = copy.deepcopy(pretrained.config["model"])
+    model_raw["tokenizer"] = {**config_to_dict(model_raw.get("tokenizer") or {}), **(tokenizer_overrides or {})}
+    cfg = resolve_model_config(model_raw, registry)
+    modality = registry.modality(cfg.modality)
+    tokenizer = modality.build_tokenizer(cfg.tokenizer, embed_dim=cfg.embed_dim)
+    encoder = MaskedEncoder(
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        qkv_bias=cfg.qkv_bias,
+        pos_table=tokenizer.position_table(cfg.embed_dim),  # recomputed for the (possibly new) grid
+        norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps),
+        cls_token=cfg.cls_token,
+        drop_path_rate=drop_path,
+    )
+    _copy_weights(pretrained.tokenizer, tokenizer, "tokenizer")
+    _copy_weights(pretrained.encoder, encoder, "encoder")
+    from .build import set_fused_attn
+
+    set_fused_attn(encoder, cfg.fused_attn)
+    config = {
+        "model": config_to_dict(cfg),
+        "classifier": {
+            "num_classes": num_classes,
+            "global_pool": global_pool,
+            "head_bn": head_bn,
+            "drop_path": drop_path,
+        },
+    }
+    return Classifier(
+        tokenizer=tokenizer,
+        encoder=encoder,
+        num_classes=num_classes,
+        global_pool=global_pool,
+        head_bn=head_bn,
+        head_init_std=head_init_std,
+        norm_eps=cfg.norm_eps,
+        config=config,
+    )
+
+
+def classifier_from_config(config: dict[str, Any], registry: Any = None) -> Classifier:
+    """Rebuild an (untrained) :class:`Classifier` from the plain ``config`` stored in its checkpoint."""
+    if registry is None:
+        from anymae.plugins import get_registry
+
+        registry = get_registry()
+    cfg = resolve_model_config(config["model"], registry)
+    head = dict(config["classifier"])
+    shell = MaskedAutoencoder(
+        tokenizer=registry.modality(cfg.modality).build_tokenizer(cfg.tokenizer, embed_dim=cfg.embed_dim),
+        encoder=MaskedEncoder(
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            qkv_bias=cfg.qkv_bias,
+            pos_table=torch.zeros(1, cfg.embed_dim),
+            cls_token=cfg.cls_token,
+        ),
+        decoder=None,
+        config={"model": config_to_dict(cfg)},
+    )
+    return build_classifier(
+        shell,
+        num_classes=head["num_classes"],
+        global_pool=head["global_pool"],
+        head_bn=head["head_bn"],
+        drop_path=head["drop_path"],
+        registry=registry,
+    )
+
+
+def _copy_weights(source: nn.Module, target: nn.Module, what: str) -> None:
+    """Copy every persistent tensor of ``source`` into ``target``; the two must have the same keys and shapes."""
+    from .checkpoint import CheckpointError
+
+    theirs, ours = source.state_dict(), target.state_dict()
+    if set(theirs) != set(ours):
+        raise CheckpointError(
+            f"pre-trained {what} keys differ from the classifier's: missing {sorted(set(ours) - set(theirs))[:8]}, "
+            f"unexpected {sorted(set(theirs) - set(ours))[:8]}"
+        )
+    for key, value in theirs.items():
+        if value.shape != ours[key].shape:
+            raise CheckpointError(
+                f"pre-trained {what}.{key} has shape {tuple(value.shape)} but the classifier needs "
+                f"{tuple(ours[key].shape)} (a different patch size or channel count cannot be fine-tuned)"
+            )
+    target.load_state_dict(theirs)
+
+
+# --- parameter groups --------------------------------------------------------------------------------
+_BLOCK = re.compile(r"^encoder\.blocks\.(\d+)\.")
+
+
+def layer_id(name: str, depth: int) -> int:
+    """The official layer id for lr decay: cls token / position table / patch embedding 0, block i -> i + 1,
+    everything after the blocks (final norm, fc_norm, head) depth + 1."""
+    if name.startswith(("tokenizer.", "encoder.cls_token", "encoder.pos_embed")):
+        return 0
+    match = _BLOCK.match(name)
+    return int(match.group(1)) + 1 if match else depth + 1
+
+
+def param_groups_layer_decay(model: Classifier, *, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups of the official fine-tuning: one per (layer id, decay or not), each with
+    ``lr_scale = layer_decay ** (depth + 1 - layer_id)``; no weight decay for 1-D parameters and the CLS token."""
+    depth = model.depth
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = not (param.ndim == 1 or name == "encoder.cls_token")
+        lid = layer_id(name, depth)
+        group = groups.setdefault(
+            (lid, decay),
+            {
+                "params": [],
+                "names": [],
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr_scale": layer_decay ** (depth + 1 - lid),
+            },
+        )
+        group["params"].append(param)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def param_groups_lars(model: nn.Module, *, weight_decay: float) -> list[dict[str, Any]]:
+    """LARS groups of the official linear probe: 1-D parameters (biases) get neither weight decay nor the
+    trust-ratio adaptation; the others are always adapted (timm's ``always_adapt``), even with wd 0."""
+    matrices, vectors = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (vectors if param.ndim == 1 else matrices).append(param)
+    return [
+        {"params": matrices, "weight_decay": weight_decay, "always_adapt": True, "lr_scale": 1.0},
+        {"params": vectors, "weight_decay": 0.0, "always_adapt": False, "lr_scale": 1.0},
+    ]

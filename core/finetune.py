@@ -1,0 +1,324 @@
+"""Fine-tuning, linear probing and evaluation of a pre-trained MAE encoder: one loop for both recipes
+(official ``main_finetune`` / ``main_linprobe`` semantics), on one process or many (``torchrun``).
+
+Fine-tuning: AdamW with layer-wise lr decay, drop path, timm RandAugment + random erasing, timm Mixup/CutMix
+with soft-target cross-entropy (label smoothing otherwise). Linear probing: the encoder frozen (and kept in
+eval mode: no drop path), BatchNorm1d(affine=False) + Linear head trained with LARS, plain cross-entropy.
+Both: lr = blr * effective_batch / 256, per-iteration warm-up + cosine, top-1/top-5 on the held-out split
+after every epoch, ``checkpoint-best.pt`` (highest top-1) and ``checkpoint-last.pt`` written by rank 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from .classify import Classifier, build_classifier, param_groups_lars, param_groups_layer_decay
+from .config import ClassifyConfig, config_to_dict, from_dict
+from .data import DataError, EpochSampler, SafeDataset, sample_seed, seeded
+from .distributed import DistContext, all_sum, barrier, broadcast_object, setup, teardown
+from .engine import NonFiniteLossError, new_run_dir, seed_everything
+from .optim import absolute_lr, cosine_lr
+
+__all__ = ["CLASSIFIER_FORMAT", "ClassifyResult", "evaluate", "load_classifier", "topk_correct", "train_classifier"]
+
+CLASSIFIER_FORMAT = "anymae-classifier"
+
+
+@dataclass
+class ClassifyResult:
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_acc1: float
+    last_acc1: float
+    last_acc5: float
+    metrics: Path
+
+
+class LabelledSafeDataset(SafeDataset):
+    """:class:`SafeDataset` for ``(input, label)`` items: the same seeding and bad-sample handling, plus
+    ``"label"`` in every item (the core's SafeDataset keeps only the input)."""
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        with seeded(sample_seed(self.seed, epoch, index)):
+            (x, label), bad = self._load(index)
+        return {"input": x, "label": int(label), "bad": bad}
+
+
+def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """How many of the rows of ``logits (N, K)`` have their label among the top k scores, for each k
+    (k is capped at K, so top-5 of a 3-class problem counts every row)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # (N, k_max)
+    hits = top == labels[:, None]  # (N, k_max)
+    return [int(hits[:, : min(k, logits.shape[1])].any(dim=1).sum()) for k in ks]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: Dataset, *, batch_size: int, device: torch.device, ctx: DistContext | None = None,
+    num_workers: int = 0, autocast: Any = None,
+) -> dict[str, float]:  # fmt: skip
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy over every sample of ``dataset``, each counted once:
+    rank r takes samples r, r + W, ... and the counts are summed over ranks."""
+    ctx = ctx or DistContext()
+    was_training = model.training
+    model.eval()
+    shard = Subset(LabelledSafeDataset(dataset), list(range(ctx.rank, len(dataset), ctx.world_size)))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    correct1 = correct5 = loss_sum = count = 0.0
+    for batch in loader:
+        x, y = batch["input"].to(device), batch["label"].to(device)
+        with autocast or nullcontext():
+            logits = model(x)
+        c1, c5 = topk_correct(logits.float(), y)
+        correct1, correct5 = correct1 + c1, correct5 + c5
+        loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+        count += x.shape[0]
+    correct1, correct5, loss_sum, count = all_sum([correct1, correct5, loss_sum, count], ctx, device)
+    model.train(was_training)
+    if count == 0:
+        raise DataError("the evaluation split has no samples")
+    return {"acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count, "loss": loss_sum / count, "n": count}
+
+
+def train_classifier(
+    cfg: ClassifyConfig, pretrained: Any, *, registry: Any = None, progress: bool = True
+) -> ClassifyResult:
+    """Fine-tune or linearly probe (``cfg.mode``) the pre-trained MAE ``pretrained`` on ``cfg.data``."""
+    if registry is None:
+        from anymae.plugins import get_registry
+
+        registry = get_registry()
+    ctx, device = setup(cfg.train.device)
+    try:
+        return _ClassifyTrainer(cfg, pretrained, registry, ctx, device, progress=progress).run()
+    finally:
+        teardown(ctx)
+
+
+class _ClassifyTrainer:
+    def __init__(
+        self, cfg: ClassifyConfig, pretrained: Any, registry: Any, ctx: DistContext, device: torch.device, *,
+        progress: bool,
+    ) -> None:  # fmt: skip
+        self.cfg, self.ctx, self.device, self.show_progress = cfg, ctx, device, progress
+        head, train, finetune = cfg.head, cfg.train, cfg.mode == "finetune"
+        model_raw = pretrained.config["model"]
+        modality = registry.modality(model_raw["modality"])
+        tok_raw = {**config_to_dict(model_raw.get("tokenizer") or {}), **head.tokenizer}
+        tok_cfg = from_dict(modality.tokenizer_config, tok_raw, "model.tokenizer")
+        if finetune:
+            augment = {"recipe": "finetune", "auto_augment": head.auto_augment, "reprob": head.reprob,
+                       "remode": head.remode, "recount": head.recount}  # fmt: skip
+        else:
+            augment = {"recipe": "linprobe"}
+        try:
+            self.train_set = modality.build_labelled_dataset(cfg.data, tok_cfg, split="train", augment=augment)
+            self.eval_set = modality.build_labelled_dataset(
+                cfg.data, tok_cfg, split="heldout", augment=None, crop_pct=head.eval_crop_pct
+            )
+        except NotImplementedError as exc:
+            raise DataError(str(exc)) from None
+        num_classes = head.num_classes or len(self.train_set.classes)
+        if num_classes < len(self.train_set.classes):
+            raise DataError(
+                f"{cfg.mode}.num_classes={num_classes} but the training split has {len(self.train_set.classes)} "
+                f"classes: {self.train_set.classes[:10]}"
+            )
+        self.sampler = EpochSampler(
+            len(self.train_set), batch_size=train.batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=train.seed
+        )
+        seed_everything(train.seed)
+        self.model: Classifier = build_classifier(
+            pretrained,
+            num_classes=num_classes,
+            global_pool=head.global_pool,
+            head_bn=not finetune,
+            drop_path=head.drop_path if finetune else 0.0,
+            head_init_std=head.head_init_std if finetune else 0.01,
+            tokenizer_overrides=head.tokenizer,
+            registry=registry,
+        ).to(device)
+        self.model.config["classes"] = list(self.train_set.classes)
+        self.model.config["data"] = config_to_dict(cfg.data)
+        self.model.config["eval_crop_pct"] = head.eval_crop_pct
+        if not finetune:  # linear probe: only the BatchNorm + head train
+            for name, param in self.model.named_parameters():
+                param.requires_grad = name.startswith(("head.", "head_bn."))
+        self.net: nn.Module = self.model
+        if ctx.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.loader = DataLoader(
+            LabelledSafeDataset(self.train_set, seed=train.seed, max_bad_fraction=train.max_bad_fraction),
+            batch_size=train.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=train.num_workers,
+            pin_memory=train.pin_memory and device.type == "cuda",
+            persistent_workers=train.persistent_workers and train.num_workers > 0,
+        )
+        self.effective_batch = train.batch_size * train.accum_iter * ctx.world_size
+        self.base_lr = absolute_lr(blr=cfg.optim.blr, effective_batch=self.effective_batch, lr=cfg.optim.lr)
+        self.optimizer = self._optimizer()
+        self.mixup = None
+        if finetune and (head.mixup > 0 or head.cutmix > 0):
+            from timm.data import Mixup
+
+            if train.batch_size % 2:
+                raise DataError(f"mixup/cutmix need an even train.batch_size, got {train.batch_size}")
+            self.mixup = Mixup(
+                mixup_alpha=head.mixup,
+                cutmix_alpha=head.cutmix,
+                prob=head.mixup_prob,
+                switch_prob=head.mixup_switch_prob,
+                mode=head.mixup_mode,
+                label_smoothing=head.label_smoothing,
+                num_classes=num_classes,
+            )
+        self.criterion = self._criterion()
+        self.scaler = torch.amp.GradScaler(device.type) if train.precision == "fp16" else None
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
+        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        opt = self.cfg.optim
+        if opt.optimizer == "lars":
+            from timm.optim import Lars
+
+            groups = param_groups_lars(self.model, weight_decay=opt.weight_decay)
+            return Lars(groups, lr=self.base_lr, momentum=opt.momentum, trust_coeff=opt.trust_coeff)
+        layer_decay = getattr(self.cfg.head, "layer_decay", 1.0)
+        groups = param_groups_layer_decay(self.model, weight_decay=opt.weight_decay, layer_decay=layer_decay)
+        return torch.optim.AdamW(groups, lr=self.base_lr, betas=opt.betas)
+
+    def _criterion(self) -> nn.Module:
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+        if self.mixup is not None:
+            return SoftTargetCrossEntropy()  # mixup already smooths the targets
+        smoothing = getattr(self.cfg.head, "label_smoothing", 0.0) if self.cfg.mode == "finetune" else 0.0
+        return LabelSmoothingCrossEntropy(smoothing) if smoothing > 0 else nn.CrossEntropyLoss()
+
+    def run(self) -> ClassifyResult:
+        cfg, ctx = self.cfg, self.ctx
+        run_dir = new_run_dir(cfg) if ctx.is_main else None
+        self.run_dir = Path(broadcast_object(str(run_dir), ctx))
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if ctx.is_main:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        self.metrics = metrics_path.open("a") if ctx.is_main else None
+        best = {"acc1": -1.0}
+        try:
+            for epoch in range(cfg.train.epochs):
+                train_loss = self._run_epoch(epoch)
+                stats = evaluate(self.model, self.eval_set, batch_size=cfg.train.batch_size, device=self.device,
+                                 ctx=ctx, autocast=self.autocast)  # fmt: skip
+                self._log(epoch=epoch + 1, train_loss=train_loss, **{f"eval_{k}": v for k, v in stats.items()})
+                if ctx.is_main:
+                    print(f"epoch {epoch + 1}: top-1 {stats['acc1']:.2f}%  top-5 {stats['acc5']:.2f}%", flush=True)
+                    if stats["acc1"] > best["acc1"]:
+                        best = stats
+                        self._save("checkpoint-best.pt", epoch, stats)
+                    self._save("checkpoint-last.pt", epoch, stats)
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+        barrier(ctx)
+        return ClassifyResult(self.run_dir, self.run_dir / "checkpoint-best.pt", self.run_dir / "checkpoint-last.pt",
+                              best["acc1"], stats["acc1"], stats["acc5"], metrics_path)  # fmt: skip
+
+    def _run_epoch(self, epoch: int) -> float:
+        cfg, train = self.cfg, self.cfg.train
+        self.sampler.set_epoch(epoch)
+        self.net.train()
+        if cfg.mode == "linprobe":
+            self.model.tokenizer.eval()
+            self.model.encoder.eval()  # frozen features: deterministic, no drop path
+        per_epoch, losses = self.sampler.batches_per_epoch, []
+        started = time.perf_counter()
+        bar = tqdm(self.loader, desc=f"{cfg.mode} epoch {epoch + 1}/{train.epochs}", total=per_epoch,
+                   disable=not (self.show_progress and self.ctx.is_main), dynamic_ncols=True)  # fmt: skip
+        for it, batch in enumerate(bar):
+            first, last = it % train.accum_iter == 0, (it + 1) % train.accum_iter == 0 or it + 1 == per_epoch
+            if first:
+                lr = cosine_lr(epoch + it / per_epoch, lr=self.base_lr, min_lr=cfg.optim.min_lr,
+                               warmup_epochs=cfg.optim.warmup_epochs, epochs=train.epochs)  # fmt: skip
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+            x = batch["input"].to(self.device, non_blocking=True)
+            y = batch["label"].to(self.device, non_blocking=True)
+            if self.mixup is not None:
+                x, y = self.mixup(x, y)
+            with self.autocast:
+                loss = self.criterion(self.net(x), y)
+            local = float(loss.detach())
+            (loss_sum,) = all_sum([local], self.ctx, self.device)
+            if not math.isfinite(loss_sum):
+                raise NonFiniteLossError(f"{cfg.mode}: loss is {loss_sum} at epoch {epoch + 1}, batch {it + 1}")
+            sync = self.ctx.enabled and not last
+            with self.net.no_sync() if sync else nullcontext():
+                scaled = loss / train.accum_iter
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            losses.append(loss_sum / self.ctx.world_size)
+            if last:
+                if self.scaler:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            if it % train.log_every_steps == 0:
+                rate = (it + 1) * x.shape[0] * self.ctx.world_size / (time.perf_counter() - started)
+                self._log(epoch=round(epoch + it / per_epoch, 6), loss=losses[-1], lr=lr, samples_per_s=round(rate, 2))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+        return sum(losses) / max(len(losses), 1)
+
+    def _save(self, name: str, epoch: int, stats: dict[str, float]) -> Path:
+        payload = {
+            "format": CLASSIFIER_FORMAT,
+            "config": self.model.config,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch + 1,
+            "eval": dict(stats),
+            "run_config": config_to_dict(self.cfg),
+        }
+        return write_checkpoint(payload, self.run_dir / name)
+
+    def _log(self, **record: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
+
+
+def load_classifier(path: str | Path, registry: Any = None) -> Classifier:
+    """A classifier checkpoint written by ``anymae finetune`` / ``anymae linprobe`` -> the model, in eval mode."""
+    from .classify import classifier_from_config
+    from .loading import load_state_dict_checked
+
+    payload = read_checkpoint(path)
+    if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a classifier checkpoint (format={CLASSIFIER_FORMAT!r}); fine-tune or linearly probe "
+            "a pre-trained checkpoint first (anymae finetune / anymae linprobe)"
+        )
+    model = classifier_from_config(payload["config"], registry)
+    load_state_dict_checked(model, payload["model"], source=str(path), strict=True)
+    model.config = dict(payload["config"])
+    return model.eval()

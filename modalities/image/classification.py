@@ -1,0 +1,128 @@
+"""Labelled images (ImageFolder: ``split/<class>/*.jpg``) with the reference fine-tuning, linear-probing
+and evaluation transforms (reference section 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+
+from anymae.core.data import DataError
+
+from .data import IMAGE_EXTENSIONS, find_images, load_image
+
+__all__ = ["LabelledImages", "classification_eval_transform", "finetune_transform", "linprobe_transform"]
+
+
+def finetune_transform(
+    size: tuple[int, int], *, augment: Mapping[str, Any], mean: Sequence[float], std: Sequence[float]
+):
+    """timm's ``create_transform`` as the official fine-tuning: RandomResizedCrop (bicubic) + flip +
+    RandAugment (``auto_augment``) + normalize + random erasing (``reprob``, ``remode``, ``recount``)."""
+    from timm.data import create_transform
+
+    transform = create_transform(
+        input_size=size,
+        is_training=True,
+        color_jitter=None,  # the official fine-tuning passes None: RandAugment replaces colour jitter
+        auto_augment=augment.get("auto_augment"),
+        interpolation="bicubic",
+        re_prob=augment.get("reprob", 0.0),
+        re_mode=augment.get("remode", "pixel"),
+        re_count=augment.get("recount", 1),
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+    return _posterize_zero_bits_as_black(transform)
+
+
+def _posterize_zero_bits_as_black(transform: Any) -> Any:
+    """timm's ``PosterizeIncreasing`` keeps 0 bits at magnitude 10 (reached by m9 + mstd noise); Pillow >= 10
+    refuses 0 bits (``ValueError: bits must be between or equal to 1 and 8``) where older Pillow, which the
+    reference ran on, returned a black image. Without this, ~0.15% of samples would fail to load."""
+    from timm.data.auto_augment import RandAugment
+
+    for step in getattr(transform, "transforms", []):
+        if isinstance(step, RandAugment):
+            for op in step.ops:
+                if op.name.startswith("Posterize"):
+                    op.aug_fn = _posterize
+    return transform
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:  # every bit masked off: black, as Pillow < 10 did
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def linprobe_transform(size: tuple[int, int], *, mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
+    """The official linear probe's training transform: RandomResizedCrop (default scale 0.08-1, bicubic) + flip."""
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size, interpolation=InterpolationMode.BICUBIC),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+
+
+def classification_eval_transform(
+    size: tuple[int, int], *, mean: Sequence[float], std: Sequence[float], crop_pct: float = 0.875
+) -> transforms.Compose:
+    """Resize the shorter side to size / crop_pct (256 for 224, bicubic), centre crop, normalize."""
+    return transforms.Compose(
+        [
+            transforms.Resize(int(max(size) / crop_pct), interpolation=InterpolationMode.BICUBIC),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+
+
+class LabelledImages(Dataset):
+    """``folder/<class>/<file>`` -> ``(image (C, H, W), class index)``; classes are the sorted sub-folder names
+    (torchvision ImageFolder's convention), or the given ``classes`` (so every split shares one numbering)."""
+
+    def __init__(self, folder: Path, *, transform: Any, in_chans: int, classes: Sequence[str] | None = None) -> None:
+        found = self.class_names(folder)
+        self.classes = list(classes) if classes is not None else found
+        unknown = sorted(set(found) - set(self.classes))
+        if unknown:
+            raise DataError(f"{folder} has class folders {unknown} that the training split does not have")
+        index = {name: i for i, name in enumerate(self.classes)}
+        self.samples = [(f, index[c]) for c in found for f in find_images(folder / c)]
+        if not self.samples:
+            raise DataError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) in the class folders of {folder}")
+        self.transform = transform
+        self.in_chans = in_chans
+
+    @staticmethod
+    def class_names(folder: Path) -> list[str]:
+        """The sorted class sub-folder names of ``folder``; at least two."""
+        if not folder.is_dir():
+            raise DataError(f"labelled split: folder {folder} does not exist")
+        found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        if len(found) < 2:
+            raise DataError(
+                f"{folder} needs at least 2 class sub-folders (folder/<class>/<image>) for classification, "
+                f"found {len(found)}: {found}"
+            )
+        return found
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        return self.transform(load_image(path, self.in_chans)), label

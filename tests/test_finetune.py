@@ -1,0 +1,267 @@
+"""Fine-tuning, linear probing and evaluation: the CLI end to end on a generated ImageFolder, and each rule of
+the reference recipes (section 2) checked against a hand computation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from anymae.core.build import build_model
+from anymae.core.checkpoint import read_checkpoint, write_checkpoint
+from anymae.core.classify import build_classifier, param_groups_lars, param_groups_layer_decay
+from anymae.core.cli import main
+from anymae.core.config import resolve_model_config
+from anymae.core.finetune import topk_correct
+from anymae.core.pos_embed import sincos_2d
+
+TINY_MODEL = {
+    "modality": "image",
+    "tokenizer": {"img_size": 32, "patch_size": 8, "in_chans": 3},
+    "embed_dim": 32,
+    "depth": 3,
+    "num_heads": 2,
+    "decoder_embed_dim": 16,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+}
+
+
+def _tiny_mae():
+    torch.manual_seed(0)
+    return build_model(resolve_model_config(copy.deepcopy(TINY_MODEL)))
+
+
+def _save_pretrained(path: Path) -> Path:
+    mae = _tiny_mae()
+    payload = {"format": "anymae", "config": {"model": mae.config["model"]}, "model": mae.state_dict()}
+    return write_checkpoint(payload, path)
+
+
+def _add_labelled_val(root: Path) -> None:
+    """root/val/{cats,dogs}/ next to the fixture's flat val images (ignored by the labelled dataset)."""
+    for i, cls in enumerate(["cats", "dogs", "cats", "dogs"]):
+        (root / "val" / cls).mkdir(parents=True, exist_ok=True)
+        colour = (200, 40 * i, 30) if cls == "cats" else (20, 40 * i, 220)
+        Image.new("RGB", (40, 36), colour).save(root / "val" / cls / f"{cls}{i}.png")
+
+
+def _classify_overrides(root: Path, runs: Path) -> list[str]:
+    return [
+        f"data.root={root}",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "train.num_workers=0",
+        "train.pin_memory=false",
+        "train.device=cpu",
+        f"train.output_dir={runs}",
+    ]
+
+
+def test_pretrain_finetune_linprobe_eval_through_the_cli(
+    tmp_path: Path, tiny_config_dict: dict[str, Any], tiny_image_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    tiny_config_dict["train"]["epochs"] = 1
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict))
+    assert main(["pretrain", str(config), "--no-progress"]) == 0
+    pretrained = next((tmp_path / "runs" / "tiny").glob("checkpoint-*.pt"))
+    _add_labelled_val(tiny_image_folder)
+    runs = tmp_path / "cls"
+    common = _classify_overrides(tiny_image_folder, runs)
+
+    assert main(["finetune", "demo_image_finetune", f"finetune.checkpoint={pretrained}", *common, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"epoch 1: top-1 \d+\.\d+%  top-5 100\.00%", out)  # 2 classes: top-5 counts every row
+    finetuned = read_checkpoint(runs / "demo_image_finetune" / "checkpoint-best.pt")
+    assert finetuned["config"]["classes"] == ["cats", "dogs"]
+    assert "fc_norm.weight" in finetuned["model"] and "encoder.norm.weight" not in finetuned["model"]
+
+    assert main(["linprobe", "demo_image_linprobe", f"linprobe.checkpoint={pretrained}", *common, "--no-progress"]) == 0
+    probe_path = runs / "demo_image_linprobe" / "checkpoint-best.pt"
+    probed = read_checkpoint(probe_path)["model"]
+    original = read_checkpoint(pretrained)["model"]
+    # The frozen encoder is bit-identical to the pre-trained one; the head moved away from its init.
+    for key, value in original.items():
+        if key.startswith(("encoder.", "tokenizer.")):
+            assert torch.equal(probed[key], value), key
+    assert set(probed) >= {"head_bn.running_mean", "head.weight"}
+    assert not torch.equal(probed["head_bn.running_mean"], torch.zeros_like(probed["head_bn.running_mean"]))
+
+    capsys.readouterr()
+    assert main(["eval", str(probe_path), "--device", "cpu"]) == 0
+    line = capsys.readouterr().out.strip()
+    recorded = read_checkpoint(probe_path)["eval"]
+    assert line.startswith("heldout: 4 samples") and f"top-1 {recorded['acc1']:.2f}%" in line
+    assert main(["eval", str(probe_path), "--device", "cpu", "--split", "train"]) == 0
+    assert capsys.readouterr().out.startswith("train: 8 samples")
+
+
+def test_layer_decay_scales_equal_the_reference_formula() -> None:
+    depth, decay = TINY_MODEL["depth"], 0.65
+    model = build_classifier(_tiny_mae(), num_classes=5, global_pool=True, drop_path=0.1)
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=decay)
+    seen = {}
+    for group in groups:
+        for name in group["names"]:
+            seen[name] = (group["lr_scale"], group["weight_decay"])
+    assert sorted(seen) == sorted(n for n, _ in model.named_parameters())
+    for name, param in model.named_parameters():
+        # Reference section 2, typed by hand: cls/pos/patch embedding 0, block i -> i + 1, the rest depth + 1.
+        if name in ("encoder.cls_token", "tokenizer.proj.weight", "tokenizer.proj.bias"):
+            lid = 0
+        elif name.startswith("encoder.blocks."):
+            lid = int(name.split(".")[2]) + 1
+        else:
+            assert name.startswith(("fc_norm.", "head.")), name
+            lid = depth + 1
+        scale, wd = seen[name]
+        assert scale == pytest.approx(decay ** (depth + 1 - lid)), name
+        assert wd == (0.0 if param.ndim == 1 or name == "encoder.cls_token" else 0.05), name
+    assert seen["head.weight"][0] == 1.0 and seen["encoder.cls_token"][0] == pytest.approx(decay**4)
+
+
+def test_lars_excludes_1d_params_and_matches_the_official_update() -> None:
+    from timm.optim import Lars
+
+    model = build_classifier(_tiny_mae(), num_classes=4, global_pool=False, head_bn=True, head_init_std=0.01)
+    for name, param in model.named_parameters():
+        param.requires_grad = name.startswith("head.")
+    matrices, vectors = param_groups_lars(model, weight_decay=0.0)
+    assert [p.ndim for p in matrices["params"]] == [2] and [p.ndim for p in vectors["params"]] == [1]
+    assert vectors["weight_decay"] == 0.0 and not vectors["always_adapt"] and matrices["always_adapt"]
+
+    torch.manual_seed(1)
+    weight, bias = model.head.weight, model.head.bias
+    weight.grad, bias.grad = torch.randn_like(weight), torch.randn_like(bias)
+    w0, b0, lr, trust = weight.detach().clone(), bias.detach().clone(), 0.5, 0.001
+    Lars([matrices, vectors], lr=lr, momentum=0.9, trust_coeff=trust).step()
+    # Official LARS, first step (momentum buffer starts at the update): 2-D params scaled by the trust ratio.
+    ratio = trust * w0.norm() / weight.grad.norm()
+    assert torch.allclose(weight.detach(), w0 - lr * ratio * weight.grad, atol=1e-7)
+    assert torch.allclose(bias.detach(), b0 - lr * bias.grad)  # 1-D: plain SGD
+
+
+def test_finetune_from_a_checkpoint_with_a_different_grid() -> None:
+    mae = _tiny_mae()
+    model = build_classifier(mae, num_classes=3, global_pool=True, tokenizer_overrides={"img_size": 48})
+    assert model.tokenizer.grid == (6, 6)
+    table = model.encoder.pos_embed[0]  # (1 + 36, D)
+    assert torch.equal(table[1:], sincos_2d((6, 6), 32)) and torch.equal(table[0], torch.zeros(32))
+    assert torch.equal(model.tokenizer.proj.weight, mae.tokenizer.proj.weight)
+    assert torch.equal(model.encoder.blocks[2].mlp.fc2.weight, mae.encoder.blocks[2].mlp.fc2.weight)
+    assert model(torch.randn(2, 3, 48, 48)).shape == (2, 3)
+
+
+def test_global_pool_and_cls_features_follow_the_reference() -> None:
+    mae = _tiny_mae().eval()
+    x = torch.randn(2, 3, 32, 32)
+    pooled = build_classifier(mae, num_classes=3, global_pool=True).eval()
+    # By hand from the pre-trained parts: CLS + positions, the blocks, no final norm, mean of patches, LayerNorm.
+    enc = mae.encoder
+    tokens = torch.cat(
+        [(enc.cls_token + enc.pos_embed[:, :1]).expand(2, -1, -1), mae.tokenizer(x) + enc.pos_embed[:, 1:]], 1
+    )
+    for block in enc.blocks:
+        tokens = block(tokens)
+    expected = torch.nn.functional.layer_norm(tokens[:, 1:].mean(1), (32,), eps=1e-6)
+    assert torch.allclose(pooled.forward_features(x), expected, atol=1e-5)
+    cls = build_classifier(mae, num_classes=3, global_pool=False).eval()
+    assert torch.allclose(cls.forward_features(x), mae.encode(x)[:, 0], atol=1e-6)
+    assert pooled.head.weight.std().item() == pytest.approx(2e-5, rel=0.2)
+
+
+def test_topk_matches_a_hand_computation() -> None:
+    logits = torch.tensor(
+        [
+            [0.1, 0.9, 0.0, 0.0, 0.0, 0.0],  # label 1: top-1 hit
+            [0.5, 0.4, 0.3, 0.2, 0.1, 0.0],  # label 4: 5th best: top-5 hit only
+            [0.5, 0.4, 0.3, 0.2, 0.1, 0.0],  # label 5: last: neither
+            [0.0, 0.0, 0.3, 0.9, 0.1, 0.2],  # label 2: 2nd best: top-5 hit
+        ]
+    )
+    labels = torch.tensor([1, 4, 5, 2])
+    assert topk_correct(logits, labels) == [1, 3]
+    assert topk_correct(logits[:, :3], torch.tensor([1, 0, 2, 0])) == [2, 4]  # k capped at 3 classes
+    from timm.utils import accuracy
+
+    assert [v.item() * 4 / 100 for v in accuracy(logits, labels, topk=(1, 5))] == pytest.approx([1, 3])
+
+
+def test_wrong_key_and_missing_checkpoint_are_one_line_errors(
+    tmp_path: Path, tiny_image_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    common = _classify_overrides(tiny_image_folder, tmp_path / "cls")
+    assert main(["finetune", "demo_image_finetune", "finetune.drop_pth=0.2", *common]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "finetune.drop_pth" in err and "drop_path" in err
+    missing = tmp_path / "nope.pt"
+    assert main(["linprobe", "demo_image_linprobe", f"linprobe.checkpoint={missing}", *common]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(missing) in err and "does not exist" in err
+    assert main(["eval", str(missing)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(missing) in err
+
+
+def test_finetune_under_two_processes_counts_every_eval_sample_once(tmp_path: Path, tiny_image_folder: Path) -> None:
+    pretrained = _save_pretrained(tmp_path / "pre.pt")
+    _add_labelled_val(tiny_image_folder)
+    runs = tmp_path / "cls"
+    overrides = [
+        o if o != "train.batch_size=4" else "train.batch_size=2" for o in _classify_overrides(tiny_image_folder, runs)
+    ]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        cmd = [sys.executable, "-m", "anymae.core.cli", "finetune", "demo_image_finetune",
+               f"finetune.checkpoint={pretrained}", *overrides, "--no-progress"]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:]
+    assert "finished: top-1" in outs[0][0] and outs[1][0] == ""  # only rank 0 reports
+    records = [json.loads(line) for line in (runs / "demo_image_finetune" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval_n"] for r in records if "eval_n" in r] == [4.0]  # 4 labelled val images, 2 per rank
+    assert sorted(p.name for p in (runs / "demo_image_finetune").iterdir()) == [
+        "checkpoint-best.pt", "checkpoint-last.pt", "config.yaml", "metrics.jsonl"]  # fmt: skip
+
+
+def test_a_modality_without_labelled_data_says_so_by_name() -> None:
+    from anymae.core.modality import Modality
+
+    class Toy(Modality):
+        name = "toyseq"
+        tokenizer_config = dict
+        data_config = dict
+        build_tokenizer = build_dataset = load_inputs = render_reconstruction = None
+
+    with pytest.raises(NotImplementedError, match="modality 'toyseq' does not provide labelled data"):
+        Toy().build_labelled_dataset({}, {}, split="train", augment=None)
+
+
+def test_finetune_randaugment_posterize_at_magnitude_10_gives_black_not_an_error() -> None:
+    from anymae.modalities.image.classification import finetune_transform
+
+    augment = {"auto_augment": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "remode": "pixel", "recount": 1}
+    transform = finetune_transform((32, 32), augment=augment, mean=(0.5,) * 3, std=(0.5,) * 3)
+    ops = [op for step in transform.transforms for op in getattr(step, "ops", []) if op.name == "PosterizeIncreasing"]
+    assert len(ops) == 1
+    op = ops[0]
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0  # 4 - int(10 / 10 * 4) = 0 bits kept
+    out = op(Image.new("RGB", (8, 8), (200, 120, 40)))
+    assert out.getextrema() == ((0, 0), (0, 0), (0, 0))
