@@ -14,7 +14,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["OFFICIAL_HEADS", "from_hugging_face", "from_official_mae", "is_official_mae"]
+__all__ = [
+    "OFFICIAL_HEADS",
+    "count_blocks",
+    "from_hugging_face",
+    "from_official_mae",
+    "is_official_mae",
+    "split_official_state",
+]
 
 # Heads are not visible in the tensors; these are the official architectures (reference section 1).
 OFFICIAL_HEADS = {768: 12, 1024: 16, 1280: 16}
@@ -37,7 +44,8 @@ def is_official_mae(state: dict[str, Any]) -> bool:
     return "patch_embed.proj.weight" in state and "cls_token" in state
 
 
-def _count(state: dict[str, Any], pattern: str) -> int:
+def count_blocks(state: dict[str, Any], pattern: str) -> int:
+    r"""1 + the largest block index captured by ``pattern`` (e.g. ``r"blocks\.(\d+)\."``) among the keys."""
     ids = {int(m.group(1)) for k in state if (m := re.match(pattern, k))}
     return max(ids) + 1 if ids else 0
 
@@ -58,7 +66,7 @@ def from_official_mae(
         "modality": "image",
         "tokenizer": {"img_size": side * patch, "patch_size": patch, "in_chans": chans},
         "embed_dim": dim,
-        "depth": _count(state, r"blocks\.(\d+)\."),
+        "depth": count_blocks(state, r"blocks\.(\d+)\."),
         "num_heads": heads,
         "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
         "qkv_bias": "blocks.0.attn.qkv.bias" in state,
@@ -69,17 +77,24 @@ def from_official_mae(
         dec_dim = state["decoder_embed.weight"].shape[0]
         model.update(
             decoder_embed_dim=dec_dim,
-            decoder_depth=_count(state, r"decoder_blocks\.(\d+)\."),
+            decoder_depth=count_blocks(state, r"decoder_blocks\.(\d+)\."),
             decoder_num_heads=OFFICIAL_DECODER_HEADS,
             decoder_mlp_ratio=state["decoder_blocks.0.mlp.fc1.weight"].shape[0] / dec_dim,
         )
+    converted, tables = split_official_state(state)
+    return model, converted, tables
+
+
+def split_official_state(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """An official-layout state dict (MAE; AudioMAE uses the same names) -> (anymae keys, stored position
+    tables keyed ``encoder.pos_embed`` / ``decoder.pos_embed``, to compare with the fixed ones)."""
     converted, tables = {}, {}
     for key, value in state.items():
         if key in _OFFICIAL_TABLES:
             tables[_OFFICIAL_TABLES[key]] = value
         else:
             converted[_rename_official(key)] = value
-    return model, converted, tables
+    return converted, tables
 
 
 def _rename_official(key: str) -> str:

@@ -11,7 +11,6 @@ tensor is loaded with a strict key check that names missing and unexpected keys.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch import Tensor
 from anymae.core.build import build_model
 from anymae.core.checkpoint import CheckpointError, read_checkpoint
 from anymae.core.config import resolve_model_config
+from anymae.core.interop import count_blocks, split_official_state
 from anymae.core.loading import load_state_dict_checked
 from anymae.core.model import MaskedAutoencoder
 
@@ -30,28 +30,11 @@ AUDIOMAE_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 16}
 AUDIOMAE_DECODER_HEADS = 16
 AUDIOMAE_WINDOW, AUDIOMAE_SHIFT = [4, 4], [2, 0]  # its decoder_mode=1 (no_shift=False)
 
-_PREFIXES = (
-    ("patch_embed.proj.", "tokenizer.proj."),
-    ("blocks.", "encoder.blocks."),
-    ("norm.", "encoder.norm."),
-    ("decoder_embed.", "decoder.embed."),
-    ("decoder_blocks.", "decoder.blocks."),
-    ("decoder_norm.", "decoder.norm."),
-    ("decoder_pred.", "decoder.pred."),
-)
-_NAMES = {"cls_token": "encoder.cls_token", "mask_token": "decoder.mask_token"}
-_TABLES = {"pos_embed": "encoder", "decoder_pos_embed": "decoder"}
-
 
 def is_audiomae(state: dict[str, Any]) -> bool:
     """An AudioMAE state dict: a single-channel patch embedding and a CLS token."""
     weight = state.get("patch_embed.proj.weight")
     return isinstance(weight, Tensor) and weight.ndim == 4 and weight.shape[1] == 1 and "cls_token" in state
-
-
-def _count(state: dict[str, Any], pattern: str) -> int:
-    ids = {int(m.group(1)) for k in state if (m := re.match(pattern, k))}
-    return max(ids) + 1 if ids else 0
 
 
 def from_audiomae(
@@ -94,7 +77,7 @@ def from_audiomae(
         "mask_ratio": 0.8,
         "norm_pix_loss": norm_pix_loss,
         "embed_dim": dim,
-        "depth": _count(state, r"blocks\.(\d+)\."),
+        "depth": count_blocks(state, r"blocks\.(\d+)\."),
         "num_heads": heads,
         "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
         "qkv_bias": "blocks.0.attn.qkv.bias" in state,
@@ -106,28 +89,14 @@ def from_audiomae(
         model.update(
             decoder="local" if local else "global",
             decoder_embed_dim=dec_dim,
-            decoder_depth=_count(state, r"decoder_blocks\.(\d+)\."),
+            decoder_depth=count_blocks(state, r"decoder_blocks\.(\d+)\."),
             decoder_num_heads=AUDIOMAE_DECODER_HEADS,
             decoder_mlp_ratio=state["decoder_blocks.0.mlp.fc1.weight"].shape[0] / dec_dim,
         )
         if local:
             model["decoder_options"] = {"window_size": list(AUDIOMAE_WINDOW), "shift_size": list(shift_size)}
-    converted, tables = {}, {}
-    for key, value in state.items():
-        if key in _TABLES:
-            tables[_TABLES[key]] = value
-        else:
-            converted[_rename(key)] = value
-    return model, converted, tables
-
-
-def _rename(key: str) -> str:
-    if key in _NAMES:
-        return _NAMES[key]
-    for old, new in _PREFIXES:
-        if key.startswith(old):
-            return new + key[len(old) :]
-    return key  # unknown keys stay as they are and are reported as unexpected
+    converted, tables = split_official_state(state)  # AudioMAE keeps the official MAE key names
+    return model, converted, {key.split(".")[0]: table for key, table in tables.items()}
 
 
 def load_audiomae(
