@@ -9,7 +9,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from .encoder import LAYER_NORM
-from .masking import gather_tokens
+from .masking import gather_tokens, unshuffle_with_mask_tokens
 from .pos_embed import with_cls_slot
 
 __all__ = ["MaskedDecoder"]
@@ -64,10 +64,7 @@ class MaskedDecoder(nn.Module):
         order, or (N, L_sel, P) for the token ids ``select`` (N, L_sel): the head runs on those only."""
         k = self.num_prefix
         x = self.embed(latent)  # (N, k + L_vis, D_dec)
-        n, num_tokens = ids_restore.shape
-        mask_tokens = self.mask_token.expand(n, num_tokens + k - x.shape[1], -1)  # (N, L - L_vis, D_dec)
-        body = torch.cat([x[:, k:], mask_tokens], dim=1)  # (N, L, D_dec), shuffled order
-        body = gather_tokens(body, ids_restore)  # (N, L, D_dec), original order
+        body = unshuffle_with_mask_tokens(x[:, k:], self.mask_token, ids_restore)  # (N, L, D_dec), grid order
         x = torch.cat([x[:, :k], body], dim=1) + self.pos_embed  # (N, k + L, D_dec)
         for block in self.blocks:
             x = block(x)

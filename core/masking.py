@@ -23,6 +23,7 @@ __all__ = [
     "random_masking",
     "sample_mask",
     "shuffle_from_noise",
+    "unshuffle_with_mask_tokens",
 ]
 
 
@@ -94,6 +95,14 @@ def shuffle_from_noise(noise: Tensor, len_keep: int) -> tuple[Tensor, Tensor, Te
 def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
     """x (N, L, D), ids (N, K) -> (N, K, D). ``expand`` makes a view, not a copy like ``repeat``."""
     return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def unshuffle_with_mask_tokens(visible: Tensor, mask_token: Tensor, ids_restore: Tensor) -> Tensor:
+    """The decoder's input: visible tokens (N, L_vis, D) followed by the shared ``mask_token`` (1, 1, D) for
+    every removed one, put back in grid order with ``ids_restore`` (N, L) -> (N, L, D)."""
+    n, num_tokens = ids_restore.shape
+    fill = mask_token.expand(n, num_tokens - visible.shape[1], -1)  # (N, L - L_vis, D)
+    return gather_tokens(torch.cat([visible, fill], dim=1), ids_restore)
 
 
 def sample_mask(

@@ -25,7 +25,7 @@ import torch
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-from anymae.core.masking import gather_tokens
+from anymae.core.masking import gather_tokens, unshuffle_with_mask_tokens
 
 __all__ = ["LocalDecoder", "SwinBlock", "WindowAttention", "shift_attention_mask", "window_merge", "window_partition"]
 
@@ -232,9 +232,7 @@ class LocalDecoder(nn.Module):
     def forward(self, latent: Tensor, ids_restore: Tensor, select: Tensor | None = None) -> Tensor:
         """latent (N, prefix + L_vis, D), ids_restore (N, L) -> pred (N, L, P), or (N, L_sel, P) for ``select``."""
         x = self.embed(latent)[:, self.num_prefix :]  # (N, L_vis, D_dec); the prefix never reaches the blocks
-        n, num_tokens = ids_restore.shape
-        mask_tokens = self.mask_token.expand(n, num_tokens - x.shape[1], -1)  # (N, L - L_vis, D_dec)
-        x = gather_tokens(torch.cat([x, mask_tokens], dim=1), ids_restore)  # (N, L, D_dec), grid order
+        x = unshuffle_with_mask_tokens(x, self.mask_token, ids_restore)  # (N, L, D_dec), grid order
         x = x + self.pos_embed
         for block in self.blocks:
             x = block(x)

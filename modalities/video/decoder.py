@@ -17,7 +17,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from anymae.core.masking import gather_tokens
+from anymae.core.masking import gather_tokens, unshuffle_with_mask_tokens
 
 __all__ = ["VideoMAEDecoder", "videomae_decoder"]
 
@@ -79,9 +79,7 @@ class VideoMAEDecoder(nn.Module):
         (N, L_sel, P) for the token ids ``select`` (N, L_sel) (VideoMAE's head on masked tokens)."""
         k = self.num_prefix
         x = self.embed(latent)  # (N, k + L_vis, D_dec)
-        n, num_tokens = ids_restore.shape
-        mask_tokens = self.mask_token.expand(n, num_tokens + k - x.shape[1], -1)  # (N, L - L_vis, D_dec)
-        body = gather_tokens(torch.cat([x[:, k:], mask_tokens], dim=1), ids_restore)  # (N, L, D_dec)
+        body = unshuffle_with_mask_tokens(x[:, k:], self.mask_token, ids_restore)  # (N, L, D_dec)
         x = torch.cat([x[:, :k], body + self.positions()], dim=1)  # prefix tokens carry no position
         for block in self.blocks:
             x = block(x)
