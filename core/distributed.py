@@ -8,15 +8,29 @@ CPU) and wraps the model in DistributedDataParallel. Without them it is a single
 
 from __future__ import annotations
 
+import gc
 import os
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "all_sum", "barrier", "broadcast_object", "resolve_device", "setup", "teardown"]
+T = TypeVar("T")
+
+__all__ = [
+    "DistContext",
+    "all_sum",
+    "barrier",
+    "broadcast_object",
+    "resolve_device",
+    "run_then_teardown",
+    "setup",
+    "teardown",
+]
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,23 @@ def setup(device_name: str, *, timeout_s: float = 1800.0) -> tuple[DistContext, 
 def teardown(ctx: DistContext) -> None:
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_then_teardown(ctx: DistContext, work: Callable[[], T]) -> T:
+    """``work()``, then leave the process group, having freed everything ``work`` built first.
+
+    A DDP model (and the autograd graph of a last loss, which holds DDP's reducer) freed after its process
+    group is destroyed can hang the process. When ``work`` raises, the unwound frames would keep them alive, so
+    their locals are dropped (the traceback itself stays) and collected before the group goes.
+    """
+    try:
+        return work()
+    except BaseException as exc:
+        traceback.clear_frames(exc.__traceback__)
+        raise
+    finally:
+        gc.collect()
+        teardown(ctx)
 
 
 def all_sum(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:

@@ -38,7 +38,7 @@ from .build import build_model, checkpoint_decoder_blocks, compile_blocks
 from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from .config import Config, config_to_dict
 from .data import DataError, EpochSampler, SafeDataset
-from .distributed import DistContext, all_sum, barrier, broadcast_object, setup, teardown
+from .distributed import DistContext, all_sum, barrier, broadcast_object, run_then_teardown, setup
 from .loading import CHECKPOINT_FORMAT, load_state_dict_checked
 from .loss import masked_mse, patch_mean_baseline
 from .masking import SampleMasker, sample_mask
@@ -104,10 +104,7 @@ def pretrain(cfg: Config, *, resume: str | None = None, registry: Any = None, pr
 
         registry = get_registry()
     ctx, device = setup(cfg.train.device)
-    try:
-        return _Trainer(cfg, registry, ctx, device, progress=progress).run(resume)
-    finally:
-        teardown(ctx)
+    return run_then_teardown(ctx, lambda: _Trainer(cfg, registry, ctx, device, progress=progress).run(resume))
 
 
 class _Trainer:

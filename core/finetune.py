@@ -29,7 +29,7 @@ from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from .classify import Classifier, build_classifier, param_groups_lars, param_groups_layer_decay
 from .config import ClassifyConfig, config_to_dict, from_dict
 from .data import DataError, EpochSampler, SafeDataset, sample_seed, seeded
-from .distributed import DistContext, all_sum, barrier, broadcast_object, setup, teardown
+from .distributed import DistContext, all_sum, barrier, broadcast_object, run_then_teardown, setup
 from .engine import NonFiniteLossError, new_run_dir, seed_everything
 from .optim import absolute_lr, cosine_lr
 
@@ -105,10 +105,9 @@ def train_classifier(
 
         registry = get_registry()
     ctx, device = setup(cfg.train.device)
-    try:
-        return _ClassifyTrainer(cfg, pretrained, registry, ctx, device, progress=progress).run()
-    finally:
-        teardown(ctx)
+    return run_then_teardown(
+        ctx, lambda: _ClassifyTrainer(cfg, pretrained, registry, ctx, device, progress=progress).run()
+    )
 
 
 class _ClassifyTrainer:
