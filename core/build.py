@@ -11,7 +11,7 @@ from .config import ModelConfig, check_decoder_options, config_to_dict
 from .encoder import MaskedEncoder
 from .model import MaskedAutoencoder
 
-__all__ = ["build_model", "checkpoint_decoder_blocks", "compile_blocks", "set_fused_attn"]
+__all__ = ["build_encoder", "build_model", "checkpoint_decoder_blocks", "compile_blocks", "set_fused_attn"]
 
 
 def build_model(cfg: ModelConfig, *, registry: Any = None, with_decoder: bool = True) -> MaskedAutoencoder:
@@ -23,19 +23,8 @@ def build_model(cfg: ModelConfig, *, registry: Any = None, with_decoder: bool = 
         from anymae.plugins import get_registry
 
         registry = get_registry()
-    modality = registry.modality(cfg.modality)
     norm_layer = partial(nn.LayerNorm, eps=cfg.norm_eps)
-    tokenizer = modality.build_tokenizer(cfg.tokenizer, embed_dim=cfg.embed_dim)
-    encoder = MaskedEncoder(
-        embed_dim=cfg.embed_dim,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        mlp_ratio=cfg.mlp_ratio,
-        qkv_bias=cfg.qkv_bias,
-        pos_table=tokenizer.position_table(cfg.embed_dim),
-        norm_layer=norm_layer,
-        cls_token=cfg.cls_token,
-    )
+    tokenizer, encoder = build_encoder(cfg, registry=registry)
     decoder = None
     if with_decoder:
         builder = registry.decoder(cfg.decoder)
@@ -66,6 +55,23 @@ def build_model(cfg: ModelConfig, *, registry: Any = None, with_decoder: bool = 
     )
     set_fused_attn(model, cfg.fused_attn)
     return model
+
+
+def build_encoder(cfg: ModelConfig, *, registry: Any, drop_path_rate: float = 0.0) -> tuple[Any, MaskedEncoder]:
+    """The modality's tokenizer and the ViT encoder of ``cfg``, position tables computed for its grid."""
+    tokenizer = registry.modality(cfg.modality).build_tokenizer(cfg.tokenizer, embed_dim=cfg.embed_dim)
+    encoder = MaskedEncoder(
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        qkv_bias=cfg.qkv_bias,
+        pos_table=tokenizer.position_table(cfg.embed_dim),
+        norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps),
+        cls_token=cfg.cls_token,
+        drop_path_rate=drop_path_rate,
+    )
+    return tokenizer, encoder
 
 
 def set_fused_attn(model: nn.Module, enabled: bool) -> None:

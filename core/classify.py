@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import copy
 import re
-from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .build import build_encoder, set_fused_attn
 from .config import config_to_dict, resolve_model_config
 from .encoder import MaskedEncoder
 from .model import MaskedAutoencoder
@@ -97,23 +97,10 @@ def build_classifier(
     model_raw = copy.deepcopy(pretrained.config["model"])
     model_raw["tokenizer"] = {**config_to_dict(model_raw.get("tokenizer") or {}), **(tokenizer_overrides or {})}
     cfg = resolve_model_config(model_raw, registry)
-    modality = registry.modality(cfg.modality)
-    tokenizer = modality.build_tokenizer(cfg.tokenizer, embed_dim=cfg.embed_dim)
-    encoder = MaskedEncoder(
-        embed_dim=cfg.embed_dim,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        mlp_ratio=cfg.mlp_ratio,
-        qkv_bias=cfg.qkv_bias,
-        pos_table=tokenizer.position_table(cfg.embed_dim),  # recomputed for the (possibly new) grid
-        norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps),
-        cls_token=cfg.cls_token,
-        drop_path_rate=drop_path,
-    )
+    # Position tables are recomputed for the (possibly new) grid.
+    tokenizer, encoder = build_encoder(cfg, registry=registry, drop_path_rate=drop_path)
     _copy_weights(pretrained.tokenizer, tokenizer, "tokenizer")
     _copy_weights(pretrained.encoder, encoder, "encoder")
-    from .build import set_fused_attn
-
     set_fused_attn(encoder, cfg.fused_attn)
     config = {
         "model": config_to_dict(cfg),
