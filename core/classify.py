@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .build import build_encoder, set_fused_attn
 from .config import config_to_dict, resolve_model_config
 from .encoder import MaskedEncoder
+from .masking import MaskingStrategy, shuffle_from_noise
 from .model import MaskedAutoencoder
 from .tokenizer import Tokenizer
 
@@ -32,6 +33,9 @@ class Classifier(nn.Module):
     Identity, as the official fine-tuning model deletes it); else the CLS token after the final norm.
     ``head_bn``: BatchNorm1d(D, affine=False, eps=1e-6) before the head (official linear probe; in train
     mode it normalises with the batch statistics, as the official code does).
+    ``token_masking``: a masking strategy that drops tokens in training mode only, at ``token_mask_ratio``
+    (AudioMAE's fine-tuning regulariser: ``time_frequency`` at 0.2); the pooled feature is the mean of the
+    kept tokens. Evaluation always sees every token.
     """
 
     def __init__(
@@ -44,6 +48,8 @@ class Classifier(nn.Module):
         head_bn: bool = False,
         head_init_std: float = 2e-5,
         norm_eps: float = 1e-6,
+        token_masking: MaskingStrategy | None = None,
+        token_mask_ratio: float = 0.0,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -52,6 +58,7 @@ class Classifier(nn.Module):
         self.tokenizer = tokenizer
         self.encoder = encoder
         self.global_pool = global_pool
+        self.token_masking, self.token_mask_ratio = token_masking, token_mask_ratio
         dim = encoder.embed_dim
         self.fc_norm: nn.Module = nn.LayerNorm(dim, eps=norm_eps) if global_pool else nn.Identity()
         if global_pool:
@@ -68,7 +75,14 @@ class Classifier(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """x -> pooled features (N, D)."""
-        tokens = self.encoder(self.tokenizer(x), None)  # (N, num_prefix + L, D)
+        tokens = self.tokenizer(x)  # (N, L, D)
+        ids_keep = None
+        if self.training and self.token_masking is not None and self.token_mask_ratio > 0:
+            noise, len_keep = self.token_masking(
+                batch=tokens.shape[0], grid=self.tokenizer.grid, mask_ratio=self.token_mask_ratio, device=x.device
+            )
+            ids_keep = shuffle_from_noise(noise, len_keep)[0]  # (N, L_vis)
+        tokens = self.encoder(tokens, ids_keep)  # (N, num_prefix + L_vis, D)
         if self.global_pool:
             return self.fc_norm(tokens[:, self.encoder.num_prefix :].mean(dim=1))  # (N, D)
         return tokens[:, 0]  # (N, D): CLS after the final norm
@@ -87,9 +101,12 @@ def build_classifier(
     drop_path: float = 0.0,
     head_init_std: float = 2e-5,
     tokenizer_overrides: dict[str, Any] | None = None,
+    token_masking: str | None = None,
+    token_mask_ratio: float = 0.0,
     registry: Any = None,
 ) -> Classifier:
-    """A :class:`Classifier` whose tokenizer and encoder weights are ``pretrained``'s."""
+    """A :class:`Classifier` whose tokenizer and encoder weights are ``pretrained``'s; ``token_masking`` names
+    a registered masking strategy used in training mode (see :class:`Classifier`)."""
     if registry is None:
         from anymae.plugins import get_registry
 
@@ -109,6 +126,8 @@ def build_classifier(
             "global_pool": global_pool,
             "head_bn": head_bn,
             "drop_path": drop_path,
+            "token_masking": token_masking,
+            "token_mask_ratio": token_mask_ratio,
         },
     }
     return Classifier(
@@ -119,6 +138,8 @@ def build_classifier(
         head_bn=head_bn,
         head_init_std=head_init_std,
         norm_eps=cfg.norm_eps,
+        token_masking=registry.masking_strategy(token_masking) if token_masking else None,
+        token_mask_ratio=token_mask_ratio,
         config=config,
     )
 

@@ -169,9 +169,9 @@ def _classify(args: argparse.Namespace) -> int:
     result = train_classifier(cfg, pretrained, progress=not args.no_progress)
     if not main_process:
         return 0
-    print(
-        f"\nfinished: top-1 {result.last_acc1:.2f}%  top-5 {result.last_acc5:.2f}% (best top-1 {result.best_acc1:.2f}%)"
-    )
+    best = f"best mAP {result.best_map:.2f}%" if result.best_map is not None else f"best top-1 {result.best_acc1:.2f}%"
+    last = f"mAP {result.last_map:.2f}%  " if result.last_map is not None else ""
+    print(f"\nfinished: {last}top-1 {result.last_acc1:.2f}%  top-5 {result.last_acc5:.2f}% ({best})")
     print(f"run folder:      {result.run_dir}")
     print(f"best checkpoint: {result.best_checkpoint}")
     print(f"metrics:         {result.metrics}")
@@ -183,7 +183,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from .config import from_dict
     from .distributed import setup, teardown
-    from .finetune import evaluate, load_classifier
+    from .finetune import evaluate, format_stats, load_classifier
 
     model = load_classifier(args.checkpoint)
     config = model.config
@@ -200,12 +200,12 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"anymae eval: warning: class folders {dataset.classes} differ from training's {config['classes']}")
     ctx, device = setup(args.device)
     try:
-        stats = evaluate(model.to(device), dataset, batch_size=args.batch_size, device=device, ctx=ctx)
+        stats = evaluate(model.to(device), dataset, batch_size=args.batch_size, device=device, ctx=ctx,
+                         view_reduce=config.get("view_reduce", "logits"))  # fmt: skip
     finally:
         teardown(ctx)
     if ctx.is_main:
-        print(f"{args.split}: {int(stats['n'])} samples  top-1 {stats['acc1']:.2f}%  top-5 {stats['acc5']:.2f}%  "
-              f"loss {stats['loss']:.4f}")  # fmt: skip
+        print(f"{args.split}: {int(stats['n'])} samples  {format_stats(stats)}  loss {stats['loss']:.4f}")
     return 0
 
 

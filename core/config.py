@@ -148,6 +148,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 adds a GradScaler
     compile: bool = False  # torch.compile each transformer block
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 fully_shard per block (ViT-H: sharded optimizer state)
+    fsdp_reshard_after_forward: bool = True  # fsdp: free gathered block weights after forward (False: keep, faster)
     checkpoint_decoder_blocks: int = 0  # recompute the first N decoder blocks in backward (less memory)
     malloc_mmap_threshold: int | None = None  # Linux/glibc CPU runs: e.g. 65536 returns freed memory at once
     persistent_workers: bool = True  # keep DataLoader workers between epochs (when num_workers > 0)
@@ -202,6 +204,8 @@ class LinprobeConfig:
     global_pool: bool = False  # official linear probe: the CLS token after the final LayerNorm
     tokenizer: dict[str, Any] = field(default_factory=dict)  # overrides of the checkpoint's model.tokenizer
     eval_crop_pct: float = 0.875  # eval: resize the shorter side to size / crop_pct, centre crop
+    view_reduce: Literal["logits", "softmax"] = "logits"  # multi-view eval: average logits, or softmax (VideoMAE)
+    balanced_sampling: bool = False  # draw training items with the dataset's sample_weights() (AudioMAE AS-2M)
 
     def __post_init__(self) -> None:
         if self.num_classes is not None and self.num_classes < 2:
@@ -228,9 +232,15 @@ class FinetuneConfig(LinprobeConfig):
     remode: Literal["pixel", "rand", "const"] = "pixel"
     recount: int = 1
     head_init_std: float = 2e-5  # trunc-normal std of the head weight (official)
+    token_masking: str | None = None  # drop tokens in training with this masking strategy (AudioMAE: time_frequency)
+    token_mask_ratio: float = 0.0  # ... at this ratio (AudioMAE: 0.2); evaluation always sees every token
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0 <= self.token_mask_ratio < 1:
+            raise ValueError(f"token_mask_ratio must be in [0, 1), got {self.token_mask_ratio}")
+        if self.token_mask_ratio > 0 and not self.token_masking:
+            raise ValueError("token_mask_ratio > 0 needs token_masking (a registered masking strategy, e.g. random)")
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if not 0 <= self.drop_path < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.reprob <= 1:
@@ -536,6 +546,11 @@ def load_classify_config(
     except KeyError as exc:
         raise ConfigError(f"config {mode}.modality: {exc.args[0]}") from None
     cfg.data = from_dict(modality.data_config, data_raw, "data")
+    if getattr(head, "token_masking", None):
+        try:
+            registry.masking_strategy(head.token_masking)
+        except KeyError as exc:
+            raise ConfigError(f"config {mode}.token_masking: {exc.args[0]}") from None
     return cfg
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -119,10 +119,31 @@ class EpochSampler(Sampler):
     (drop-last, so every rank runs the same number of batches) and dealt out rank-strided: rank ``r`` takes
     positions ``r, r + W, ...``, so step ``k`` of W ranks with batch B sees the same W*B samples as step
     ``k`` of one process with batch W*B. ``set_epoch(epoch, start_batch)`` starts inside an epoch (resume).
+
+    ``weights`` (one per item) make an epoch ``size`` draws with replacement, item i with probability
+    ``weights[i] / sum(weights)``, instead of a permutation (class-balanced sampling, as AudioMAE's
+    weighted distributed sampler for AudioSet-2M); seeding, drop-last and striding are the same.
     """
 
-    def __init__(self, size: int, *, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        weights: Sequence[float] | None = None,
+    ) -> None:
         self.size, self.batch_size, self.rank, self.world_size, self.seed = size, batch_size, rank, world_size, seed
+        self.weights = None
+        if weights is not None:
+            self.weights = torch.as_tensor(list(weights), dtype=torch.float64)
+            if self.weights.shape != (size,) or not bool((self.weights >= 0).all()) or float(self.weights.sum()) <= 0:
+                raise DataError(
+                    f"sample weights must be {size} non-negative numbers (one per item) with a positive sum, "
+                    f"got {tuple(self.weights.shape)} values"
+                )
         self.batches_per_epoch = size // (world_size * batch_size)
         if self.batches_per_epoch < 1:
             raise DataError(
@@ -140,7 +161,11 @@ class EpochSampler(Sampler):
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.weights is None:
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
         used = order[: self.batches_per_epoch * self.batch_size * self.world_size]
         mine = used[self.rank :: self.world_size][self.start_batch * self.batch_size :]
         return ((self.epoch, int(i)) for i in mine)

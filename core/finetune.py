@@ -31,9 +31,21 @@ from .config import ClassifyConfig, config_to_dict, from_dict
 from .data import DataError, EpochSampler, SafeDataset, sample_seed, seeded
 from .distributed import DistContext, all_sum, barrier, broadcast_object, run_then_teardown, setup
 from .engine import NonFiniteLossError, new_run_dir, seed_everything
+from .metrics import mean_average_precision, topk_correct
 from .optim import absolute_lr, cosine_lr
 
-__all__ = ["CLASSIFIER_FORMAT", "ClassifyResult", "evaluate", "load_classifier", "topk_correct", "train_classifier"]
+__all__ = [
+    "CLASSIFIER_FORMAT",
+    "ClassifyResult",
+    "FrameMixup",
+    "MultiLabelMixup",
+    "evaluate",
+    "format_stats",
+    "load_classifier",
+    "topk_correct",
+    "train_classifier",
+    "view_scores",
+]
 
 CLASSIFIER_FORMAT = "anymae-classifier"
 
@@ -47,53 +59,138 @@ class ClassifyResult:
     last_acc1: float
     last_acc5: float
     metrics: Path
+    best_map: float | None = None  # multi-label data: mAP (%) of the best and the last epoch
+    last_map: float | None = None
 
 
 class LabelledSafeDataset(SafeDataset):
     """:class:`SafeDataset` for ``(input, label)`` items: the same seeding and bad-sample handling, plus
-    ``"label"`` in every item (the core's SafeDataset keeps only the input)."""
+    ``"label"`` in every item (the core's SafeDataset keeps only the input): an int class index, or a float
+    ``(K,)`` tensor for multi-label data."""
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         with seeded(sample_seed(self.seed, epoch, index)):
             (x, label), bad = self._load(index)
-        return {"input": x, "label": int(label), "bad": bad}
+        label = torch.as_tensor(label, dtype=torch.float32) if isinstance(label, (Tensor, list)) else int(label)
+        return {"input": x, "label": label, "bad": bad}
 
 
-def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
-    """How many of the rows of ``logits (N, K)`` have their label among the top k scores, for each k
-    (k is capped at K, so top-5 of a 3-class problem counts every row)."""
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # (N, k_max)
-    hits = top == labels[:, None]  # (N, k_max)
-    return [int(hits[:, : min(k, logits.shape[1])].any(dim=1).sum()) for k in ks]
+class FrameMixup:
+    """timm's Mixup/CutMix for inputs of any rank: ``(N, C, T, H, W)`` clips are mixed as ``(N, C*T, H, W)``,
+    so a CutMix box covers the same pixels in every frame. (VideoMAE passes 5-D clips to timm's Mixup
+    directly, whose ``x[:, :, y0:y1, x0:x1]`` then cuts along time and height: not a box.)"""
+
+    def __init__(self, mixup: Any) -> None:
+        self.mixup = mixup
+
+    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        shape = x.shape
+        mixed, target = self.mixup(x.reshape(shape[0], -1, *shape[-2:]) if x.ndim > 4 else x, y)
+        return mixed.reshape(shape), target
+
+
+class MultiLabelMixup:
+    """Batch mixup for multi-hot targets: with probability ``prob``, ``x = lam x + (1 - lam) x.flip(0)`` and
+    the same for ``y``, one ``lam ~ Beta(alpha, alpha)`` per batch (timm's batch mode without CutMix; timm's
+    own Mixup one-hot encodes integer labels and cannot take multi-hot ones)."""
+
+    def __init__(self, *, alpha: float, prob: float = 1.0) -> None:
+        self.alpha, self.prob = alpha, prob
+
+    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if float(torch.rand(())) >= self.prob:
+            return x, y
+        lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample())
+        return lam * x + (1 - lam) * x.flip(0), lam * y + (1 - lam) * y.flip(0)
+
+
+def format_stats(stats: dict[str, float]) -> str:
+    """``mAP 12.34%  top-1 ...`` for the log line of an evaluation."""
+    text = f"top-1 {stats['acc1']:.2f}%  top-5 {stats['acc5']:.2f}%"
+    return f"mAP {stats['map']:.2f}%  {text}" if "map" in stats else text
+
+
+def view_scores(model: nn.Module, x: Tensor, *, views: int, reduce: str, multi_label: bool) -> Tensor:
+    """Scores ``(N, K)`` of a batch of ``views``-view samples ``x (N, V, ...)`` (or plain ``(N, ...)`` when
+    ``views`` is 1): the V logits of a sample averaged (``reduce="logits"``), or its V probabilities
+    (softmax, sigmoid for multi-label) averaged (``"softmax"``, VideoMAE's merge of test views)."""
+    if views == 1:
+        logits = model(x).float()
+        return logits if reduce == "logits" else _probabilities(logits, multi_label)
+    n = x.shape[0]
+    logits = model(x.flatten(0, 1)).float().view(n, views, -1)  # (N, V, K)
+    if reduce == "logits":
+        return logits.mean(dim=1)
+    return _probabilities(logits, multi_label).mean(dim=1)
+
+
+def _probabilities(logits: Tensor, multi_label: bool) -> Tensor:
+    return logits.sigmoid() if multi_label else logits.softmax(dim=-1)
+
+
+def _eval_loss(scores: Tensor, labels: Tensor, *, probabilities: bool, multi_label: bool) -> float:
+    """Summed loss of a batch: cross-entropy (single-label) or BCE (multi-label), on logits or probabilities."""
+    if multi_label:
+        if probabilities:
+            return float(nn.functional.binary_cross_entropy(scores.clamp(1e-7, 1 - 1e-7), labels, reduction="sum"))
+        return float(nn.functional.binary_cross_entropy_with_logits(scores, labels, reduction="sum"))
+    if probabilities:
+        return float(nn.functional.nll_loss(scores.clamp_min(1e-12).log(), labels, reduction="sum"))
+    return float(nn.functional.cross_entropy(scores, labels, reduction="sum"))
+
+
+def _gather_rows(rows: list[Tensor], ctx: DistContext) -> Tensor:
+    """Concatenate this rank's tensors, then every rank's (rank order)."""
+    mine = torch.cat(rows) if rows else torch.zeros(0)
+    if not ctx.enabled:
+        return mine
+    import torch.distributed as dist
+
+    every: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(every, mine)
+    return torch.cat([t for t in every if t.numel()])
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, dataset: Dataset, *, batch_size: int, device: torch.device, ctx: DistContext | None = None,
-    num_workers: int = 0, autocast: Any = None,
+    num_workers: int = 0, autocast: Any = None, view_reduce: str = "logits",
 ) -> dict[str, float]:  # fmt: skip
-    """Top-1 / top-5 accuracy (%) and mean cross-entropy over every sample of ``dataset``, each counted once:
-    rank r takes samples r, r + W, ... and the counts are summed over ranks."""
+    """Top-1 / top-5 accuracy (%) and the mean loss over every sample of ``dataset``, each counted once:
+    rank r takes samples r, r + W, ... and the counts are summed over ranks.
+
+    A dataset with ``num_views = V > 1`` yields ``(V, ...)`` inputs whose V scores are merged
+    (:func:`view_scores`, ``view_reduce``). A ``multi_label`` dataset (multi-hot labels) adds ``"map"``, the
+    mean average precision (%) over all samples of all ranks, and its loss is the binary cross-entropy;
+    top-k then counts a sample when one of its k best classes is a positive."""
     ctx = ctx or DistContext()
+    views, multi_label = int(getattr(dataset, "num_views", 1)), bool(getattr(dataset, "multi_label", False))
     was_training = model.training
     model.eval()
     shard = Subset(LabelledSafeDataset(dataset), list(range(ctx.rank, len(dataset), ctx.world_size)))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     correct1 = correct5 = loss_sum = count = 0.0
+    scores_seen, labels_seen = [], []
     for batch in loader:
         x, y = batch["input"].to(device), batch["label"].to(device)
         with autocast or nullcontext():
-            logits = model(x)
-        c1, c5 = topk_correct(logits.float(), y)
+            scores = view_scores(model, x, views=views, reduce=view_reduce, multi_label=multi_label)
+        c1, c5 = topk_correct(scores, y)
         correct1, correct5 = correct1 + c1, correct5 + c5
-        loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+        loss_sum += _eval_loss(scores, y, probabilities=view_reduce != "logits", multi_label=multi_label)
         count += x.shape[0]
+        if multi_label:
+            scores_seen.append(scores.cpu())
+            labels_seen.append(y.cpu())
     correct1, correct5, loss_sum, count = all_sum([correct1, correct5, loss_sum, count], ctx, device)
     model.train(was_training)
     if count == 0:
         raise DataError("the evaluation split has no samples")
-    return {"acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count, "loss": loss_sum / count, "n": count}
+    stats = {"acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count, "loss": loss_sum / count, "n": count}
+    if multi_label:
+        stats["map"] = 100.0 * mean_average_precision(_gather_rows(scores_seen, ctx), _gather_rows(labels_seen, ctx))
+    return stats
 
 
 def train_classifier(
@@ -133,6 +230,7 @@ class _ClassifyTrainer:
             )
         except NotImplementedError as exc:
             raise DataError(str(exc)) from None
+        self.multi_label = bool(getattr(self.train_set, "multi_label", False))
         num_classes = head.num_classes or len(self.train_set.classes)
         if num_classes < len(self.train_set.classes):
             raise DataError(
@@ -140,8 +238,9 @@ class _ClassifyTrainer:
                 f"classes: {self.train_set.classes[:10]}"
             )
         self.sampler = EpochSampler(
-            len(self.train_set), batch_size=train.batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=train.seed
-        )
+            len(self.train_set), batch_size=train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+            seed=train.seed, weights=self._sample_weights(),
+        )  # fmt: skip
         seed_everything(train.seed)
         self.model: Classifier = build_classifier(
             pretrained,
@@ -151,11 +250,14 @@ class _ClassifyTrainer:
             drop_path=head.drop_path if finetune else 0.0,
             head_init_std=head.head_init_std if finetune else 0.01,
             tokenizer_overrides=head.tokenizer,
+            token_masking=getattr(head, "token_masking", None) if finetune else None,
+            token_mask_ratio=getattr(head, "token_mask_ratio", 0.0) if finetune else 0.0,
             registry=registry,
         ).to(device)
         self.model.config["classes"] = list(self.train_set.classes)
         self.model.config["data"] = config_to_dict(cfg.data)
         self.model.config["eval_crop_pct"] = head.eval_crop_pct
+        self.model.config["view_reduce"] = head.view_reduce
         if not finetune:  # linear probe: only the BatchNorm + head train
             for name, param in self.model.named_parameters():
                 param.requires_grad = name.startswith(("head.", "head_bn."))
@@ -175,25 +277,44 @@ class _ClassifyTrainer:
         self.effective_batch = train.batch_size * train.accum_iter * ctx.world_size
         self.base_lr = absolute_lr(blr=cfg.optim.blr, effective_batch=self.effective_batch, lr=cfg.optim.lr)
         self.optimizer = self._optimizer()
-        self.mixup = None
+        self.mixup: Any = None
         if finetune and (head.mixup > 0 or head.cutmix > 0):
             from timm.data import Mixup
 
             if train.batch_size % 2:
                 raise DataError(f"mixup/cutmix need an even train.batch_size, got {train.batch_size}")
-            self.mixup = Mixup(
-                mixup_alpha=head.mixup,
-                cutmix_alpha=head.cutmix,
-                prob=head.mixup_prob,
-                switch_prob=head.mixup_switch_prob,
-                mode=head.mixup_mode,
-                label_smoothing=head.label_smoothing,
-                num_classes=num_classes,
-            )
+            if self.multi_label:
+                if head.cutmix > 0:
+                    raise DataError("finetune.cutmix: multi-label data supports mixup only; set finetune.cutmix=0")
+                self.mixup = MultiLabelMixup(alpha=head.mixup, prob=head.mixup_prob)
+            else:
+                self.mixup = FrameMixup(
+                    Mixup(
+                        mixup_alpha=head.mixup,
+                        cutmix_alpha=head.cutmix,
+                        prob=head.mixup_prob,
+                        switch_prob=head.mixup_switch_prob,
+                        mode=head.mixup_mode,
+                        label_smoothing=head.label_smoothing,
+                        num_classes=num_classes,
+                    )
+                )
         self.criterion = self._criterion()
         self.scaler = torch.amp.GradScaler(device.type) if train.precision == "fp16" else None
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
         self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+    def _sample_weights(self) -> list[float] | None:
+        """The training set's ``sample_weights()`` when ``balanced_sampling`` is on, else None."""
+        if not self.cfg.head.balanced_sampling:
+            return None
+        weights = getattr(self.train_set, "sample_weights", None)
+        if weights is None:
+            raise DataError(
+                f"{self.cfg.mode}.balanced_sampling: the {self.cfg.head.modality} training set has no "
+                "sample_weights(); turn balanced_sampling off"
+            )
+        return list(weights())
 
     def _optimizer(self) -> torch.optim.Optimizer:
         opt = self.cfg.optim
@@ -209,6 +330,8 @@ class _ClassifyTrainer:
     def _criterion(self) -> nn.Module:
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
+        if self.multi_label:
+            return nn.BCEWithLogitsLoss()  # AudioMAE's AudioSet loss, on (mixed) multi-hot targets
         if self.mixup is not None:
             return SoftTargetCrossEntropy()  # mixup already smooths the targets
         smoothing = getattr(self.cfg.head, "label_smoothing", 0.0) if self.cfg.mode == "finetune" else 0.0
@@ -222,16 +345,17 @@ class _ClassifyTrainer:
         if ctx.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         self.metrics = metrics_path.open("a") if ctx.is_main else None
-        best = {"acc1": -1.0}
+        key = "map" if self.multi_label else "acc1"  # the model-selection metric
+        best: dict[str, float] = {key: -1.0}
         try:
             for epoch in range(cfg.train.epochs):
                 train_loss = self._run_epoch(epoch)
                 stats = evaluate(self.model, self.eval_set, batch_size=cfg.train.batch_size, device=self.device,
-                                 ctx=ctx, autocast=self.autocast)  # fmt: skip
+                                 ctx=ctx, autocast=self.autocast, view_reduce=cfg.head.view_reduce)  # fmt: skip
                 self._log(epoch=epoch + 1, train_loss=train_loss, **{f"eval_{k}": v for k, v in stats.items()})
                 if ctx.is_main:
-                    print(f"epoch {epoch + 1}: top-1 {stats['acc1']:.2f}%  top-5 {stats['acc5']:.2f}%", flush=True)
-                    if stats["acc1"] > best["acc1"]:
+                    print(f"epoch {epoch + 1}: {format_stats(stats)}", flush=True)
+                    if stats[key] > best[key]:
                         best = stats
                         self._save("checkpoint-best.pt", epoch, stats)
                     self._save("checkpoint-last.pt", epoch, stats)
@@ -239,8 +363,10 @@ class _ClassifyTrainer:
             if self.metrics is not None:
                 self.metrics.close()
         barrier(ctx)
+        best = broadcast_object(best, ctx)
         return ClassifyResult(self.run_dir, self.run_dir / "checkpoint-best.pt", self.run_dir / "checkpoint-last.pt",
-                              best["acc1"], stats["acc1"], stats["acc5"], metrics_path)  # fmt: skip
+                              best["acc1"], stats["acc1"], stats["acc5"], metrics_path,
+                              best_map=best.get("map"), last_map=stats.get("map"))  # fmt: skip
 
     def _run_epoch(self, epoch: int) -> float:
         cfg, train = self.cfg, self.cfg.train
