@@ -43,11 +43,12 @@ def build_model(cfg: ModelConfig, *, registry: Any = None, with_decoder: bool = 
             num_prefix=encoder.num_prefix,
             **cfg.decoder_options,
         )
+    strategy = registry.masking_strategy(cfg.masking)
     model = MaskedAutoencoder(
         tokenizer=tokenizer,
         encoder=encoder,
         decoder=decoder,
-        masking=registry.masking_strategy(cfg.masking),
+        masking=partial(strategy, **cfg.masking_options) if cfg.masking_options else strategy,
         mask_ratio=cfg.mask_ratio,
         target=registry.target(cfg.target),
         pred_masked_only=cfg.pred_masked_only,

@@ -76,6 +76,7 @@ class ModelConfig:
     modality: str = "image"
     tokenizer: Any = field(default_factory=dict)  # validated against the modality's tokenizer_config
     masking: str = "random"  # a registered masking strategy
+    masking_options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of that strategy
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False  # the official code's default; the paper's configs turn it on
     target: str = "pixels"  # a registered target; norm_pix_loss: true is the official spelling of norm_pix
@@ -457,6 +458,7 @@ def resolve_model_config(raw: Any, registry: Any = None) -> ModelConfig:
     except KeyError as exc:
         raise ConfigError(f"config model: {exc.args[0]}") from None
     check_decoder_options(decoder, cfg.decoder_options)
+    check_masking_options(registry.masking_strategy(cfg.masking), cfg.masking_options)
     cfg.tokenizer = from_dict(modality.tokenizer_config, tokenizer_raw, "model.tokenizer")
     return cfg
 
@@ -477,22 +479,34 @@ DECODER_ARGUMENTS = (
 )
 
 
+# What the core passes to every masking strategy; ``model.masking_options`` may not set these.
+MASKING_ARGUMENTS = ("batch", "grid", "mask_ratio", "device", "generator")
+
+
 def check_decoder_options(builder: Any, options: dict[str, Any]) -> None:
     """Fail on a ``model.decoder_options`` key the decoder builder does not take, naming the key."""
-    params = inspect.signature(builder).parameters
+    _check_options(builder, options, "model.decoder_options", "decoder", DECODER_ARGUMENTS)
+
+
+def check_masking_options(strategy: Any, options: dict[str, Any]) -> None:
+    """Fail on a ``model.masking_options`` key the masking strategy does not take, naming the key."""
+    _check_options(strategy, options, "model.masking_options", "masking strategy", MASKING_ARGUMENTS)
+
+
+def _check_options(function: Any, options: dict[str, Any], where: str, what: str, reserved: Sequence[str]) -> None:
+    params = inspect.signature(function).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        accepted = None  # the builder takes any keyword; it reports unknown ones itself
+        accepted = None  # the function takes any keyword; it reports unknown ones itself
     else:
-        accepted = [n for n in params if n not in DECODER_ARGUMENTS]
+        accepted = [n for n in params if n not in reserved]
     for key in options:
-        if key in DECODER_ARGUMENTS:
-            raise ConfigError(f"config model.decoder_options.{key}: set by the core from model.*, not an option")
+        if key in reserved:
+            raise ConfigError(f"config {where}.{key}: set by the core from model.*, not an option")
         if accepted is not None and key not in accepted:
             match = difflib.get_close_matches(str(key), accepted, n=1)
             hint = f"; did you mean {match[0]!r}?" if match else ""
             raise ConfigError(
-                f"unknown config key 'model.decoder_options.{key}'{hint} "
-                f"The decoder's options: {', '.join(accepted) or 'none'}"
+                f"unknown config key '{where}.{key}'{hint} The {what}'s options: {', '.join(accepted) or 'none'}"
             )
 
 

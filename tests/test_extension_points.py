@@ -285,3 +285,30 @@ def test_a_checkpoint_format_or_command_without_its_methods_is_refused():
 
     with pytest.raises(PluginError, match=r"command 'half' has no add_arguments method"):
         hermetic_registry(("bad", Bad()))
+
+
+def ordered_masking(*, batch, grid, mask_ratio, device, generator=None, from_end: bool = False):
+    """A toy strategy with an option: keeps the first tokens in grid order (the last with ``from_end``)."""
+    num_tokens = int(torch.tensor(grid).prod())
+    noise = torch.arange(num_tokens, dtype=torch.float32, device=device).expand(batch, -1)
+    return (-noise if from_end else noise), int(num_tokens * (1 - mask_ratio))
+
+
+class OrderedMaskingPlugin:
+    @hookimpl
+    def anymae_register_masking(self, register):
+        register("ordered", ordered_masking)
+
+
+def test_masking_options_reach_the_strategy_and_are_checked(anymae_registry):
+    registry = anymae_registry(anymae.modalities.image, ("ordered", OrderedMaskingPlugin()))
+    for from_end, kept in ((False, slice(0, 4)), (True, slice(12, 16))):
+        model = _model(registry, masking="ordered", masking_options={"from_end": from_end}, mask_ratio=0.75)
+        mask = sample_mask(model.masking, batch=1, grid=model.tokenizer.grid, mask_ratio=0.75, device="cpu")
+        expected = torch.ones(1, 16, dtype=torch.bool)
+        expected[0, kept] = False
+        assert torch.equal(mask, expected)
+    with pytest.raises(ConfigError, match=r"'model.masking_options.from_nd'; did you mean 'from_end'"):
+        resolve_model_config({**TINY, "masking": "ordered", "masking_options": {"from_nd": True}}, registry)
+    with pytest.raises(ConfigError, match=r"masking_options.mask_ratio: set by the core"):
+        resolve_model_config({**TINY, "masking": "ordered", "masking_options": {"mask_ratio": 0.5}}, registry)
