@@ -4,8 +4,10 @@ One process, no DataLoader (a DataLoader with W workers gives at most W times th
 
 - ``pil``: anymae's image dataset (PIL decode, torchvision transforms; the official pipeline too);
 - ``torchvision-io``: ``torchvision.io.decode_jpeg`` on the CPU + v2 transforms on uint8 tensors;
-- ``gpu-decode``: a batch decoded by nvJPEG (``decode_jpeg(device="cuda")``) and augmented on the GPU
-  (CUDA only; on a CPU machine the row says "not measured: no CUDA").
+- ``data.decode: gpu`` (anymae's option, ``anymae.modalities.image.device_decode``), in its two halves: what
+  a worker still does per sample (read the bytes, read the header, draw the crop box), and the device's
+  per-batch decode + crop/flip/normalize, timed on the CPU always (``decode_jpeg`` with libjpeg-turbo: one
+  thread) and on CUDA when there is one (nvJPEG; "not measured: no CUDA" otherwise).
 
     python -m benchmarks.data --files 64 --results benchmarks/RESULTS.md
 """
@@ -19,13 +21,17 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import InterpolationMode, v2
 
+from anymae.core.data import SafeDataset
+
 from .common import device_name, machine_header, markdown_table, write_section
-from .jpeg_data import IMAGENET_MEAN, IMAGENET_STD, GpuJpegAugment, write_jpegs
+from .jpeg_data import IMAGENET_MEAN, IMAGENET_STD, write_jpegs
 
 
 def pil_pipeline(root: Path, size: int) -> Callable[[int], torch.Tensor]:
@@ -60,6 +66,33 @@ def rate(fn: Callable[[int], object], count: int, reps: int) -> list[float]:
     return rates
 
 
+def device_decode_pipeline(root: Path, size: int) -> tuple[Dataset, Callable[[torch.device], Any]]:
+    """``data.decode: gpu``: the worker half (the "train" dataset: index -> bytes + crop box) and the device
+    half (``device_transform``: ``collate`` and the per-batch call) for a given device."""
+    from anymae.modalities.image.modality import ImageDataConfig, ImageModality, ImageTokenizerConfig
+
+    modality, tokenizer = ImageModality(), ImageTokenizerConfig(img_size=size)
+    data = ImageDataConfig(root=str(root), heldout_split=None, decode="gpu")
+    dataset = modality.build_dataset(data, tokenizer, split="train")
+    return dataset, lambda device: modality.device_transform(data, tokenizer, device=device)
+
+
+def batch_rate(
+    stage: Callable[[dict], torch.Tensor], batch: dict, count: int, reps: int, device: torch.device
+) -> list[float]:
+    """Samples/s of ``stage(batch)`` (a whole batch per call), synchronized on CUDA."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    stage(batch)
+    sync()
+    rates = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        stage(batch)
+        sync()
+        rates.append(count / (time.perf_counter() - started))
+    return rates
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.quick:
@@ -72,24 +105,18 @@ def main(argv: list[str] | None = None) -> int:
             "pil (anymae = official)": pil_pipeline(Path(tmp), args.size),
             "torchvision-io decode + v2": torchvision_io_pipeline(files, args.size),
         }
+        worker, device_half = device_decode_pipeline(Path(tmp), args.size)
+        pipelines["decode=gpu, worker half (read bytes + header + crop box)"] = worker.__getitem__
         for name, fn in pipelines.items():
-            r = rate(fn, args.files, args.reps)
-            rows.append([name, f"{statistics.median(r):.1f} ({min(r):.1f}-{max(r):.1f})"])
-        if torch.cuda.is_available():
-            device = torch.device("cuda")
-            augment = GpuJpegAugment(size=args.size, device=device)
-            blobs = [read_file(str(f)) for f in files]
-            augment(blobs)
-            torch.cuda.synchronize()
-            r = []
-            for _ in range(args.reps):
-                started = time.perf_counter()
-                augment(blobs)
-                torch.cuda.synchronize()
-                r.append(len(blobs) / (time.perf_counter() - started))
-            rows.append(["gpu-decode (nvJPEG + GPU crop/flip/normalize, whole batch)", f"{statistics.median(r):.1f}"])
-        else:
-            rows.append(["gpu-decode (nvJPEG + GPU crop/flip/normalize, whole batch)", "not measured: no CUDA"])
+            rows.append([name, _summary(rate(fn, args.files, args.reps))])
+        items = SafeDataset(worker)  # the engine's items: per-sample seeds, bad-file substitution
+        batch = device_half(torch.device("cpu")).collate([items[i] for i in range(args.files)])
+        for device in (torch.device("cpu"), torch.device("cuda")):
+            name = f"decode=gpu, device half on {device.type} (decode + crop/flip/normalize, whole batch)"
+            if device.type == "cuda" and not torch.cuda.is_available():
+                rows.append([name, "not measured: no CUDA"])
+                continue
+            rows.append([name, _summary(batch_rate(device_half(device), batch, args.files, args.reps, device))])
     table = markdown_table(["pipeline", "samples/s per worker, median (min-max)"], rows)
     print(table)
     if args.results:
@@ -102,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         machine = device_name(torch.device("cuda")) if torch.cuda.is_available() else device_name(device)
         write_section(Path(args.results), machine=machine, script="data", markdown=body)
     return 0
+
+
+def _summary(rates: list[float]) -> str:
+    return f"{statistics.median(rates):.1f} ({min(rates):.1f}-{max(rates):.1f})"
 
 
 def _parser() -> argparse.ArgumentParser:

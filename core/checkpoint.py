@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +54,17 @@ def read_checkpoint(path: str | Path) -> Any:
 
     ``argparse.Namespace`` (the ``args`` entry of official MAE trainer checkpoints) is allowed: it is
     plain data. Anything else that is not tensors and containers is refused.
+
+    Zip-format files (every ``torch.save`` since torch 1.6) are memory-mapped: tensors are read from the page
+    cache on use, so the processes of a node that resume from one file share its pages instead of each
+    holding a copy (a ViT-H training checkpoint is ~8 GB).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(

@@ -1,5 +1,5 @@
-"""The ``anymae`` command line: pretrain, finetune, linprobe, eval, visualize, export, plugins, configs, and
-plugin commands."""
+"""The ``anymae`` command line: pretrain, finetune, linprobe, eval, visualize, export, convert, plugins, configs,
+and plugin commands."""
 
 from __future__ import annotations
 
@@ -89,9 +89,18 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_visualize)
 
     p = sub.add_parser("export", help="write a checkpoint's model weights as safetensors (no pickle, no code)")
-    p.add_argument("checkpoint", help="anymae checkpoint, official MAE .pth, or Hugging Face ViTMAE folder")
+    p.add_argument("checkpoint", help="anymae checkpoint or classifier, official MAE .pth, or Hugging Face folder")
     p.add_argument("output", help="the .safetensors file to write; the model config goes in its metadata")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("convert", help="convert an MAE or classifier checkpoint to the anymae, official or timm layout")
+    p.add_argument("source", help="anything load_model reads, an anymae classifier, or an official mae_finetuned_*")
+    p.add_argument("output", help="the file to write")
+    p.add_argument("--to", default="anymae", choices=["anymae", "official", "timm"], help="the layout to write")
+    p.add_argument("--format", choices=["pt", "safetensors"], help="default: safetensors for .safetensors, else pt")
+    p.add_argument("--num-heads", type=int, help="heads of an official / timm source of a non-official width")
+    p.add_argument("--no-verify", action="store_true", help="skip reading the output back and comparing")
+    p.set_defaults(func=_convert)
 
     p = sub.add_parser("plugins", help="list plugins: what each registers, distribution, version, status")
     p.add_argument("--verbose", "-v", action="store_true", help="also the hooks each plugin implements")
@@ -257,11 +266,39 @@ def _visualize(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .checkpoint import export_safetensors
-    from .loading import load_model
+    from .loading import load_any
 
-    model = load_model(args.checkpoint)
+    model = load_any(args.checkpoint)
     out = export_safetensors(model, args.output)
     print(f"wrote {out} ({sum(t.numel() for t in model.state_dict().values()):,} values)")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    try:
+        result = convert(
+            args.source,
+            args.output,
+            to=args.to,
+            file_format=args.format,
+            num_heads=args.num_heads,
+            verify=not args.no_verify,
+        )
+    except ValueError as exc:  # e.g. heads that cannot be inferred: a user error, not a crash
+        print(f"anymae convert: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    print(f"wrote {result.path}: {result.kind} in the {result.target} layout, {result.num_tensors} tensors, "
+          f"{result.num_values:,} values")  # fmt: skip
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.timm is not None:
+        print(f"timm constructor (also in {result.timm_spec_path}):\n{result.timm['python']}")
+    if result.max_abs_diff is not None:
+        print(f"verified: timm's output equals anymae's on a random input (max abs diff {result.max_abs_diff:.2g})")
+    elif not args.no_verify:
+        print("verified: read back with identical tensors")
     return 0
 
 

@@ -149,7 +149,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 adds a GradScaler
     compile: bool = False  # torch.compile each transformer block
-    distributed: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 fully_shard per block (ViT-H: sharded optimizer state)
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # pretrain under torchrun; fsdp: FSDP2, each block sharded (ViT-H)
     fsdp_reshard_after_forward: bool = True  # fsdp: free gathered block weights after forward (False: keep, faster)
     checkpoint_decoder_blocks: int = 0  # recompute the first N decoder blocks in backward (less memory)
     malloc_mmap_threshold: int | None = None  # Linux/glibc CPU runs: e.g. 65536 returns freed memory at once
@@ -555,6 +555,11 @@ def load_classify_config(
     setattr(cfg, mode, head)
     if not head.checkpoint:
         raise ConfigError(f"config {mode}.checkpoint is required: the pre-trained checkpoint to start from")
+    if cfg.train.distributed != "ddp":
+        raise ConfigError(
+            f"config train.distributed={cfg.train.distributed!r}: {mode} runs under DDP only (FSDP is a pre-training "
+            "option, for the memory of ViT-H pre-training); use train.distributed=ddp"
+        )
     try:
         modality = registry.modality(head.modality)
     except KeyError as exc:

@@ -59,7 +59,9 @@ class SafeDataset(Dataset):
 
     ``dataset[key]`` for ``key = (epoch, index)`` (or a plain ``index``, epoch 0) returns
     ``{"input": x, "bad": 0 or 1}`` plus ``"mask"`` (a bool (L,) tensor, True = removed) when ``mask_fn``
-    is given. ``mask_fn(generator) -> mask`` is called with a generator seeded from the sample's seed.
+    is given. ``mask_fn(generator) -> mask`` is called with a generator seeded from the sample's seed;
+    with ``masks_per_item = S > 1`` (datasets whose items stack S views of one file, e.g. VideoMAE's
+    repeated sampling) the mask is ``(S, L)``, one independent draw per view.
     ``bad`` is 1 when item ``index`` was unreadable and the next readable item ``index+1, ...`` stands in.
     More than ``max_bad_fraction`` unreadable items seen by one process stop it with :class:`DataError`
     (the trainer applies the same limit to the exact count over all workers and ranks).
@@ -72,8 +74,10 @@ class SafeDataset(Dataset):
         max_bad_fraction: float = 1.0,
         seed: int = 0,
         mask_fn: Callable[[torch.Generator], torch.Tensor] | None = None,
+        masks_per_item: int = 1,
     ) -> None:
         self.dataset = dataset
+        self.masks_per_item = masks_per_item
         self.max_bad_fraction = max_bad_fraction
         self.seed = seed
         self.mask_fn = mask_fn
@@ -89,7 +93,11 @@ class SafeDataset(Dataset):
             item, bad = self._load(index)
         out = {"input": item[0] if isinstance(item, (list, tuple)) else item, "bad": bad}
         if self.mask_fn is not None:
-            out["mask"] = self.mask_fn(torch.Generator().manual_seed(seed ^ 0x5DEECE66D))
+            masks = [
+                self.mask_fn(torch.Generator().manual_seed((seed ^ 0x5DEECE66D) + s))
+                for s in range(self.masks_per_item)
+            ]
+            out["mask"] = masks[0] if self.masks_per_item == 1 else torch.stack(masks)
         return out
 
     def _load(self, index: int) -> tuple[Any, int]:

@@ -3,7 +3,8 @@ trainer needs.
 
 ``torchrun`` (or any launcher) sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 ``MASTER_PORT``; with ``WORLD_SIZE`` above 1 the trainer joins a process group (NCCL on CUDA, gloo on
-CPU) and wraps the model in DistributedDataParallel. Without them it is a single process, no group.
+CPU) and wraps the model in DistributedDataParallel, or shards it with FSDP2 (``train.distributed: fsdp``).
+Without them it is a single process, no group.
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ __all__ = [
     "all_sum",
     "barrier",
     "broadcast_object",
+    "gather_full_state",
+    "load_full_state",
+    "optim_state_by_index",
+    "optim_state_by_name",
     "resolve_device",
     "run_then_teardown",
     "setup",
+    "shard_model",
     "teardown",
 ]
 
@@ -128,3 +134,104 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
+
+
+# --- FSDP2 (train.distributed: fsdp) ---------------------------------------------------------------------
+def shard_model(model: torch.nn.Module, device: torch.device, *, reshard_after_forward: bool) -> None:
+    """FSDP2 ``fully_shard`` in place: every encoder and decoder block is one unit (its weights are gathered
+    just before it runs and, with ``reshard_after_forward``, freed right after), then the root holds the rest
+    (tokenizer, tokens, norms, heads). Parameter names stay the same, so checkpoints keep their keys.
+
+    No ``MixedPrecisionPolicy``: parameters stay fp32 and ``train.precision`` works through the trainer's
+    autocast, exactly as under DDP. Autocast keeps LayerNorm, softmax, the norm-pix target and the loss in fp32
+    (the official recipe's numerics), where a bf16 parameter policy would also cast each block's input, so the
+    residual stream, to bf16; one precision path for both wrappers is also what the DDP-equivalence test
+    checks. The price: the all-gathers move fp32 weights, twice the bytes of a bf16 policy.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for part in (getattr(model, "encoder", None), getattr(model, "decoder", None)):
+        for block in getattr(part, "blocks", []):
+            fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+
+
+def gather_full_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The unsharded model (and optimizer) state of an FSDP2 model, on rank 0's CPU; other ranks get ``{}``.
+
+    Every rank must call it (it gathers). The optimizer state is returned in ``torch.optim``'s own layout
+    (:func:`optim_state_by_index`), so the checkpoint is the same file a DDP run writes.
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=options)
+    if optimizer is None:
+        return model_state, None
+    optim_state = get_optimizer_state_dict(model, optimizer, options=options)
+    return model_state, optim_state_by_index(optim_state) if optim_state else {}
+
+
+def load_full_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    model_state: dict[str, Any],
+    optim_state: dict[str, Any],
+    ctx: DistContext,
+) -> None:
+    """Rank 0's unsharded state (a DDP or FSDP checkpoint) into every rank's shards, broadcast from rank 0.
+
+    Every rank must call it; only rank 0's ``model_state`` and ``optim_state`` (``torch.optim`` layout) are read.
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    named = optim_state_by_name(optim_state, model, optimizer) if ctx.is_main else {}
+    set_model_state_dict(model, model_state if ctx.is_main else {}, options=options)
+    set_optimizer_state_dict(model, optimizer, named, options=options)
+
+
+def optim_state_by_index(state: dict[str, Any]) -> dict[str, Any]:
+    """A name-keyed optimizer state (``torch.distributed.checkpoint``'s layout: ``{"state": {name: ...},
+    "param_groups": [{"params": [name, ...]}]}``) -> ``torch.optim``'s layout, parameters numbered 0, 1, ...
+    in param-group order exactly as ``Optimizer.state_dict()`` numbers them."""
+    index: dict[str, int] = {}
+    groups = [
+        {**g, "params": [index.setdefault(name, len(index)) for name in g["params"]]} for g in state["param_groups"]
+    ]
+    return {"state": {index[name]: s for name, s in state["state"].items()}, "param_groups": groups}
+
+
+def optim_state_by_name(
+    state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """``torch.optim``'s layout -> the name-keyed one, for ``optimizer`` over ``model``'s parameters (the
+    inverse of :func:`optim_state_by_index`). The group sizes must match: a different model is refused."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    ours = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+    saved = [len(g["params"]) for g in state["param_groups"]]
+    if saved != [len(g) for g in ours]:
+        raise ValueError(
+            f"optimizer state has param groups of sizes {saved}, this model's optimizer {[len(g) for g in ours]}"
+        )
+    name_of = {
+        i: name
+        for g, names_g in zip(state["param_groups"], ours, strict=True)
+        for i, name in zip(g["params"], names_g, strict=True)
+    }
+    return {
+        "state": {name_of[i]: s for i, s in state["state"].items()},
+        "param_groups": [{**g, "params": names_g} for g, names_g in zip(state["param_groups"], ours, strict=True)],
+    }

@@ -1,5 +1,5 @@
 """The pre-training loop shared by every modality (official ``engine_pretrain`` semantics), on one
-process or many (``torchrun``: DistributedDataParallel).
+process or many (``torchrun``: DistributedDataParallel, or FSDP2 ``fully_shard`` with ``train.distributed: fsdp``).
 
 Per-iteration lr (warm-up + half-cosine at fractional epochs), lr scaled by the effective batch
 (per-process batch x accumulation x processes), gradient accumulation (``no_sync`` between micro-steps),
@@ -36,9 +36,19 @@ from tqdm import tqdm
 
 from .build import build_model, checkpoint_decoder_blocks, compile_blocks
 from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
-from .config import Config, config_to_dict
+from .config import Config, ConfigError, config_to_dict
 from .data import DataError, EpochSampler, SafeDataset
-from .distributed import DistContext, all_sum, barrier, broadcast_object, run_then_teardown, setup
+from .distributed import (
+    DistContext,
+    all_sum,
+    barrier,
+    broadcast_object,
+    gather_full_state,
+    load_full_state,
+    run_then_teardown,
+    setup,
+    shard_model,
+)
 from .loading import CHECKPOINT_FORMAT, load_state_dict_checked
 from .loss import masked_mse, patch_mean_baseline
 from .masking import SampleMasker, sample_mask
@@ -110,7 +120,9 @@ def pretrain(cfg: Config, *, resume: str | None = None, registry: Any = None, pr
 class _Trainer:
     def __init__(self, cfg: Config, registry: Any, ctx: DistContext, device: torch.device, *, progress: bool) -> None:
         self.cfg, self.ctx, self.device, self.show_progress = cfg, ctx, device, progress
+        self.registry = registry
         train = cfg.train
+        self.fsdp = _use_fsdp(cfg, ctx)
         self.modality = registry.modality(cfg.model.modality)
         # Everything that can fail on the user's inputs fails here, before a model is built.
         self.train_set = self.modality.build_dataset(cfg.data, cfg.model.tokenizer, split="train")
@@ -129,12 +141,19 @@ class _Trainer:
         if train.compile:
             compile_blocks(self.model)  # in place: parameter names and checkpoints are unchanged
         self.net: torch.nn.Module = self.model
-        if ctx.enabled:
+        if self.fsdp:  # in place: self.net is self.model, its parameters now sharded DTensors
+            shard_model(self.model, device, reshard_after_forward=train.fsdp_reshard_after_forward)
+        elif ctx.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         masker = SampleMasker(self.model.masking, self.model.tokenizer.grid, self.model.mask_ratio)
+        # Items may stack S views of one file (VideoMAE's repeated sampling): S masks, flattened per step.
+        self.views_per_item = int(getattr(self.train_set, "samples_per_item", 1))
+        # Optional end of the input pipeline on the device (e.g. images with data.decode=gpu): its collate runs
+        # in the workers, the transform itself in the loop below.
+        self.device_transform = self.modality.device_transform(cfg.data, cfg.model.tokenizer, device=device)
         self.loader = DataLoader(
-            SafeDataset(self.train_set, seed=train.seed, mask_fn=masker),
+            SafeDataset(self.train_set, seed=train.seed, mask_fn=masker, masks_per_item=self.views_per_item),
             batch_size=train.batch_size,
             sampler=self.sampler,
             drop_last=True,
@@ -142,8 +161,10 @@ class _Trainer:
             pin_memory=train.pin_memory and device.type == "cuda",
             persistent_workers=train.persistent_workers and train.num_workers > 0,
             prefetch_factor=train.prefetch_factor if train.num_workers > 0 else None,
+            collate_fn=self.device_transform.collate if self.device_transform is not None else None,
         )
-        self.effective_batch = train.batch_size * train.accum_iter * ctx.world_size
+        # Every view is a sample of the step: the lr rule counts views.
+        self.effective_batch = train.batch_size * self.views_per_item * train.accum_iter * ctx.world_size
         self.base_lr = absolute_lr(blr=cfg.optim.blr, effective_batch=self.effective_batch, lr=cfg.optim.lr)
         self.optimizer = torch.optim.AdamW(
             param_groups_weight_decay(self.model, cfg.optim.weight_decay),
@@ -151,7 +172,7 @@ class _Trainer:
             betas=cfg.optim.betas,
             fused=cfg.optim.fused or None,
         )
-        self.scaler = torch.amp.GradScaler(device.type) if train.precision == "fp16" else None
+        self.scaler = _grad_scaler(device, fsdp=self.fsdp) if train.precision == "fp16" else None
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
         self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
         self.state = Progress()
@@ -205,8 +226,13 @@ class _Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 window_ok = True
-            x = batch["input"].to(self.device, non_blocking=True)
+            if self.device_transform is not None:  # may mark more bad samples in batch["bad"], counted below
+                x = self.device_transform(batch)
+            else:
+                x = batch["input"].to(self.device, non_blocking=True)
             mask = batch["mask"].to(self.device, non_blocking=True)
+            if self.views_per_item > 1:  # (N, S, ...) -> (N*S, ...)
+                x, mask = x.flatten(0, 1), mask.flatten(0, 1)
             with self.autocast:
                 loss = self.net(x, mask=mask)[0]
             # One collective per micro-step: summed loss, non-finite ranks, bad samples, preemption requests.
@@ -224,7 +250,7 @@ class _Trainer:
                 self._nonfinite(f"loss is {local if not finite else 'non-finite on another rank'}", it)
             else:
                 sync = self.ctx.enabled and not last
-                with self.net.no_sync() if sync else nullcontext():
+                with self._no_grad_sync() if sync else nullcontext():
                     scaled = loss / train.accum_iter
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 state.epoch_losses.append(loss_sum / self.ctx.world_size)
@@ -280,9 +306,11 @@ class _Trainer:
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            # FSDP: the gradients are sharded DTensors and their norm is reduced over the ranks (a collective).
             grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
             if not math.isfinite(grad_norm) and self.scaler is None:
-                # DDP gradients are identical on every rank after the all-reduce: every rank agrees here.
+                # DDP gradients are identical on every rank after the all-reduce, the FSDP norm is global: every
+                # rank agrees here.
                 window_ok = False
                 self._nonfinite(f"gradient norm is {grad_norm}", it)
         if window_ok:
@@ -330,9 +358,10 @@ class _Trainer:
     def _finish(self) -> PretrainResult:
         cfg, state = self.cfg, self.state
         heldout_loss = baseline = figure = None
+        model = self._plain_model() if self.heldout_set is not None else None
         if self.ctx.is_main and self.heldout_set is not None:
             heldout_loss, baseline, figure = evaluate_heldout(
-                self.model,
+                model,
                 self.modality,
                 cfg,
                 self.heldout_set,
@@ -353,14 +382,15 @@ class _Trainer:
         state, train = self.state, self.cfg.train
         name = f"checkpoint-step{state.step:08d}.pt" if mid_epoch else f"checkpoint-{state.epoch:04d}.pt"
         path = self.run_dir / name
+        model_state, optimizer_state = self._full_state()  # FSDP: every rank takes part in the gather
         if self.ctx.is_main:
             numpy_state = np.random.get_state()
             payload = {
                 "format": CHECKPOINT_FORMAT,
                 "format_version": 2,
                 "config": config_to_dict(self.cfg),
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "model": model_state,
+                "optimizer": optimizer_state,
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "progress": config_to_dict(state),
                 "world_size": self.ctx.world_size,
@@ -389,8 +419,12 @@ class _Trainer:
             raise CheckpointError(
                 f"--resume {path}: not an anymae training checkpoint (format='anymae' with optimizer)"
             )
-        load_state_dict_checked(self.model, payload["model"], source=str(path), strict=True)
-        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.fsdp:  # every rank read the file: every rank refuses a mismatch alike, before any collective
+            _check_full_state(self.model, payload["model"], source=str(path))
+            load_full_state(self.model, self.optimizer, payload["model"], payload["optimizer"], self.ctx)
+        else:
+            load_state_dict_checked(self.model, payload["model"], source=str(path), strict=True)
+            self.optimizer.load_state_dict(payload["optimizer"])
         if self.scaler is not None and payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         if "progress" in payload:
@@ -408,6 +442,39 @@ class _Trainer:
         random.setstate(_tuples(rng["python"]))
         np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
         self.checkpoint = path
+
+    def _full_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The unsharded model and optimizer state dicts, the same layout under DDP and FSDP (complete on rank 0)."""
+        if self.fsdp:
+            return gather_full_state(self.model, self.optimizer)
+        return self.model.state_dict(), self.optimizer.state_dict()
+
+    def _plain_model(self) -> MaskedAutoencoder:
+        """The model as one plain module on rank 0, for the held-out evaluation that rank 0 runs alone: an FSDP
+        model's forward is a collective, so every rank gathers its weights into a fresh unsharded copy on rank 0."""
+        if not self.fsdp:
+            return self.model
+        state, _ = gather_full_state(self.model)
+        if not self.ctx.is_main:
+            return self.model
+        plain = build_model(self.cfg.model, registry=self.registry)
+        plain.load_state_dict(state)
+        return plain.to(self.device)
+
+    @contextmanager
+    def _no_grad_sync(self) -> Iterator[None]:
+        """A non-final micro-step of an accumulation window: DDP's ``no_sync``; FSDP2 keeps the unsharded
+        gradients of every block until the last micro-step reduce-scatters their sum (memory: one fp32 copy of
+        the full gradients, for fewer collectives)."""
+        if not self.fsdp:
+            with self.net.no_sync():
+                yield
+            return
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
 
     @contextmanager
     def _metrics(self) -> Iterator[Any]:
@@ -487,6 +554,54 @@ def evaluate_heldout(
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
+def _use_fsdp(cfg: Config, ctx: DistContext) -> bool:
+    """``train.distributed: fsdp`` shards over the processes of a group; one process has nothing to shard
+    over, so it trains the plain model (as ``ddp`` does) with a warning. fp16 + fused AdamW is refused: torch's
+    fused kernel fails on the sharded GradScaler's DTensors (torch 2.11)."""
+    train = cfg.train
+    if train.distributed != "fsdp":
+        return False
+    if train.precision == "fp16" and cfg.optim.fused:
+        raise ConfigError(
+            "train.distributed=fsdp with train.precision=fp16 needs optim.fused=false (torch's fused AdamW "
+            "does not take the sharded GradScaler's DTensors); or use train.precision=bf16"
+        )
+    if not ctx.enabled:
+        warnings.warn(
+            "train.distributed=fsdp with one process: nothing to shard over, training the plain model "
+            "(launch with torchrun --nproc_per_node N to shard it)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return ctx.enabled
+
+
+def _grad_scaler(device: torch.device, *, fsdp: bool) -> torch.amp.GradScaler:
+    """fp16's loss scaler; FSDP's ranks hold different gradient shards, so its inf/NaN check must be all-reduced
+    (``ShardedGradScaler``) or the ranks could disagree on skipping a step."""
+    if fsdp:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type)
+    return torch.amp.GradScaler(device.type)
+
+
+def _check_full_state(model: torch.nn.Module, state: dict[str, Any], *, source: str) -> None:
+    """Refuse a checkpoint whose keys or shapes differ from a sharded model's (its DTensors have full shapes),
+    as ``load_state_dict_checked(strict=True)`` does for a plain model."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected == found:
+        return
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    shapes = [f"{k}: checkpoint {found[k]} vs model {expected[k]}" for k in sorted(set(found) & set(expected))
+              if found[k] != expected[k]]  # fmt: skip
+    raise CheckpointError(
+        f"{source} does not match the model: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}, "
+        f"shapes differ: {shapes[:8]}"
+    )
+
+
 def _inputs(batch: Any) -> torch.Tensor:
     """SafeDataset batches are dicts; plain datasets yield inputs or (input, label) pairs."""
     if isinstance(batch, dict):

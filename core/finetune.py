@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from .checkpoint import write_checkpoint
 from .classify import Classifier, build_classifier, param_groups_lars, param_groups_layer_decay
 from .config import ClassifyConfig, config_to_dict, from_dict
 from .data import DataError, EpochSampler, SafeDataset, sample_seed, seeded
@@ -433,17 +433,9 @@ class _ClassifyTrainer:
 
 
 def load_classifier(path: str | Path, registry: Any = None) -> Classifier:
-    """A classifier checkpoint written by ``anymae finetune`` / ``anymae linprobe`` -> the model, in eval mode."""
-    from .classify import classifier_from_config
-    from .loading import load_state_dict_checked
+    """A classifier checkpoint written by ``anymae finetune`` / ``anymae linprobe`` (or any classifier file that
+    :func:`~anymae.core.loading.load_classifier_file` reads: safetensors exports, ``anymae convert`` outputs,
+    official ``mae_finetuned_*`` files) -> the model, in eval mode."""
+    from .loading import load_classifier_file
 
-    payload = read_checkpoint(path)
-    if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
-        raise CheckpointError(
-            f"{path} is not a classifier checkpoint (format={CLASSIFIER_FORMAT!r}); fine-tune or linearly probe "
-            "a pre-trained checkpoint first (anymae finetune / anymae linprobe)"
-        )
-    model = classifier_from_config(payload["config"], registry)
-    load_state_dict_checked(model, payload["model"], source=str(path), strict=True)
-    model.config = dict(payload["config"])
-    return model.eval()
+    return load_classifier_file(path, registry=registry)

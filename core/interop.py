@@ -1,8 +1,11 @@
-"""Converters from the official MAE and Hugging Face ViTMAE layouts to anymae's (reference section 5).
+"""Key mappings between anymae and the official MAE, timm ViT and Hugging Face ViTMAE layouts (reference
+section 5).
 
-Each converter returns ``(model_config, state_dict, fixed_tables)``: a plain-data ``model`` config section
+Each importer returns ``(model_config, state_dict, fixed_tables)``: a plain-data ``model`` config section
 inferred from the tensors (or ``config.json``), the weights under anymae's key names, and the checkpoint's
-stored fixed position tables, which anymae recomputes and only compares.
+stored fixed position tables, which anymae recomputes and only compares. The official layout is timm's
+``VisionTransformer`` layout, so timm ViT state dicts (``vit_*.mae`` on the Hub) import the same way.
+``to_official_names`` is the inverse mapping, used to export.
 """
 
 from __future__ import annotations
@@ -15,16 +18,21 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "OFFICIAL_DECODER_HEADS",
     "OFFICIAL_HEADS",
     "count_blocks",
     "from_hugging_face",
+    "from_official_classifier",
     "from_official_mae",
+    "is_official_classifier",
     "is_official_mae",
     "split_official_state",
+    "to_official_names",
 ]
 
-# Heads are not visible in the tensors; these are the official architectures (reference section 1).
-OFFICIAL_HEADS = {768: 12, 1024: 16, 1280: 16}
+# Heads are not visible in the tensors; these are the official architectures (reference section 1) and
+# timm's ViT-Ti/S widths (head width 64).
+OFFICIAL_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 OFFICIAL_DECODER_HEADS = 16
 
 _OFFICIAL_PREFIXES = (
@@ -40,8 +48,19 @@ _OFFICIAL_NAMES = {"cls_token": "encoder.cls_token", "mask_token": "decoder.mask
 _OFFICIAL_TABLES = {"pos_embed": "encoder.pos_embed", "decoder_pos_embed": "decoder.pos_embed"}
 
 
+# Classifier heads: official fine-tuning (``fc_norm`` + ``head``) and linear probing (``head`` is
+# Sequential(BatchNorm1d(affine=False), Linear), so ``head.0`` / ``head.1``).
+_CLASSIFIER_PREFIXES = (("fc_norm.", "fc_norm."), ("head.0.", "head_bn."), ("head.1.", "head."), ("head.", "head."))
+
+
 def is_official_mae(state: dict[str, Any]) -> bool:
-    return "patch_embed.proj.weight" in state and "cls_token" in state
+    """An official MAE / timm ViT state dict (with or without a CLS token)."""
+    return "patch_embed.proj.weight" in state and "blocks.0.attn.qkv.weight" in state
+
+
+def is_official_classifier(state: dict[str, Any]) -> bool:
+    """An official fine-tuned / linear-probe (or timm ViT classifier) state dict: the ViT plus a ``head``."""
+    return is_official_mae(state) and ("head.weight" in state or "head.1.weight" in state)
 
 
 def count_blocks(state: dict[str, Any], pattern: str) -> int:
@@ -53,15 +72,19 @@ def count_blocks(state: dict[str, Any], pattern: str) -> int:
 def from_official_mae(
     state: dict[str, Tensor], *, num_heads: int | None = None, norm_pix_loss: bool = True
 ) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Tensor]]:
-    """An official ``models_mae`` / ``models_vit`` state dict -> (model section, anymae state, fixed tables)."""
+    """An official ``models_mae`` / ``models_vit`` (or timm ViT) state dict -> (model section, anymae state,
+    fixed tables).
+
+    A ``pos_embed`` without the CLS row (timm ``no_embed_class=True``) gets the official all-zero CLS row, which
+    adds nothing to the CLS token: the same model.
+    """
     dim, chans, patch, _ = state["patch_embed.proj.weight"].shape
     heads = num_heads or OFFICIAL_HEADS.get(dim)
     if heads is None:
-        raise ValueError(f"cannot infer the number of heads for width {dim}; pass num_heads=")
-    num_tokens = state["pos_embed"].shape[1] - 1 if "pos_embed" in state else None
-    side = math.isqrt(num_tokens) if num_tokens else 14
-    if num_tokens and side * side != num_tokens:
-        raise ValueError(f"pos_embed has {num_tokens} patch slots, not a square grid")
+        raise ValueError(f"cannot infer the number of heads for width {dim}; pass num_heads= (--num-heads)")
+    state = dict(state)
+    cls_token = "cls_token" in state
+    side = _grid_side(state, "pos_embed", num_prefix=int(cls_token))
     model: dict[str, Any] = {
         "modality": "image",
         "tokenizer": {"img_size": side * patch, "patch_size": patch, "in_chans": chans},
@@ -72,6 +95,7 @@ def from_official_mae(
         "qkv_bias": "blocks.0.attn.qkv.bias" in state,
         "norm_pix_loss": norm_pix_loss,
         "norm_eps": 1e-6,
+        "cls_token": cls_token,
     }
     if "decoder_embed.weight" in state:
         dec_dim = state["decoder_embed.weight"].shape[0]
@@ -81,8 +105,54 @@ def from_official_mae(
             decoder_num_heads=OFFICIAL_DECODER_HEADS,
             decoder_mlp_ratio=state["decoder_blocks.0.mlp.fc1.weight"].shape[0] / dec_dim,
         )
+        _grid_side(state, "decoder_pos_embed", num_prefix=int(cls_token))
     converted, tables = split_official_state(state)
     return model, converted, tables
+
+
+def from_official_classifier(
+    state: dict[str, Tensor], *, num_heads: int | None = None
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Tensor], Tensor | None]:
+    """An official ``mae_finetuned_*`` / linear-probe (or timm ViT classifier) state dict -> (model section,
+    classifier section, anymae classifier state, stored ``pos_embed`` (1, num_prefix + L, D) or None).
+
+    Pooling follows the keys: ``fc_norm`` means the mean of the patch tokens then ``fc_norm`` (official
+    fine-tuning, timm ``global_pool='avg'``); without it, the CLS token after the final ``norm``. ``head.0``
+    running statistics mean the linear probe's BatchNorm1d(affine=False) before the head.
+    """
+    model, converted, tables = from_official_mae(state, num_heads=num_heads, norm_pix_loss=False)
+    global_pool = "fc_norm.weight" in state
+    if not global_pool and "norm.weight" not in state:
+        raise ValueError("a classifier state dict needs fc_norm.* (average pooling) or norm.* (CLS pooling)")
+    if global_pool and "norm.weight" in state:
+        raise ValueError(
+            "norm.* and fc_norm.* both present: a ViT that normalises before and after pooling is not a layout "
+            "anymae's Classifier has (it drops the final norm when pooling, as the official fine-tuning does)"
+        )
+    head_key = "head.1.weight" if "head.1.weight" in state else "head.weight"
+    classifier = {
+        "num_classes": int(state[head_key].shape[0]),
+        "global_pool": global_pool,
+        "head_bn": "head.0.running_mean" in state,
+        "drop_path": 0.0,
+    }
+    return model, classifier, converted, tables.get("encoder.pos_embed")
+
+
+def _grid_side(state: dict[str, Tensor], key: str, *, num_prefix: int) -> int:
+    """The side of the square patch grid of the table ``state[key]``, given a table with or without its
+    prefix rows; a table without them gets all-zero prefix rows, in place (default side 14 when absent)."""
+    if key not in state:
+        return 14
+    rows, dim = state[key].shape[-2:]
+    side = math.isqrt(rows - num_prefix)
+    if side * side == rows - num_prefix:
+        return side
+    side = math.isqrt(rows)
+    if num_prefix and side * side == rows:  # timm no_embed_class: no CLS row
+        state[key] = torch.cat([state[key].new_zeros(1, num_prefix, dim), state[key].reshape(1, rows, dim)], dim=1)
+        return side
+    raise ValueError(f"{key} has {rows} rows: not {num_prefix} prefix rows plus a square grid of patches")
 
 
 def split_official_state(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -98,12 +168,38 @@ def split_official_state(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], d
 
 
 def _rename_official(key: str) -> str:
+    """Official name -> anymae name; heads of classifiers keep theirs (``fc_norm``, ``head``) except the linear
+    probe's ``head.0`` / ``head.1``. Unknown keys stay as they are and are reported as unexpected."""
     if key in _OFFICIAL_NAMES:
         return _OFFICIAL_NAMES[key]
-    for old, new in _OFFICIAL_PREFIXES:
+    for old, new in _OFFICIAL_PREFIXES + _CLASSIFIER_PREFIXES:
         if key.startswith(old):
             return new + key[len(old) :]
-    return key  # unknown keys (e.g. a fine-tuned head) stay as they are and are reported as unexpected
+    return key
+
+
+def to_official_names(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """anymae keys (of an MAE or a classifier) -> (official / timm keys, anymae keys that have no official name).
+
+    The linear probe's ``head_bn`` + ``head`` become the official ``head.0`` + ``head.1``.
+    """
+    inverse = [(new, old) for old, new in _OFFICIAL_PREFIXES]
+    inverse_names = {new: old for old, new in _OFFICIAL_NAMES.items()}
+    linprobe = any(k.startswith("head_bn.") for k in state)
+    classifier = [("fc_norm.", "fc_norm."), ("head_bn.", "head.0."), ("head.", "head.1." if linprobe else "head.")]
+    renamed: dict[str, Tensor] = {}
+    unmapped: list[str] = []
+    for key, value in state.items():
+        if key in inverse_names:
+            renamed[inverse_names[key]] = value
+            continue
+        for new, old in inverse + classifier:
+            if key.startswith(new):
+                renamed[old + key[len(new) :]] = value
+                break
+        else:
+            unmapped.append(key)
+    return renamed, sorted(unmapped)
 
 
 _HF_BLOCK = {

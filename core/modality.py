@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -56,6 +57,21 @@ class Modality(ABC):
 
         ``pred`` holds patch values: the core has already mapped it back from the target space (e.g. a
         norm-pix prediction is de-normalized with each true patch's mean and std)."""
+
+    def device_transform(self, data: Any, tokenizer: Any, *, device: torch.device) -> Any:
+        """The end of the pre-training input pipeline, run on the training device (optional; ``None``, the
+        default, keeps the whole pipeline in the DataLoader workers).
+
+        For data whose decoding the CPUs cannot keep up with (e.g. images with ``data.decode: gpu``: nvJPEG
+        on CUDA). Return ``None`` when ``data`` does not ask for it; otherwise an object with
+        ``collate(items) -> batch``, the DataLoader's ``collate_fn`` (it runs in the workers on
+        ``SafeDataset`` items ``{"input", "bad", "mask"}``, where ``input`` is what the "train" dataset of
+        :meth:`build_dataset` returns), and ``__call__(batch) -> Tensor``, the model input ``(N, ...)`` on
+        ``device``, called by the training loop for each batch. A sample found unreadable there is replaced by
+        another of the batch and marked ``batch["bad"][i] = 1`` so that the trainer counts it. Randomness
+        belongs in the workers (drawn under the per-sample seed), so that a run stays reproducible.
+        """
+        return None
 
     def build_labelled_dataset(
         self, data: Any, tokenizer: Any, *, split: str, augment: dict[str, Any] | None, crop_pct: float = 0.875

@@ -213,6 +213,9 @@ def test_wrong_key_and_missing_checkpoint_are_one_line_errors(
     assert main(["eval", str(missing)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(missing) in err
+    assert main(["finetune", "demo_image_finetune", "train.distributed=fsdp", *common]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.distributed='fsdp'" in err and "DDP only" in err
 
 
 def test_finetune_under_two_processes_counts_every_eval_sample_once(tmp_path: Path, tiny_image_folder: Path) -> None:

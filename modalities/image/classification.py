@@ -17,7 +17,14 @@ from anymae.core.data import DataError
 
 from .data import IMAGE_EXTENSIONS, find_images, load_image
 
-__all__ = ["LabelledImages", "classification_eval_transform", "finetune_transform", "linprobe_transform"]
+__all__ = [
+    "LabelledImages",
+    "class_folder_names",
+    "classification_eval_transform",
+    "finetune_transform",
+    "folder_samples",
+    "linprobe_transform",
+]
 
 
 def finetune_transform(
@@ -90,35 +97,46 @@ def classification_eval_transform(
     )
 
 
-class LabelledImages(Dataset):
-    """``folder/<class>/<file>`` -> ``(image (C, H, W), class index)``; classes are the sorted sub-folder names
-    (torchvision ImageFolder's convention), or the given ``classes`` (so every split shares one numbering)."""
+def class_folder_names(folder: Path) -> list[str]:
+    """The sorted class sub-folder names of ``folder`` (torchvision ImageFolder's numbering); at least two."""
+    if not folder.is_dir():
+        raise DataError(f"labelled split: folder {folder} does not exist")
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if len(found) < 2:
+        raise DataError(
+            f"{folder} needs at least 2 class sub-folders (folder/<class>/<image>) for classification, "
+            f"found {len(found)}: {found}"
+        )
+    return found
 
-    def __init__(self, folder: Path, *, transform: Any, in_chans: int, classes: Sequence[str] | None = None) -> None:
-        found = self.class_names(folder)
-        self.classes = list(classes) if classes is not None else found
-        unknown = sorted(set(found) - set(self.classes))
-        if unknown:
-            raise DataError(f"{folder} has class folders {unknown} that the training split does not have")
-        index = {name: i for i, name in enumerate(self.classes)}
-        self.samples = [(f, index[c]) for c in found for f in find_images(folder / c)]
-        if not self.samples:
-            raise DataError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) in the class folders of {folder}")
+
+def folder_samples(folder: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
+    """``folder/<class>/<file>`` -> [(file, index of class in ``classes``)]: the training split's ``classes``,
+    so every split shares one numbering."""
+    found = class_folder_names(folder)
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(f"{folder} has class folders {unknown} that the training split does not have")
+    index = {name: i for i, name in enumerate(classes)}
+    samples = [(f, index[c]) for c in found for f in find_images(folder / c)]
+    if not samples:
+        raise DataError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) in the class folders of {folder}")
+    return samples
+
+
+class LabelledImages(Dataset):
+    """``(file, class index)`` samples -> ``(image (C, H, W), class index)``; ``classes`` names the indices
+    (the same list for every split): class folders (:func:`folder_samples`) or a file list (``data.train_list``)."""
+
+    def __init__(
+        self, samples: Sequence[tuple[Path, int]], *, transform: Any, in_chans: int, classes: Sequence[str]
+    ) -> None:
+        if not samples:
+            raise DataError("no labelled image files given")
+        self.samples = list(samples)
+        self.classes = list(classes)
         self.transform = transform
         self.in_chans = in_chans
-
-    @staticmethod
-    def class_names(folder: Path) -> list[str]:
-        """The sorted class sub-folder names of ``folder``; at least two."""
-        if not folder.is_dir():
-            raise DataError(f"labelled split: folder {folder} does not exist")
-        found = sorted(p.name for p in folder.iterdir() if p.is_dir())
-        if len(found) < 2:
-            raise DataError(
-                f"{folder} needs at least 2 class sub-folders (folder/<class>/<image>) for classification, "
-                f"found {len(found)}: {found}"
-            )
-        return found
 
     def __len__(self) -> int:
         return len(self.samples)

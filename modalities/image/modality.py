@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -18,8 +18,10 @@ from anymae.plugins import hookimpl
 
 from .classification import (
     LabelledImages,
+    class_folder_names,
     classification_eval_transform,
     finetune_transform,
+    folder_samples,
     linprobe_transform,
 )
 from .data import (
@@ -32,6 +34,8 @@ from .data import (
     pretrain_transform,
     resolve_root,
 )
+from .device_decode import DeviceDecode, EncodedImageFiles
+from .filelist import read_class_names, read_file_list, resolve_list_path
 from .tokenizer import PatchTokenizer2d
 from .visualize import reconstruction_images, save_reconstruction_grid
 
@@ -60,11 +64,16 @@ class ImageTokenizerConfig:
 
 @dataclass
 class ImageDataConfig:
-    """``data`` for images: an ImageNet-style folder (``root/train/<class>/*.jpg``) or a flat one."""
+    """``data`` for images: an ImageNet-style folder (``root/train/<class>/*.jpg``), a flat one, or file lists
+    (``train_list``: lines ``relative/path [label]``, see :mod:`~anymae.modalities.image.filelist`)."""
 
     root: str = ""  # "builtin:demo_photos" is the set of photographs shipped with anymae
     train_split: str = "train"
     heldout_split: str | None = "val"  # held-out images for the final loss and figure; null for none
+    train_list: str | None = None  # a list file (under root unless absolute), used instead of train_split
+    heldout_list: str | None = None  # ... used instead of heldout_split
+    classes_file: str | None = None  # class names, line i naming label i of the lists (default: "0".."K-1")
+    decode: Literal["cpu", "gpu"] = "cpu"  # gpu: workers read bytes, the training device decodes and augments
     scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop scale (paper: 0.2-1.0)
     hflip: bool = True
     mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
@@ -95,23 +104,26 @@ class ImageModality(Modality):
 
     def build_dataset(self, data: ImageDataConfig, tokenizer: ImageTokenizerConfig, *, split: str) -> Dataset | None:
         _check_channels(data, tokenizer)
-        if not data.root:
-            raise DataError(f"data.root is required: a folder holding {data.train_split}/, or {BUILTIN_DEMO_ROOT!r}")
-        root = resolve_root(data.root)
-        if not root.is_dir():
-            raise DataError(f"data.root: folder {root} does not exist")
+        root = _root(data)
         if split == "train":
-            folder = root / data.train_split
-            if not folder.is_dir():
-                raise DataError(f"data.train_split: folder {folder} does not exist")
+            files = _train_files(data, root)
+            if data.decode == "gpu":  # workers read bytes and draw the crops; device_transform does the rest
+                return EncodedImageFiles(
+                    files,
+                    size=tokenizer.size,
+                    scale=data.scale,
+                    hflip=data.hflip,
+                    in_chans=tokenizer.in_chans,
+                    repeats=data.repeats,
+                )
             transform = pretrain_transform(
                 tokenizer.size, scale=data.scale, hflip=data.hflip, mean=data.mean, std=data.std
             )
-            return ImageFiles(_files(folder), transform=transform, in_chans=tokenizer.in_chans, repeats=data.repeats)
+            return ImageFiles(files, transform=transform, in_chans=tokenizer.in_chans, repeats=data.repeats)
         if split == "heldout":
-            if data.heldout_split is None or not (root / data.heldout_split).is_dir():
+            files = _heldout_files(data, root)
+            if files is None:
                 return None
-            files = _files(root / data.heldout_split)
             views = [
                 ImageFiles(
                     files,
@@ -123,6 +135,16 @@ class ImageModality(Modality):
             return views[0] if len(views) == 1 else ConcatDataset(views)
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
 
+    def device_transform(
+        self, data: ImageDataConfig, tokenizer: ImageTokenizerConfig, *, device: torch.device
+    ) -> DeviceDecode | None:
+        """``data.decode: gpu``: JPEG decoding, crop, flip and normalization on ``device`` (nvJPEG on CUDA)."""
+        if data.decode != "gpu":
+            return None
+        return DeviceDecode(
+            size=tokenizer.size, in_chans=tokenizer.in_chans, mean=data.mean, std=data.std, device=device
+        )
+
     def build_labelled_dataset(
         self,
         data: ImageDataConfig,
@@ -133,23 +155,23 @@ class ImageModality(Modality):
         crop_pct: float = 0.875,
     ) -> LabelledImages:
         _check_channels(data, tokenizer)
-        root = resolve_root(data.root) if data.root else None
-        if root is None or not root.is_dir():
-            raise DataError(f"data.root: folder {data.root!r} does not exist")
-        folders = {"train": data.train_split, "heldout": data.heldout_split}
-        if split not in folders:
+        if split not in ("train", "heldout"):
             raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
-        if folders[split] is None:
-            raise DataError(f"data.heldout_split is null: no labelled {split} split")
+        if data.decode == "gpu":
+            raise DataError(
+                "data.decode=gpu is for pre-training; fine-tuning, linear probing and evaluation decode on the CPU "
+                "(their augmentations work on PIL images): set data.decode=cpu"
+            )
+        root = _root(data)
         if augment is None:
             transform = classification_eval_transform(tokenizer.size, mean=data.mean, std=data.std, crop_pct=crop_pct)
         elif augment.get("recipe") == "linprobe":
             transform = linprobe_transform(tokenizer.size, mean=data.mean, std=data.std)
         else:
             transform = finetune_transform(tokenizer.size, augment=augment, mean=data.mean, std=data.std)
-        # One class numbering for every split: the training split's class folders.
-        classes = LabelledImages.class_names(root / data.train_split)
-        return LabelledImages(root / folders[split], transform=transform, in_chans=tokenizer.in_chans, classes=classes)
+        classes = _class_names(data, root)
+        samples = _labelled_samples(data, root, split=split, classes=classes)
+        return LabelledImages(samples, transform=transform, in_chans=tokenizer.in_chans, classes=classes)
 
     def load_inputs(
         self, paths: Sequence[str | Path], data: ImageDataConfig, tokenizer: ImageTokenizerConfig
@@ -173,11 +195,78 @@ class ImageModality(Modality):
         return save_reconstruction_grid(columns, removed, mean=data.mean, std=data.std, path=path)
 
 
+def _root(data: ImageDataConfig) -> Path:
+    if not data.root:
+        raise DataError(f"data.root is required: a folder holding {data.train_split}/, or {BUILTIN_DEMO_ROOT!r}")
+    root = resolve_root(data.root)
+    if not root.is_dir():
+        raise DataError(f"data.root: folder {root} does not exist")
+    return root
+
+
 def _files(folder: Path) -> list[Path]:
     files = find_images(folder)
     if not files:
         raise DataError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) under {folder}")
     return files
+
+
+def _listed(data: ImageDataConfig, root: Path, key: str, **options: Any) -> list[tuple[Path, int | None]]:
+    """The (file, label) lines of the list file ``data.<key>``."""
+    return read_file_list(resolve_list_path(getattr(data, key), root, key=key), root, **options)
+
+
+def _train_files(data: ImageDataConfig, root: Path) -> list[Path]:
+    """Pre-training images: ``data.train_list`` (labels ignored) or every image under ``data.train_split``."""
+    if data.train_list is not None:
+        return [file for file, _ in _listed(data, root, "train_list", labelled=False)]
+    folder = root / data.train_split
+    if not folder.is_dir():
+        raise DataError(f"data.train_split: folder {folder} does not exist")
+    return _files(folder)
+
+
+def _heldout_files(data: ImageDataConfig, root: Path) -> list[Path] | None:
+    """``data.heldout_list``, or the images under ``data.heldout_split``; None when neither is there."""
+    if data.heldout_list is not None:
+        return [file for file, _ in _listed(data, root, "heldout_list", labelled=False)]
+    if data.heldout_split is None or not (root / data.heldout_split).is_dir():
+        return None
+    return _files(root / data.heldout_split)
+
+
+def _class_names(data: ImageDataConfig, root: Path) -> list[str]:
+    """One class numbering for every split: the training split's class folders; for a training list the
+    names in ``data.classes_file``, else ``"0".."K-1"`` with K = the list's largest label + 1."""
+    if data.train_list is None:
+        if data.classes_file is not None:
+            raise DataError(
+                "data.classes_file names the labels of data.train_list; with class folders the folder names are "
+                "the classes (set data.train_list, or remove data.classes_file)"
+            )
+        return class_folder_names(root / data.train_split)
+    if data.classes_file is not None:
+        return read_class_names(resolve_list_path(data.classes_file, root, key="classes_file"))
+    labels = [label for _, label in _listed(data, root, "train_list", labelled=True, check_files=False)]
+    if max(labels) < 1:
+        raise DataError("data.train_list: every label is 0; classification needs at least 2 classes")
+    return [str(i) for i in range(max(labels) + 1)]
+
+
+def _labelled_samples(data: ImageDataConfig, root: Path, *, split: str, classes: list[str]) -> list[tuple[Path, int]]:
+    """``split``'s (file, class index) pairs: from its list file, else from its class folders."""
+    key = f"{split}_list"
+    if getattr(data, key) is not None:
+        return _listed(data, root, key, labelled=True, num_classes=len(classes))  # type: ignore[return-value]
+    folder = data.train_split if split == "train" else data.heldout_split
+    if folder is None:
+        raise DataError("data.heldout_split is null: no labelled heldout split (or set data.heldout_list)")
+    if data.train_list is not None:  # numbered classes cannot be matched with class folder names
+        raise DataError(
+            f"data.train_list gives the classes as numbers 0..{len(classes) - 1}; give the held-out images as a "
+            "list too (data.heldout_list)"
+        )
+    return folder_samples(root / folder, classes)
 
 
 def _check_channels(data: ImageDataConfig, tokenizer: ImageTokenizerConfig) -> None:
