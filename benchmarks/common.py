@@ -58,6 +58,8 @@ ARCHS: dict[str, dict[str, Any]] = {
 # "anymae" is anymae with every optimization off (its gathers still use expand, not repeat).
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "reference": None,
+    # The reference under the same glibc setting as the lean variants: the fair memory comparison.
+    "reference+mallopt": {"bench.reference": True, "train.malloc_mmap_threshold": 65536},
     "anymae": {"model.fused_attn": False, "model.pred_masked_only": False, "optim.fused": False},
     "+fused_attn": {"model.fused_attn": True, "model.pred_masked_only": False, "optim.fused": False},
     "+pred_masked_only": {"model.fused_attn": False, "model.pred_masked_only": True, "optim.fused": False},
@@ -78,13 +80,23 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
         "train.precision": "bf16",
         "train.compile": True,
     },
-    # A prototype that is not an anymae option yet (benchmarks only): each parameter's AdamW update runs as
-    # soon as its gradient is complete and the gradient is freed, so the gradients never all coexist.
+    # optim.step_in_backward: each parameter's AdamW update runs as soon as its gradient is complete and the
+    # gradient is freed, so the gradients never all coexist.
     "optimized+step_in_backward": {
         "model.fused_attn": True,
         "model.pred_masked_only": True,
         "optim.fused": True,
-        "bench.step_in_backward": True,
+        "optim.step_in_backward": True,
+    },
+    # Every memory option at once: no full gradient buffer, every block recomputed in backward, mallopt.
+    "lean": {
+        "model.fused_attn": True,
+        "model.pred_masked_only": True,
+        "optim.fused": True,
+        "optim.step_in_backward": True,
+        "train.malloc_mmap_threshold": 65536,
+        "train.checkpoint_encoder_blocks": 64,
+        "train.checkpoint_decoder_blocks": 64,
     },
     # train.checkpoint_decoder_blocks: activation checkpointing of the first k decoder blocks (recomputed in
     # backward), the decoder holding most of the activation memory (1 + L tokens against 1 + L_vis).
@@ -151,7 +163,10 @@ def build_runner(name: str, arch: str, *, device: torch.device, mask_ratio: floa
     if name not in VARIANTS:
         raise KeyError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
     options = VARIANTS[name]
-    if options is None:
+    if options is None or options.get("bench.reference"):
+        threshold = (options or {}).get("train.malloc_mmap_threshold")
+        if threshold is not None:
+            set_malloc_mmap_threshold(threshold)
         return _reference_runner(arch, device=device, mask_ratio=mask_ratio)
     return _anymae_runner(name, arch, options, device=device, mask_ratio=mask_ratio)
 
@@ -183,9 +198,9 @@ def _reference_runner(arch: str, *, device: torch.device, mask_ratio: float) -> 
 
 def _anymae_runner(name: str, arch: str, options: dict[str, Any], *, device: torch.device, mask_ratio: float) -> Runner:
     """anymae's model and step as ``anymae pretrain`` runs them (core/engine.py), with ``options`` set."""
-    from anymae.core.build import build_model, checkpoint_decoder_blocks, compile_blocks
+    from anymae.core.build import build_model, checkpoint_decoder_blocks, checkpoint_encoder_blocks, compile_blocks
     from anymae.core.config import OptimConfig, TrainConfig, from_dict, resolve_model_config
-    from anymae.core.optim import param_groups_weight_decay
+    from anymae.core.optim import param_groups_weight_decay, step_in_backward
 
     sections = _split(options)
     cfg = resolve_model_config({**ARCHS[arch], "mask_ratio": mask_ratio, **sections["model"]})
@@ -196,15 +211,15 @@ def _anymae_runner(name: str, arch: str, options: dict[str, Any], *, device: tor
     model = build_model(cfg).to(device)
     model.train()
     checkpoint_decoder_blocks(model, train.checkpoint_decoder_blocks)
+    checkpoint_encoder_blocks(model, train.checkpoint_encoder_blocks)
     if train.compile:
         compile_blocks(model)
     groups = param_groups_weight_decay(model, optim.weight_decay)
     bf16 = train.precision == "bf16"
-    if sections["bench"].get("step_in_backward"):
-        _step_in_backward(groups, lr=1.5e-4, betas=optim.betas, fused=optim.fused)
+    optimizer = torch.optim.AdamW(groups, lr=1.5e-4, betas=optim.betas, fused=optim.fused or None)
+    if optim.step_in_backward:
+        step_in_backward(model, optimizer)  # as the engine does: the updates run inside backward
         optimizer = None
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=1.5e-4, betas=optim.betas, fused=optim.fused or None)
 
     def step(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
@@ -226,21 +241,6 @@ def set_malloc_mmap_threshold(nbytes: int) -> bool:
     except OSError:
         return False
     return bool(libc.mallopt(-3, int(nbytes)))  # M_MMAP_THRESHOLD = -3 in <malloc.h>
-
-
-def _step_in_backward(groups: list[dict], *, lr: float, betas: tuple[float, float], fused: bool) -> None:
-    """One AdamW per parameter, stepped by a post-accumulate-grad hook that then frees the gradient."""
-    for group in groups:
-        for param in group["params"]:
-            optimizer = torch.optim.AdamW(
-                [param], lr=lr, betas=betas, weight_decay=group["weight_decay"], fused=fused or None
-            )
-
-            def hook(p: torch.Tensor, optimizer: torch.optim.Optimizer = optimizer) -> None:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
-            param.register_post_accumulate_grad_hook(hook)
 
 
 # --- timing --------------------------------------------------------------------------------------------------

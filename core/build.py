@@ -11,7 +11,14 @@ from .config import ModelConfig, check_decoder_options, config_to_dict
 from .encoder import MaskedEncoder
 from .model import MaskedAutoencoder
 
-__all__ = ["build_encoder", "build_model", "checkpoint_decoder_blocks", "compile_blocks", "set_fused_attn"]
+__all__ = [
+    "build_encoder",
+    "build_model",
+    "checkpoint_decoder_blocks",
+    "checkpoint_encoder_blocks",
+    "compile_blocks",
+    "set_fused_attn",
+]
 
 
 def build_model(cfg: ModelConfig, *, registry: Any = None, with_decoder: bool = True) -> MaskedAutoencoder:
@@ -95,8 +102,16 @@ def checkpoint_decoder_blocks(model: nn.Module, count: int) -> None:
     """Activation checkpointing (``train.checkpoint_decoder_blocks``): the first ``count`` decoder blocks keep
     only their input for backward and recompute the rest. The decoder sees every token (the encoder only the
     visible quarter), so that is where the activation memory is. Parameter names are unchanged."""
+    _checkpoint_blocks(getattr(getattr(model, "decoder", None), "blocks", []), count)
+
+
+def checkpoint_encoder_blocks(model: nn.Module, count: int) -> None:
+    """Activation checkpointing of the first ``count`` encoder blocks (``train.checkpoint_encoder_blocks``)."""
+    _checkpoint_blocks(model.encoder.blocks, count)
+
+
+def _checkpoint_blocks(blocks: Any, count: int) -> None:
     from torch.utils.checkpoint import checkpoint
 
-    blocks = getattr(getattr(model, "decoder", None), "blocks", [])
     for block in list(blocks)[:count]:
         block.forward = partial(checkpoint, type(block).forward.__get__(block), use_reentrant=False)

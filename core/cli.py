@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # `pretrain CONFIG --no-progress a.b=1`: argparse leaves overrides after an option unparsed
-        if getattr(args, "command", None) not in ("pretrain", "finetune", "linprobe") or any(
+        if getattr(args, "command", None) not in ("pretrain", "finetune", "linprobe", "eval") or any(
             "=" not in e or e.startswith("-") for e in extra
         ):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="heldout", choices=["train", "heldout"], help="which split of data.root")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("overrides", nargs="*", help="data.KEY=VALUE changes to the stored data section (e.g. another list)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("visualize", help="reconstruction figure of a checkpoint on input files")
@@ -190,7 +191,7 @@ def _classify(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from anymae.plugins import get_registry
 
-    from .config import from_dict
+    from .config import ConfigError, apply_overrides, from_dict
     from .distributed import setup, teardown
     from .finetune import evaluate, format_stats, load_classifier
 
@@ -200,6 +201,10 @@ def _eval(args: argparse.Namespace) -> int:
     data_raw = dict(config.get("data") or {})
     if args.data_root:
         data_raw["root"] = args.data_root
+    bad = [o for o in args.overrides if not o.startswith("data.")]
+    if bad:
+        raise ConfigError(f"anymae eval takes data.KEY=VALUE overrides only, got {bad[0]!r}")
+    data_raw = apply_overrides({"data": data_raw}, args.overrides)["data"]
     data = from_dict(modality.data_config, data_raw, "data")
     tokenizer = from_dict(modality.tokenizer_config, config["model"]["tokenizer"], "model.tokenizer")
     dataset = modality.build_labelled_dataset(

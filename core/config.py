@@ -128,6 +128,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_epochs: float = 40
     fused: bool = False  # torch's fused AdamW kernel (one kernel for all parameters)
+    step_in_backward: bool = False  # update each parameter inside backward and free its gradient (less memory)
 
     def __post_init__(self) -> None:
         if self.blr <= 0 or (self.lr is not None and self.lr <= 0):
@@ -152,6 +153,7 @@ class TrainConfig:
     distributed: Literal["ddp", "fsdp"] = "ddp"  # pretrain under torchrun; fsdp: FSDP2, each block sharded (ViT-H)
     fsdp_reshard_after_forward: bool = True  # fsdp: free gathered block weights after forward (False: keep, faster)
     checkpoint_decoder_blocks: int = 0  # recompute the first N decoder blocks in backward (less memory)
+    checkpoint_encoder_blocks: int = 0  # the same for the first N encoder blocks (they see the visible tokens only)
     malloc_mmap_threshold: int | None = None  # Linux/glibc CPU runs: e.g. 65536 returns freed memory at once
     persistent_workers: bool = True  # keep DataLoader workers between epochs (when num_workers > 0)
     prefetch_factor: int | None = None  # batches prefetched per worker (PyTorch's default 2 when None)
@@ -173,7 +175,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_workers < 0 or self.heldout_batches < 0 or self.figure_samples < 0:
             raise ValueError("num_workers, heldout_batches and figure_samples must be >= 0")
-        for name in ("save_every_steps", "keep_last", "checkpoint_decoder_blocks"):
+        for name in ("save_every_steps", "keep_last", "checkpoint_decoder_blocks", "checkpoint_encoder_blocks"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_consecutive_skips < 1:

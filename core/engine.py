@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .build import build_model, checkpoint_decoder_blocks, compile_blocks
+from .build import build_model, checkpoint_decoder_blocks, checkpoint_encoder_blocks, compile_blocks
 from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from .config import Config, ConfigError, config_to_dict
 from .data import DataError, EpochSampler, SafeDataset
@@ -53,7 +53,7 @@ from .loading import CHECKPOINT_FORMAT, load_state_dict_checked
 from .loss import masked_mse, patch_mean_baseline
 from .masking import SampleMasker, sample_mask
 from .model import MaskedAutoencoder
-from .optim import absolute_lr, cosine_lr, param_groups_weight_decay
+from .optim import absolute_lr, cosine_lr, param_groups_weight_decay, step_in_backward
 
 __all__ = [
     "NonFiniteLossError",
@@ -123,6 +123,7 @@ class _Trainer:
         self.registry = registry
         train = cfg.train
         self.fsdp = _use_fsdp(cfg, ctx)
+        _check_step_in_backward(cfg, ctx)
         self.modality = registry.modality(cfg.model.modality)
         # Everything that can fail on the user's inputs fails here, before a model is built.
         self.train_set = self.modality.build_dataset(cfg.data, cfg.model.tokenizer, split="train")
@@ -138,6 +139,7 @@ class _Trainer:
             _set_malloc_mmap_threshold(train.malloc_mmap_threshold)
         self.model = build_model(cfg.model, registry=registry).to(device)
         checkpoint_decoder_blocks(self.model, train.checkpoint_decoder_blocks)
+        checkpoint_encoder_blocks(self.model, train.checkpoint_encoder_blocks)
         if train.compile:
             compile_blocks(self.model)  # in place: parameter names and checkpoints are unchanged
         self.net: torch.nn.Module = self.model
@@ -172,6 +174,8 @@ class _Trainer:
             betas=cfg.optim.betas,
             fused=cfg.optim.fused or None,
         )
+        if cfg.optim.step_in_backward:  # updates happen inside backward; _step only counts the step
+            step_in_backward(self.model, self.optimizer)
         self.scaler = _grad_scaler(device, fsdp=self.fsdp) if train.precision == "fp16" else None
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
         self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
@@ -302,7 +306,8 @@ class _Trainer:
         """The optimizer step at the end of an accumulation window; returns the gradient norm."""
         state, train = self.state, self.cfg.train
         grad_norm = None
-        if window_ok:
+        in_backward = self.cfg.optim.step_in_backward  # the update already happened; no gradients are left
+        if window_ok and not in_backward:
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -317,7 +322,7 @@ class _Trainer:
             if self.scaler:
                 self.scaler.step(self.optimizer)  # skips the step itself on inf/NaN gradients (fp16 overflow)
                 self.scaler.update()
-            else:
+            elif not in_backward:
                 self.optimizer.step()
             state.step += 1
             self.consecutive_skips = 0
@@ -554,6 +559,24 @@ def evaluate_heldout(
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
+def _check_step_in_backward(cfg: Config, ctx: DistContext) -> None:
+    """``optim.step_in_backward`` updates a parameter as soon as its local gradient exists: that needs one
+    backward per update on one process, and no GradScaler (whose unscale and inf check see all gradients)."""
+    if not cfg.optim.step_in_backward:
+        return
+    conflicts = [
+        text
+        for text, bad in (
+            (f"train.accum_iter={cfg.train.accum_iter} (needs 1)", cfg.train.accum_iter > 1),
+            (f"{ctx.world_size} processes (needs 1: the update would precede the all-reduce)", ctx.enabled),
+            ("train.precision=fp16 (its GradScaler needs every gradient)", cfg.train.precision == "fp16"),
+        )
+        if bad
+    ]
+    if conflicts:
+        raise ConfigError(f"optim.step_in_backward cannot be used with {'; '.join(conflicts)}")
+
+
 def _use_fsdp(cfg: Config, ctx: DistContext) -> bool:
     """``train.distributed: fsdp`` shards over the processes of a group; one process has nothing to shard
     over, so it trains the plain model (as ``ddp`` does) with a warning. fp16 + fused AdamW is refused: torch's

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import torch
 from torch import nn
 
-__all__ = ["absolute_lr", "cosine_lr", "param_groups_weight_decay"]
+__all__ = ["absolute_lr", "cosine_lr", "param_groups_weight_decay", "step_in_backward"]
 
 
 def absolute_lr(*, blr: float, effective_batch: int, lr: float | None = None) -> float:
@@ -31,3 +33,22 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
             continue
         (no_decay if param.ndim == 1 or name.endswith(".bias") else decay).append(param)
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def step_in_backward(model: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """Run ``optimizer``'s update of each parameter inside backward, as soon as that parameter's gradient is
+    complete, then free the gradient (``optim.step_in_backward``): the whole model's gradients never exist at
+    once, which saves one model-sized buffer of memory (PyTorch's "optimizer step in backward" recipe).
+
+    The hook calls ``optimizer.step()`` while this parameter is the only one holding a gradient (the others are
+    freed or not computed yet), so the update, the lr and weight decay of its group and the state layout are
+    exactly those of ``optimizer``: checkpoints are interchangeable with the ordinary step. Only valid with one
+    backward per update (no accumulation, no DDP all-reduce, no GradScaler); the caller must not call
+    ``optimizer.step()`` itself. Returns a function that removes the hooks."""
+
+    def hook(param: torch.Tensor) -> None:
+        optimizer.step()
+        param.grad = None
+
+    handles = [p.register_post_accumulate_grad_hook(hook) for p in model.parameters() if p.requires_grad]
+    return lambda: [h.remove() for h in handles] and None

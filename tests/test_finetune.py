@@ -106,6 +106,11 @@ def test_pretrain_finetune_linprobe_eval_through_the_cli(
     assert line.startswith("heldout: 4 samples") and f"top-1 {recorded['acc1']:.2f}%" in line
     assert main(["eval", str(probe_path), "--device", "cpu", "--split", "train"]) == 0
     assert capsys.readouterr().out.startswith("train: 8 samples")
+    # data.KEY=VALUE overrides change the stored data section: here the held-out split is the training folder.
+    assert main(["eval", str(probe_path), "--device", "cpu", "data.heldout_split=train"]) == 0
+    assert capsys.readouterr().out.startswith("heldout: 8 samples")
+    assert main(["eval", str(probe_path), "train.epochs=2"]) == 1
+    assert "data.KEY=VALUE overrides only" in capsys.readouterr().err
 
 
 def test_layer_decay_scales_equal_the_reference_formula() -> None:

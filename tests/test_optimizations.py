@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from anymae.core.build import build_model
-from anymae.core.config import resolve_config, resolve_model_config
+from anymae.core.config import ConfigError, resolve_config, resolve_model_config
 from anymae.core.engine import pretrain
 from anymae.core.interop import from_official_mae
 from anymae.core.loading import load_state_dict_checked
@@ -165,6 +165,47 @@ def test_engine_options_give_the_eager_runs_losses(tiny_config_dict):
     assert fast == pytest.approx(eager, rel=1e-5)
     recomputed = run(train={"checkpoint_decoder_blocks": 1})
     assert recomputed == pytest.approx(eager, rel=1e-6)
+    lean = run(optim={"step_in_backward": True}, train={"checkpoint_encoder_blocks": 2, "checkpoint_decoder_blocks": 1})
+    assert lean == pytest.approx(eager, rel=1e-6)
+
+
+def test_step_in_backward_gives_adamws_weights_and_state_exactly():
+    from anymae.core.optim import step_in_backward
+
+    cfg = resolve_model_config(
+        {"tokenizer": {"img_size": 32, "patch_size": 8}, "embed_dim": 32, "depth": 2, "num_heads": 2,
+         "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2}
+    )  # fmt: skip
+    torch.manual_seed(0)
+    plain, lean = build_model(cfg), build_model(cfg)
+    lean.load_state_dict(plain.state_dict())
+    optimizers = [
+        torch.optim.AdamW(param_groups_weight_decay(m, 0.05), lr=1e-3, betas=(0.9, 0.95)) for m in (plain, lean)
+    ]
+    step_in_backward(lean, optimizers[1])
+    for step in range(3):
+        for group in (*optimizers[0].param_groups, *optimizers[1].param_groups):
+            group["lr"] = 1e-3 * (step + 1)  # the trainer's per-step lr reaches the hooked updates
+        x, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+        plain(x, noise=noise)[0].backward()
+        optimizers[0].step()
+        optimizers[0].zero_grad(set_to_none=True)
+        lean(x, noise=noise)[0].backward()  # updates inside backward
+        assert all(p.grad is None for p in lean.parameters())  # no gradient outlives its update
+    for (name, a), b in zip(plain.named_parameters(), lean.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    ours, theirs = optimizers[1].state_dict(), optimizers[0].state_dict()
+    assert ours["param_groups"] == theirs["param_groups"] and ours["state"].keys() == theirs["state"].keys()
+    for key, value in theirs["state"].items():
+        assert all(torch.equal(value[k], ours["state"][key][k]) for k in value)
+
+
+def test_step_in_backward_refuses_accumulation_naming_the_keys(tiny_config_dict):
+    raw = copy.deepcopy(tiny_config_dict)
+    raw["optim"]["step_in_backward"] = True
+    raw["train"]["accum_iter"] = 2
+    with pytest.raises(ConfigError, match=r"optim.step_in_backward cannot be used with train.accum_iter=2"):
+        pretrain(resolve_config(raw), progress=False)
 
 
 def test_checkpointed_decoder_blocks_give_the_same_loss_and_gradients():

@@ -1,5 +1,6 @@
 """The built-in audio modality plugin (entry point ``audio`` in the ``anymae`` group): AudioMAE's recipe."""
 
+from .classification import LabelledClips
 from .decoder import LocalDecoder
 from .interop import load_audiomae
 from .masking import time_frequency_masking
@@ -19,6 +20,7 @@ __all__ = [
     "AudioDataConfig",
     "AudioModality",
     "AudioTokenizerConfig",
+    "LabelledClips",
     "LocalDecoder",
     "SpectrogramTokenizer",
     "anymae_register_checkpoint_formats",

@@ -1,8 +1,10 @@
 """The demo sounds: chirps, tone sequences and noise bursts, generated deterministically at first use.
 
-``data.root: builtin:demo_sounds`` resolves to ``$XDG_CACHE_HOME/anymae/demo_sounds-v1`` (default
+``data.root: builtin:demo_sounds`` resolves to ``$XDG_CACHE_HOME/anymae/demo_sounds-v3`` (default
 ``~/.cache/anymae/...``), written once (into a temporary folder, then renamed, so an interrupted run never
-leaves half a data set) as 16-bit 16 kHz mono WAV files in ``train/<class>/`` and, flat, ``heldout/``.
+leaves half a data set) as 16-bit 16 kHz mono WAV files in ``train/<class>/`` and, flat, ``heldout/``, with
+``heldout.csv`` listing each held-out clip's class (``heldout/000_chirp.wav chirp``) for the labelled demos
+(``demo_audio_finetune``, ``demo_audio_linprobe``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 __all__ = ["BUILTIN_DEMO_ROOT", "CLASSES", "demo_sounds_dir", "generate_demo_sounds", "resolve_root"]
 
 BUILTIN_DEMO_ROOT = "builtin:demo_sounds"
-VERSION = "v2"  # bump when the generator changes: a new cache folder is written
+VERSION = "v3"  # bump when the generator or the layout changes: a new cache folder is written (v3: heldout.csv)
 CLASSES = ("chirp", "tones", "noise_bursts")
 RATE = 16_000
 DURATION_S = 4.0
@@ -93,9 +95,11 @@ def _write_wav(path: Path, signal: np.ndarray) -> None:
 def generate_demo_sounds(
     root: str | Path, *, train_per_class: int = 32, heldout_per_class: int = 4, seed: int = 0
 ) -> Path:
-    """Write the demo set into ``root`` (train/<class>/*.wav, heldout/NNN_<class>.wav); returns ``root``."""
+    """Write the demo set into ``root`` (train/<class>/*.wav, heldout/NNN_<class>.wav, heldout.csv); returns
+    ``root``."""
     root = Path(root)
     n = int(DURATION_S * RATE)
+    listing = []
     for split, count, offset in (("train", train_per_class, 0), ("heldout", heldout_per_class, 1_000_000)):
         for c, name in enumerate(CLASSES):
             for i in range(count):
@@ -112,11 +116,14 @@ def generate_demo_sounds(
                 )
                 path.parent.mkdir(parents=True, exist_ok=True)
                 _write_wav(path, signal)
+                if split == "heldout":
+                    listing.append(f"{path.relative_to(root).as_posix()} {name}")
+    (root / "heldout.csv").write_text("path label\n" + "\n".join(sorted(listing)) + "\n")
     return root
 
 
 def demo_sounds_dir() -> Path:
-    """Where the demo set lives: ``$XDG_CACHE_HOME/anymae/demo_sounds-v1`` (``~/.cache`` by default)."""
+    """Where the demo set lives: ``$XDG_CACHE_HOME/anymae/demo_sounds-<VERSION>`` (``~/.cache`` by default)."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "anymae" / f"demo_sounds-{VERSION}"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +15,8 @@ from anymae.core.data import DataError
 from anymae.core.modality import Modality
 from anymae.plugins import hookimpl
 
-from .data import AudioClips, ClipList, FeatureSettings, read_clip_list
+from .classification import Augmentation, LabelledClips, is_multi_hot
+from .data import AudioClips, ClipList, FeatureSettings, read_clip_list, select_folds, without_files
 from .decode import SAMPLE_RATE
 from .decoder import LocalDecoder
 from .demo import BUILTIN_DEMO_ROOT, resolve_root
@@ -56,7 +57,11 @@ class AudioTokenizerConfig:
 @dataclass
 class AudioDataConfig:
     """``data`` for audio. ``train_split``/``heldout_split`` are relative to ``root`` (or absolute): a folder
-    (class sub-folders or flat), an AudioSet ``.json`` (labels from ``label_csv``) or a ``path label`` ``.csv``."""
+    (class sub-folders or flat), an AudioSet ``.json`` (labels from ``label_csv``), a ``path label`` ``.csv`` or
+    a metadata table with a header (ESC-50's ``meta/esc50.csv``).
+
+    The fields after ``repeats`` are for fine-tuning / linear probing / evaluation (``anymae finetune``, ...):
+    the fine-tuning augmentation of AudioMAE (SpecAugment, in-dataset mixup, noise) and the label layout."""
 
     root: str = ""  # "builtin:demo_sounds": chirps, tones and noise bursts generated at first use
     train_split: str = "train"
@@ -69,6 +74,15 @@ class AudioDataConfig:
     eval_crop: Literal["center", "start"] = "center"
     roll_mag_aug: bool = False  # AudioMAE's AudioSet-2M augmentation: amplitude x (Beta(10, 10) + 0.5)
     repeats: int = 1  # list every training file this many times per epoch (for tiny data sets)
+    audio_dir: str | None = None  # relative paths in lists resolve against this folder under root (ESC-50: audio)
+    multi_label: bool | None = None  # null: .json lists are multi-label (BCE, mAP), other lists single-label
+    fold: int | None = None  # a list with a fold column (ESC-50): train on the other folds, hold this one out
+    exclude_lists: list[str] = field(default_factory=list)  # lists whose files leave the labelled training split
+    freqm: int = 0  # fine-tuning SpecAugment: widest frequency stripe in mel bins (AudioMAE AudioSet: 48)
+    timem: int = 0  # fine-tuning SpecAugment: widest time stripe in frames (AudioMAE AudioSet: 192)
+    mixup: float = 0.0  # fine-tuning: probability of in-dataset waveform mixup, Beta(10, 10) (AudioSet: 0.5)
+    noise: bool = False  # fine-tuning: AudioMAE's `noise` (uniform noise + a time roll; its Speech Commands runs)
+    eval_views: int = 1  # evaluation: V > 1 windows spread evenly over each clip, logits merged by the core
 
     def __post_init__(self) -> None:
         if self.sample_rate < 1000:
@@ -77,6 +91,14 @@ class AudioDataConfig:
             raise ValueError(f"std must be positive, got {self.std}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {self.repeats}")
+        if self.freqm < 0 or self.timem < 0:
+            raise ValueError(f"freqm and timem are stripe widths >= 0, got freqm={self.freqm}, timem={self.timem}")
+        if not 0.0 <= self.mixup <= 1.0:
+            raise ValueError(f"mixup is a probability in [0, 1], got {self.mixup}")
+        if self.mixup > 0 and self.multi_label is False:
+            raise ValueError("mixup > 0 mixes labels into soft multi-label targets; it needs multi_label true or null")
+        if self.eval_views < 1:
+            raise ValueError(f"eval_views must be at least 1, got {self.eval_views}")
 
 
 class AudioModality(Modality):
@@ -93,11 +115,7 @@ class AudioModality(Modality):
         )
 
     def build_dataset(self, data: AudioDataConfig, tokenizer: AudioTokenizerConfig, *, split: str) -> Dataset | None:
-        if not data.root:
-            raise DataError(f"data.root is required: a folder holding {data.train_split}, or {BUILTIN_DEMO_ROOT!r}")
-        root = resolve_root(data.root)
-        if not root.is_dir():
-            raise DataError(f"data.root: folder {root} does not exist")
+        root = _root(data)
         settings = _settings(data, tokenizer)
         if split == "train":
             clips = _clips(root, data.train_split, data, key="data.train_split")
@@ -110,6 +128,46 @@ class AudioModality(Modality):
             clips = _clips(root, data.heldout_split, data, key="data.heldout_split")
             return AudioClips(clips, settings=settings, crop=data.eval_crop)
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
+
+    def build_labelled_dataset(
+        self,
+        data: AudioDataConfig,
+        tokenizer: AudioTokenizerConfig,
+        *,
+        split: str,
+        augment: dict[str, Any] | None,
+        crop_pct: float = 0.875,
+    ) -> LabelledClips:
+        """Labelled clips; ``augment["recipe"]`` "finetune" applies ``data``'s AudioMAE augmentation, "linprobe"
+        only the random window, ``None`` is evaluation (``eval_crop``, ``eval_views``). The image options of
+        ``augment`` (``auto_augment``, ``reprob``, ...) and ``crop_pct`` do not apply to spectrograms."""
+        if split not in ("train", "heldout"):
+            raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
+        root = _root(data)
+        train = _labelled_list(root, data, split="train")
+        clips = train if split == "train" else _labelled_list(root, data, split="heldout", classes=train.classes)
+        multi_label = _is_multi_label(data, train)
+        settings = _settings(data, tokenizer)
+        if augment is None:
+            return LabelledClips(
+                clips, settings=settings, multi_label=multi_label, crop=data.eval_crop, views=data.eval_views
+            )
+        recipe = augment.get("recipe")
+        if recipe not in ("finetune", "linprobe"):
+            raise ValueError(f"unknown augmentation recipe {recipe!r}; expected 'finetune' or 'linprobe'")
+        augmentation = Augmentation()
+        if recipe == "finetune":
+            augmentation = Augmentation(
+                freqm=data.freqm, timem=data.timem, mixup=data.mixup, roll_mag_aug=data.roll_mag_aug, noise=data.noise
+            )
+        return LabelledClips(
+            clips,
+            settings=settings,
+            multi_label=multi_label,
+            crop=data.train_crop,
+            augmentation=augmentation,
+            repeats=data.repeats if split == "train" else 1,
+        )
 
     def load_inputs(
         self, paths: Sequence[str | Path], data: AudioDataConfig, tokenizer: AudioTokenizerConfig
@@ -142,19 +200,77 @@ def _settings(data: AudioDataConfig, tokenizer: AudioTokenizerConfig) -> Feature
     )
 
 
+def _root(data: AudioDataConfig) -> Path:
+    if not data.root:
+        raise DataError(f"data.root is required: a folder holding {data.train_split}, or {BUILTIN_DEMO_ROOT!r}")
+    root = resolve_root(data.root)
+    if not root.is_dir():
+        raise DataError(f"data.root: folder {root} does not exist")
+    return root
+
+
+def _under(root: Path, name: str) -> Path:
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else root / path
+
+
 def _clips(root: Path, split: str, data: AudioDataConfig, *, key: str) -> ClipList:
-    source = Path(split).expanduser()
-    source = source if source.is_absolute() else root / source
-    label_csv = None
-    if data.label_csv is not None:
-        label_csv = Path(data.label_csv).expanduser()
-        label_csv = label_csv if label_csv.is_absolute() else root / label_csv
+    source = _under(root, split)
+    label_csv = None if data.label_csv is None else _under(root, data.label_csv)
+    base = None if data.audio_dir is None else _under(root, data.audio_dir)
     if not source.exists():
         raise DataError(f"{key}: {source} does not exist")
     try:
-        return read_clip_list(source, label_csv=label_csv)
+        return read_clip_list(source, label_csv=label_csv, base=base, compact=True)
     except DataError as exc:
         raise DataError(f"{key}: {exc}") from None
+
+
+def _labelled_list(root: Path, data: AudioDataConfig, *, split: str, classes: list[str] | None = None) -> ClipList:
+    """The labelled clips of ``split``: a fold of the training list (``data.fold``), the training list minus
+    ``exclude_lists``, or the held-out list renumbered to the training ``classes``."""
+    if split == "train" or data.fold is not None:
+        clips = _clips(root, data.train_split, data, key="data.train_split")
+        if data.fold is not None:
+            return select_folds(clips, data.fold, keep=split == "heldout")
+        for name in data.exclude_lists:
+            listed = _clips(root, name, data, key="data.exclude_lists")
+            clips = without_files(clips, set(listed.files))
+        return _require_labels(clips, "data.train_split")
+    if data.heldout_split is None:
+        raise DataError("data.heldout_split is null (and no data.fold): there is no labelled held-out split")
+    clips = _require_labels(_clips(root, data.heldout_split, data, key="data.heldout_split"), "data.heldout_split")
+    return _renumbered(clips, classes or [], key="data.heldout_split")
+
+
+def _require_labels(clips: ClipList, key: str) -> ClipList:
+    if clips.labels is None:
+        raise DataError(
+            f"{key}: the list has no labels; classification needs class sub-folders, a 'path label' list, "
+            "a metadata table or an AudioSet .json with data.label_csv"
+        )
+    return clips
+
+
+def _renumbered(clips: ClipList, classes: list[str], *, key: str) -> ClipList:
+    """Held-out class indices in the training split's numbering (matched by class name)."""
+    if clips.classes == classes or (clips.labels and is_multi_hot(clips.labels[0])):
+        if clips.classes != classes:
+            raise DataError(f"{key}: its classes differ from the training split's (use the same data.label_csv)")
+        return clips
+    lookup = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(clips.classes) - set(lookup))
+    if unknown:
+        raise DataError(f"{key}: classes {unknown[:10]} do not occur in the training split {classes[:10]}")
+    labels = [lookup[clips.classes[y]] for y in clips.labels]
+    return ClipList(clips.files, labels, list(classes), clips.folds)
+
+
+def _is_multi_label(data: AudioDataConfig, train: ClipList) -> bool:
+    """``data.multi_label``, or by default whether the list has multi-hot rows (an AudioSet .json)."""
+    if data.multi_label is not None:
+        return data.multi_label
+    return bool(train.labels) and is_multi_hot(train.labels[0])
 
 
 @hookimpl
