@@ -382,3 +382,24 @@ def test_audiomae_vit_base_config_builds_the_reference_architecture():
         p.numel() for p in model.tokenizer.parameters()
     )
     assert math.isclose(encoder_params / 1e6, 85.6, abs_tol=0.5)  # ViT-B/16 on one channel
+
+
+def test_masking_options_set_the_official_mask_2d_probabilities_from_a_config():
+    """``model.masking_options`` reaches the registered ``time_frequency`` strategy: the official ``mask_2d``
+    defaults (0.7 time, 0.3 frequency) give its draw, whatever ``mask_ratio`` says."""
+    from anymae.core.build import build_model
+    from anymae.core.config import resolve_model_config
+
+    cfg = resolve_model_config(
+        {"modality": "audio", "tokenizer": {"target_length": 128, "num_mel_bins": 64}, "embed_dim": 32, "depth": 1,
+         "num_heads": 2, "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2,
+         "masking": "time_frequency", "masking_options": {"mask_t_prob": 0.7, "mask_f_prob": 0.3}}
+    )  # fmt: skip
+    model = build_model(cfg)
+    noise, len_keep = model.masking(
+        batch=2, grid=(8, 4), mask_ratio=0.8, device="cpu", generator=torch.Generator().manual_seed(1)
+    )
+    expected = time_frequency_masking(mask_t_prob=0.7, mask_f_prob=0.3)(
+        batch=2, grid=(8, 4), mask_ratio=0.8, device="cpu", generator=torch.Generator().manual_seed(1)
+    )
+    assert len_keep == expected[1] == int(8 * 0.3) * int(4 * 0.7) and torch.equal(noise, expected[0])

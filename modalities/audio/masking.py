@@ -13,9 +13,9 @@ The strategy interface passes one ``mask_ratio``; the registered variants read i
 * ``time``: whole time rows at ``mask_ratio`` (all frequencies kept);
 * ``frequency``: whole frequency columns at ``mask_ratio``.
 
-Other (p_t, p_f) pairs, e.g. the official ``mask_2d`` defaults (0.7, 0.3), are built with
-``time_frequency_masking(mask_t_prob=..., mask_f_prob=...)``; configs cannot yet pass them (the core has no
-``masking_options``).
+Other (p_t, p_f) pairs, e.g. the official ``mask_2d`` defaults (0.7, 0.3), come from the config as
+``model.masking_options: {mask_t_prob: 0.7, mask_f_prob: 0.3}`` with ``masking: time_frequency`` (or from
+``time_frequency_masking(mask_t_prob=..., mask_f_prob=...)`` in Python).
 """
 
 from __future__ import annotations
@@ -99,10 +99,20 @@ def _strategy(
 
 
 def _time_and_frequency(
-    *, batch: int, grid: tuple[int, ...], mask_ratio: float, device: torch.device, generator=None
+    *,
+    batch: int,
+    grid: tuple[int, ...],
+    mask_ratio: float,
+    device: torch.device,
+    generator=None,
+    mask_t_prob: float | None = None,
+    mask_f_prob: float | None = None,
 ) -> tuple[Tensor, int]:
-    """Time rows and frequency columns each removed at ``mask_ratio``."""
-    return _strategy(batch, grid, mask_ratio, mask_ratio, device, generator)
+    """Time rows and frequency columns each removed at ``mask_ratio``, or at ``mask_t_prob`` / ``mask_f_prob``
+    when given (``model.masking_options``: e.g. the official ``mask_2d`` defaults 0.7 / 0.3)."""
+    p_t = mask_ratio if mask_t_prob is None else mask_t_prob
+    p_f = mask_ratio if mask_f_prob is None else mask_f_prob
+    return _strategy(batch, grid, p_t, p_f, device, generator)
 
 
 def _time(*, batch: int, grid: tuple[int, ...], mask_ratio: float, device: torch.device, generator=None):
