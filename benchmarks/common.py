@@ -167,11 +167,11 @@ def build_runner(name: str, arch: str, *, device: torch.device, mask_ratio: floa
         threshold = (options or {}).get("train.malloc_mmap_threshold")
         if threshold is not None:
             set_malloc_mmap_threshold(threshold)
-        return _reference_runner(arch, device=device, mask_ratio=mask_ratio)
+        return _reference_runner(name, arch, device=device, mask_ratio=mask_ratio)
     return _anymae_runner(name, arch, options, device=device, mask_ratio=mask_ratio)
 
 
-def _reference_runner(arch: str, *, device: torch.device, mask_ratio: float) -> Runner:
+def _reference_runner(name: str, arch: str, *, device: torch.device, mask_ratio: float) -> Runner:
     a = ARCHS[arch]
     tok = a["tokenizer"]
     keys = ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
@@ -193,7 +193,7 @@ def _reference_runner(arch: str, *, device: torch.device, mask_ratio: float) -> 
         decoder_depth=a.get("decoder_depth", 8),
         decoder_mlp_ratio=4.0,
     )
-    return Runner("reference", lambda x: reference_step(model, optimizer, x, mask_ratio=mask_ratio), shape, {})
+    return Runner(name, lambda x: reference_step(model, optimizer, x, mask_ratio=mask_ratio), shape, {})
 
 
 def _anymae_runner(name: str, arch: str, options: dict[str, Any], *, device: torch.device, mask_ratio: float) -> Runner:

@@ -42,16 +42,17 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """torch (CPU), python and numpy generators seeded for one sample, then restored as they were."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    # The CPU generator directly: torch.manual_seed would also seed every accelerator (~0.17 ms a sample).
+    torch_state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 class SafeDataset(Dataset):
