@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from functools import partial
 from pathlib import Path
 
@@ -61,8 +63,8 @@ def test_class_folders_flat_folders_and_heldout_clips(tmp_path):
 
 def test_repeated_sampling_items_stack_clips_and_fold_in_the_model(tmp_path):
     path = _video(tmp_path / "train" / "a.mp4", 0, frames=40)
-    with pytest.raises(DataError, match=r"data\.num_sample=3"):  # the trainer cannot batch stacks yet
-        VideoModality().build_dataset(_data(tmp_path, num_sample=3), TOKENIZER, split="train")
+    stacked = VideoModality().build_dataset(_data(tmp_path, num_sample=3), TOKENIZER, split="train")
+    assert stacked.samples_per_item == 3 and stacked[0].shape == (3, 3, 4, 32, 32)
     data = _data(tmp_path)
     dataset = VideoClips(
         [path],
@@ -179,3 +181,37 @@ def test_load_inputs_gives_one_centre_clip_per_file(tmp_path):
     assert batch.shape == (2, 3, 4, 32, 32)
     again = VideoModality().load_inputs(paths, _data(tmp_path), TOKENIZER)
     assert torch.equal(batch, again)
+
+
+def test_repeated_sampling_draws_one_mask_per_clip_and_trains(tmp_path):
+    """``num_sample: 2``: one decode gives 2 clips; SafeDataset draws an independent mask for each (the first is
+    the one a single-clip item would get), and the trainer folds (N, S, ...) into N*S clips, lr counting clips."""
+    from anymae.core.config import resolve_config
+    from anymae.core.data import SafeDataset
+    from anymae.core.engine import pretrain
+    from anymae.core.masking import SampleMasker
+    from anymae.modalities.video.masking import tube_masking
+
+    for i in range(4):
+        _video(tmp_path / "train" / f"v{i}.mp4", i, frames=24)
+    masker = SampleMasker(tube_masking, (2, 4, 4), 0.75)
+    dataset = VideoModality().build_dataset(_data(tmp_path, num_sample=2), TOKENIZER, split="train")
+    two = SafeDataset(dataset, seed=3, mask_fn=masker, masks_per_item=2)[(1, 2)]
+    one = SafeDataset(dataset, seed=3, mask_fn=masker)[(1, 2)]
+    assert two["input"].shape == (2, 3, 4, 32, 32) and two["mask"].shape == (2, 32)
+    assert torch.equal(two["mask"][0], one["mask"]) and not torch.equal(two["mask"][0], two["mask"][1])
+    config = {
+        "model": {"modality": "video", "tokenizer": {"num_frames": 4, "img_size": 32, "patch_size": 8},
+                  "masking": "tube", "target": "videomae", "cls_token": False, "decoder": "videomae",
+                  "pred_masked_only": True, "embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_embed_dim": 16,
+                  "decoder_depth": 1, "decoder_num_heads": 2},
+        "data": {"root": str(tmp_path), "heldout_split": None, "sampling_rate": 2, "num_sample": 2},
+        "optim": {"blr": 1.0e-3, "warmup_epochs": 0},
+        "train": {"epochs": 1, "batch_size": 2, "num_workers": 0, "device": "cpu", "output_dir": str(tmp_path / "runs"),
+                  "figure_samples": 0, "log_every_steps": 1},
+    }  # fmt: skip
+    result = pretrain(resolve_config(config), progress=False)
+    records = [json.loads(line) for line in result.metrics.read_text().splitlines()]
+    steps = [r for r in records if "lr" in r]
+    assert len(steps) == 2 and all(math.isfinite(r["loss"]) for r in steps)  # 4 videos / batch 2
+    assert steps[0]["lr"] == pytest.approx(1.0e-3 * (2 * 2) / 256)  # blr x (2 videos x 2 clips) / 256, no warm-up

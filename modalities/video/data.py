@@ -84,6 +84,12 @@ class VideoClips(Dataset):
         self.transform, self.mode = transform, mode
         self.num_clips, self.repeats = num_clips, repeats
 
+    @property
+    def samples_per_item(self) -> int:
+        """Clips stacked in one training item (``num_sample``): the trainer draws a mask for each and trains on
+        N*S clips per batch of N items."""
+        return self.num_clips if self.mode == "random" else 1
+
     def __len__(self) -> int:
         per_file = self.num_clips if self.mode == "uniform" else self.repeats
         return len(self.files) * per_file

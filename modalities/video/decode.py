@@ -14,7 +14,7 @@ some clip needs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -32,6 +32,7 @@ __all__ = [
     "clip_starts",
     "probe_video",
     "read_clips",
+    "read_clips_at",
     "write_video",
 ]
 
@@ -150,15 +151,24 @@ def read_clips(
     Raises :class:`BadSampleError` naming the file when it cannot be opened, has no video stream, or
     a frame a clip needs cannot be decoded (e.g. a truncated file).
     """
+
+    def choose(grid: int) -> list[list[int]]:
+        starts = clip_starts(
+            grid, num_frames=num_frames, sampling_rate=sampling_rate, num_clips=num_clips, mode=mode, rng=rng
+        )
+        return [clip_indices(grid, start=s, num_frames=num_frames, sampling_rate=sampling_rate) for s in starts]
+
+    return read_clips_at(path, choose)
+
+
+def read_clips_at(path: str | Path, choose: Callable[[int], Sequence[Sequence[int]]]) -> np.ndarray:
+    """Decode the clips whose frame indices ``choose(num_grid_frames)`` picks on the file's nominal frame grid
+    (any sampling rule: VideoMAE's pre-training, fine-tuning or test samplers) -> uint8 (S, T, H, W, 3).
+
+    The file is probed and decoded once whatever the number of clips; errors as :func:`read_clips`.
+    """
     timeline = probe_video(path)
-    grid = timeline.num_grid_frames
-    starts = clip_starts(
-        grid, num_frames=num_frames, sampling_rate=sampling_rate, num_clips=num_clips, mode=mode, rng=rng
-    )
-    positions = [
-        [timeline.frame_at(i) for i in clip_indices(grid, start=s, num_frames=num_frames, sampling_rate=sampling_rate)]
-        for s in starts
-    ]
+    positions = [[timeline.frame_at(int(i)) for i in clip] for clip in choose(timeline.num_grid_frames)]
     frames = _decode_frames(timeline, {p for clip in positions for p in clip})
     return np.stack([np.stack([frames[p] for p in clip]) for clip in positions])
 

@@ -18,12 +18,14 @@ from anymae.core.data import DataError
 from anymae.core.modality import Modality
 from anymae.plugins import hookimpl
 
+from .classification import LabelledVideos, clip_transform, eval_transform, labelled_items, split_classes
 from .data import VideoClips, find_split
 from .decode import read_clips
 from .decoder import videomae_decoder
 from .demo import resolve_root
 from .interop import VideoMAEFormat
 from .masking import tube_masking
+from .sampling import FRAME_SAMPLERS
 from .targets import VideoMAEPixelTarget, VideoMAETarget
 from .tokenizer import POSITION_TABLES, TubeletTokenizer
 from .transforms import eval_clip, pretrain_clip
@@ -72,13 +74,14 @@ class VideoTokenizerConfig:
 @dataclass
 class VideoDataConfig:
     """``data`` for video: ``<root>/<split>.csv`` (``path label`` lines) or ``<root>/<split>/`` (class
-    folders or flat)."""
+    folders or flat). Fine-tuning, linear probing and evaluation need labels: integer CSV labels (classes
+    ``"0"``..``"K-1"``, or the names in ``classes_file``) or class folders (their sorted names)."""
 
-    root: str = ""  # "builtin:demo_videos" generates a small synthetic set once (cached)
+    root: str = ""  # "builtin:demo_videos" / "builtin:demo_motion" (labelled) generate a small set once (cached)
     train_split: str = "train"
     heldout_split: str | None = "val"  # null for none
     sampling_rate: int = 4  # frames between sampled frames (VideoMAE: 4 for Kinetics, 2 for SSv2)
-    num_sample: int = 1  # clips drawn per video read (VideoMAE's repeated sampling); >1 folds into the batch
+    num_sample: int = 1  # pre-training: clips per video read (repeated sampling), each its own mask and sample
     scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # GroupMultiScaleCrop scales
     max_distort: int = 1
     fix_crop: bool = True  # crop offsets on a fixed quarter grid (VideoMAE), else uniform
@@ -88,9 +91,17 @@ class VideoDataConfig:
     std: tuple[float, ...] = IMAGENET_DEFAULT_STD
     repeats: int = 1  # list every video this many times per epoch (for tiny datasets)
     heldout_clips: int = 1  # evenly spaced clips per held-out video
+    # Labelled data (anymae finetune / linprobe / eval):
+    classes_file: str | None = None  # class names, one a line in index order; default: CSV labels 0..max, or folders
+    frame_sampler: Literal["clip", "segments"] = "clip"  # VideoMAE's Kinetics clips, or SSv2's frame per segment
+    classify_hflip: bool = True  # flip when fine-tuning / probing (VideoMAE: Kinetics yes, SSv2 never)
+    test_num_segment: int = 1  # evaluation clips per video (VideoMAE: 5 Kinetics, 2 SSv2)
+    test_num_crop: int = 1  # evaluation crops per clip along the longer side (VideoMAE: 3)
 
     def __post_init__(self) -> None:
-        for name in ("sampling_rate", "num_sample", "repeats", "heldout_clips"):
+        if self.frame_sampler not in FRAME_SAMPLERS:
+            raise ValueError(f"frame_sampler {self.frame_sampler!r} is not one of {', '.join(FRAME_SAMPLERS)}")
+        for name in ("sampling_rate", "num_sample", "repeats", "heldout_clips", "test_num_segment", "test_num_crop"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.scales or not all(0 < s <= 1 for s in self.scales):
@@ -125,13 +136,6 @@ class VideoModality(Modality):
         if not root.is_dir():
             raise DataError(f"data.root: folder {root} does not exist")
         if split == "train":
-            if data.num_sample > 1:
-                # Items would be (S, C, T, H, W) stacks; the model folds them (TubeletTokenizer.fold), but the
-                # trainer draws one mask per item, (N, L) for N*S clips. Refuse here rather than mid-run.
-                raise DataError(
-                    f"data.num_sample={data.num_sample}: anymae's trainer draws one mask per dataset item and "
-                    "cannot train on stacks of repeated clips yet; use data.num_sample=1 (and data.repeats)"
-                )
             try:
                 items = find_split(root, data.train_split)
             except FileNotFoundError as exc:
@@ -162,6 +166,59 @@ class VideoModality(Modality):
                 num_clips=data.heldout_clips,
             )
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
+
+    def build_labelled_dataset(
+        self,
+        data: VideoDataConfig,
+        tokenizer: VideoTokenizerConfig,
+        *,
+        split: str,
+        augment: dict[str, Any] | None,
+        crop_pct: float = 0.875,
+    ) -> LabelledVideos:
+        """Labelled clips of ``split`` ("train" or "heldout"): training clips augmented by ``augment["recipe"]``
+        ("finetune" or "linprobe"), or (``augment=None``) VideoMAE's test views, ``data.test_num_segment`` x
+        ``data.test_num_crop`` per video, shorter side resized to ``max(img_size) / crop_pct``."""
+        _check_channels(data, tokenizer)
+        if not data.root:
+            raise DataError(f"data.root is required: a folder holding {data.train_split}/ or {data.train_split}.csv")
+        root = resolve_root(data.root)
+        if not root.is_dir():
+            raise DataError(f"data.root: folder {root} does not exist")
+        if data.num_sample > 1:
+            raise DataError(
+                f"data.num_sample={data.num_sample}: labelled items are single clips; VideoMAE's repeated "
+                "sampling (num_sample 2) is data.repeats: 2 with a twice larger train.batch_size"
+            )
+        splits = {"train": data.train_split, "heldout": data.heldout_split}
+        if split not in splits:
+            raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
+        if splits[split] is None:
+            raise DataError(f"data.heldout_split is null: no labelled {split} split")
+        classes_file = None
+        if data.classes_file:
+            classes_file = Path(data.classes_file).expanduser()
+            classes_file = classes_file if classes_file.is_absolute() else root / classes_file
+        # One class numbering for every split: the training split's (or the classes file's).
+        classes = split_classes(root, data.train_split, classes_file=classes_file)
+        items = labelled_items(root, splits[split], classes)
+        common = {"mean": data.mean, "std": data.std, "in_chans": tokenizer.in_chans}
+        if augment is None:
+            transform = eval_transform(tokenizer.size, crop_pct=crop_pct, num_crops=data.test_num_crop, **common)
+        else:
+            transform = clip_transform(tokenizer.size, augment=augment, hflip=data.classify_hflip, **common)
+            items = items * data.repeats
+        return LabelledVideos(
+            items,
+            classes=classes,
+            transform=transform,
+            num_frames=tokenizer.num_frames,
+            sampling_rate=data.sampling_rate,
+            sampler=data.frame_sampler,
+            train=augment is not None,
+            num_segments=data.test_num_segment,
+            num_crops=data.test_num_crop,
+        )
 
     def load_inputs(
         self, paths: Sequence[str | Path], data: VideoDataConfig, tokenizer: VideoTokenizerConfig

@@ -12,7 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["eval_clip", "multiscale_crop_box", "normalize_clip", "pretrain_clip", "resize_clip"]
+__all__ = [
+    "crop_starts",
+    "eval_clip",
+    "multi_crop_views",
+    "multiscale_crop_box",
+    "normalize_clip",
+    "pretrain_clip",
+    "resize_clip",
+    "to_float_clip",
+]
 
 
 def multiscale_crop_box(
@@ -64,7 +73,7 @@ def normalize_clip(clip: Tensor, mean: Sequence[float], std: Sequence[float]) ->
     return ((clip - m) / s).transpose(0, 1).contiguous()
 
 
-def _to_float(frames: np.ndarray, in_chans: int) -> Tensor:
+def to_float_clip(frames: np.ndarray, in_chans: int) -> Tensor:
     """uint8 (T, H, W, 3) -> float (T, C, H, W) in [0, 1]; 1 channel = ITU-R 601 luma, as PIL's "L"."""
     clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
     if in_chans == 1:
@@ -97,7 +106,7 @@ def pretrain_clip(
         more_fix_crop=more_fix_crop,
         rng=rng,
     )
-    clip = resize_clip(_to_float(frames[:, top : top + h, left : left + w], in_chans), size)
+    clip = resize_clip(to_float_clip(frames[:, top : top + h, left : left + w], in_chans), size)
     if hflip and rng.random() < 0.5:
         clip = clip.flip(-1)
     return normalize_clip(clip, mean, std)
@@ -107,10 +116,54 @@ def eval_clip(
     frames: np.ndarray, size: tuple[int, int], *, mean: Sequence[float], std: Sequence[float], in_chans: int
 ) -> Tensor:
     """VideoMAE's evaluation view: shorter side resized to the crop's longer side, centre crop -> (C, T, h, w)."""
-    clip = _to_float(frames, in_chans)
+    clip = to_float_clip(frames, in_chans)
     h, w = clip.shape[-2:]
     short = max(size)
     scale = short / min(h, w)
     clip = resize_clip(clip, (max(round(h * scale), size[0]), max(round(w * scale), size[1])))
     top, left = (clip.shape[-2] - size[0]) // 2, (clip.shape[-1] - size[1]) // 2
     return normalize_clip(clip[..., top : top + size[0], left : left + size[1]], mean, std)
+
+
+def crop_starts(length: int, crop: int, num_crops: int) -> list[int]:
+    """Offsets of ``num_crops`` crops of ``crop`` pixels along a side of ``length``: VideoMAE's test crops
+    ``int(k * (length - crop) / (num_crops - 1))`` (first, ..., last), or the centre ``int(round((length - crop)
+    / 2))`` (its ``CenterCrop``) for one crop."""
+    room = length - crop
+    if num_crops == 1:
+        return [round(room / 2)]  # python's round, as VideoMAE's int(round(...))
+    return [int(k * room / (num_crops - 1)) for k in range(num_crops)]
+
+
+def multi_crop_views(
+    frames: np.ndarray,
+    size: tuple[int, int],
+    *,
+    short_side: int,
+    num_crops: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    in_chans: int,
+) -> Tensor:
+    """VideoMAE's test views of one clip: uint8 (T, H, W, 3) -> (num_crops, C, T, h, w).
+
+    The shorter side is resized to ``short_side`` (bilinear, the longer one to ``int(long * short_side /
+    short)`` as its ``Resize`` does), then ``num_crops`` crops of ``size`` are taken spread along the longer
+    side (rows when H >= W) and centred on the other. VideoMAE's 3 crops of 224 from a 224 short side are the
+    left, centre and right squares of a landscape video.
+    """
+    clip = to_float_clip(frames, in_chans)  # (T, C, H, W)
+    height, width = clip.shape[-2:]
+    if height < width:
+        resized = (short_side, max(int(short_side * width / height), short_side))
+    else:
+        resized = (max(int(short_side * height / width), short_side), short_side)
+    if resized[0] < size[0] or resized[1] < size[1]:
+        raise ValueError(f"frames resized to {resized[0]}x{resized[1]} are smaller than the {size[0]}x{size[1]} crop")
+    clip = resize_clip(clip, resized)  # (T, C, H', W')
+    along_rows = resized[0] >= resized[1]
+    tops = crop_starts(resized[0], size[0], num_crops if along_rows else 1)
+    lefts = crop_starts(resized[1], size[1], 1 if along_rows else num_crops)
+    boxes = [(t, lefts[0]) for t in tops] if along_rows else [(tops[0], left) for left in lefts]
+    views = [clip[..., t : t + size[0], left : left + size[1]] for t, left in boxes]
+    return torch.stack([normalize_clip(view, mean, std) for view in views])  # (num_crops, C, T, h, w)
