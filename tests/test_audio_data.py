@@ -144,3 +144,42 @@ def test_demo_sounds_are_deterministic_and_the_demo_config_matches_their_statist
     # The config's statistics were measured with stats.fbank_stats on the full training set; a subset agrees.
     mean, std = fbank_stats(sorted((b / "train").rglob("*.wav")), target_length=cfg.model.tokenizer.target_length)
     assert abs(mean - cfg.data.mean) < 1.0 and abs(std - cfg.data.std) < 0.5
+
+
+def _bad_sound_run(tmp_path, max_bad_fraction: float):
+    """A tiny audio pre-training on 6 good files plus the issue's four awkward ones."""
+    from anymae.core.engine import pretrain
+
+    train = tmp_path / "train"
+    train.mkdir(exist_ok=True)
+    for i in range(6):
+        tone_file(train / f"good{i}.wav", 200 + 100 * i, seconds=1.0)
+    encode_audio(train / "silent.flac", np.zeros(16000), sample_rate=16000)  # readable: the log floor
+    tone_file(train / "short.wav", 500, seconds=0.1)  # readable: padded
+    (train / "notes.wav").write_text("this is a text file, not audio")
+    mp3 = tone_file(train / "song.mp3", 300, seconds=2.0)
+    data = mp3.read_bytes()
+    mp3.write_bytes(data[:200] + bytes(len(data) - 200))  # header kept, frames zeroed: corrupt
+    raw = {
+        "name": f"bad{max_bad_fraction}",
+        "model": {"modality": "audio", "tokenizer": {"target_length": 64, "num_mel_bins": 32}, "embed_dim": 32,
+                  "depth": 1, "num_heads": 2, "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2},
+        "data": {"root": str(tmp_path), "heldout_split": None, "mean": -5.0, "std": 4.0},
+        "optim": {"warmup_epochs": 0},
+        "train": {"epochs": 2, "batch_size": 5, "num_workers": 0, "device": "cpu", "figure_samples": 0,
+                  "output_dir": str(tmp_path / "runs"), "max_bad_fraction": max_bad_fraction, "log_every_steps": 1},
+    }  # fmt: skip
+    return pretrain(resolve_config(raw), progress=False)
+
+
+def test_bad_sound_files_are_named_substituted_and_counted_then_stop_a_run_above_the_limit(tmp_path):
+    with pytest.warns(UserWarning) as caught:
+        result = _bad_sound_run(tmp_path, max_bad_fraction=0.3)
+    named = " ".join(str(w.message) for w in caught)
+    assert "notes.wav" in named and "song.mp3" in named
+    assert "silent.flac" not in named and "short.wav" not in named  # readable, as documented
+    records = [json.loads(line) for line in result.metrics.read_text().splitlines()]
+    assert [r["epoch_bad_samples"] for r in records if "epoch_bad_samples" in r] == [2, 2]  # 10 files, all seen
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    with pytest.raises(DataError, match=r"more than train.max_bad_fraction=0.1"), pytest.warns(UserWarning):
+        _bad_sound_run(tmp_path, max_bad_fraction=0.1)

@@ -17,7 +17,7 @@ from anymae.core.build import build_model
 from anymae.core.checkpoint import CheckpointError
 from anymae.core.config import ConfigError, load_config, resolve_config, resolve_model_config
 from anymae.core.masking import shuffle_from_noise
-from anymae.modalities.audio.decoder import LocalDecoder, SwinBlock
+from anymae.modalities.audio.decoder import LocalDecoder, SwinBlock, shift_attention_mask
 from anymae.modalities.audio.interop import load_audiomae
 from anymae.modalities.audio.masking import time_frequency_mask, time_frequency_masking
 from anymae.modalities.audio.tokenizer import SpectrogramTokenizer
@@ -403,3 +403,39 @@ def test_masking_options_set_the_official_mask_2d_probabilities_from_a_config():
         batch=2, grid=(8, 4), mask_ratio=0.8, device="cpu", generator=torch.Generator().manual_seed(1)
     )
     assert len_keep == expected[1] == int(8 * 0.3) * int(4 * 0.7) and torch.equal(noise, expected[0])
+
+
+@pytest.mark.parametrize(
+    ("grid", "window", "shift"), [((4, 6), (2, 3), (1, 0)), ((4, 6), (2, 3), (1, 2)), ((8, 4), (4, 4), (2, 0))]
+)
+def test_shift_attention_mask_equals_a_hand_built_mask(grid, window, shift):
+    """After rolling the grid by -shift, two tokens of one window may attend to each other only if they were
+    neighbours before the roll (no wrap-around between them): built here from original coordinates alone."""
+    (h, w), (wh, ww) = grid, window
+    expected = torch.zeros(h // wh * (w // ww), wh * ww, wh * ww)
+    for wi in range(h // wh):
+        for wj in range(w // ww):
+            cells = [(wi * wh + a, wj * ww + b) for a in range(wh) for b in range(ww)]  # rolled coordinates
+            original = [((r + shift[0]) % h, (c + shift[1]) % w) for r, c in cells]
+            for i, (r1, c1) in enumerate(original):
+                for j, (r2, c2) in enumerate(original):
+                    if abs(r1 - r2) >= wh or abs(c1 - c2) >= ww:
+                        expected[wi * (w // ww) + wj, i, j] = -100.0
+    assert torch.equal(shift_attention_mask(grid, window, shift), expected)
+    assert shift_attention_mask(grid, window, (0, 0)) is None
+
+
+def test_a_masked_pair_does_not_see_each_other_in_the_shifted_block():
+    """Through a whole shifted block: changing one token changes exactly the tokens that share an unmasked
+    window with it (and itself), nothing across the wrap-around."""
+    torch.manual_seed(0)
+    grid, window, shift = (4, 4), (2, 2), (1, 0)
+    block = SwinBlock(dim=8, num_heads=2, grid=grid, window=window, shift=shift, mlp_ratio=2.0, qkv_bias=True,
+                      norm_layer=LN).eval()  # fmt: skip
+    x = torch.randn(1, 16, 8)
+    y = x.clone()
+    y[0, 0] += 1.0  # token (0, 0): after the roll by -1 it sits in the last window row with original row 3
+    changed = (block(x) - block(y)).abs().sum(-1)[0] > 1e-6  # (16,)
+    # Original row 0 tokens share the last rolled window row with original row 3, but are masked from it: (0, 0)
+    # only reaches (0, 1) (same window, same region) and itself.
+    assert changed.nonzero().flatten().tolist() == [0, 1]
