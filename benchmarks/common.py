@@ -30,6 +30,8 @@ __all__ = [
     "Runner",
     "build_runner",
     "device_name",
+    "has_reference",
+    "input_shape",
     "measure_memory",
     "nominal_peak_flops",
     "time_alternating",
@@ -43,6 +45,63 @@ ARCHS: dict[str, dict[str, Any]] = {
     "vit_b16": {"tokenizer": {"img_size": 224, "patch_size": 16}, "embed_dim": 768, "depth": 12, "num_heads": 12},
     "vit_l16": {"tokenizer": {"img_size": 224, "patch_size": 16}, "embed_dim": 1024, "depth": 24, "num_heads": 16},
     "vit_h14": {"tokenizer": {"img_size": 224, "patch_size": 14}, "embed_dim": 1280, "depth": 32, "num_heads": 16},
+    # VideoMAE-B (16 x 224 x 224, tube 0.9) and AudioMAE-B (1024 x 128, 0.8, local decoder): anymae only; the
+    # eager reference is the image MAE, so these are timed against anymae with every option off.
+    "videomae_b": {
+        "modality": "video",
+        "tokenizer": {"num_frames": 16, "img_size": 224, "patch_size": 16, "tubelet_size": 2},
+        "embed_dim": 768,
+        "depth": 12,
+        "num_heads": 12,
+        "masking": "tube",
+        "mask_ratio": 0.9,
+        "target": "videomae",
+        "cls_token": False,
+        "decoder": "videomae",
+        "decoder_embed_dim": 384,
+        "decoder_depth": 4,
+        "decoder_num_heads": 6,
+    },
+    "audiomae_b": {
+        "modality": "audio",
+        "tokenizer": {"target_length": 1024, "num_mel_bins": 128, "patch_size": 16},
+        "embed_dim": 768,
+        "depth": 12,
+        "num_heads": 12,
+        "mask_ratio": 0.8,
+        "norm_pix_loss": True,
+        "decoder": "local",
+        "decoder_embed_dim": 512,
+        "decoder_depth": 16,
+        "decoder_num_heads": 16,
+    },
+    "tiny_video": {
+        "modality": "video",
+        "tokenizer": {"num_frames": 4, "img_size": 32, "patch_size": 8, "tubelet_size": 2},
+        "embed_dim": 32,
+        "depth": 1,
+        "num_heads": 2,
+        "masking": "tube",
+        "mask_ratio": 0.75,
+        "target": "videomae",
+        "cls_token": False,
+        "decoder": "videomae",
+        "decoder_embed_dim": 16,
+        "decoder_depth": 1,
+        "decoder_num_heads": 2,
+    },
+    "tiny_audio": {
+        "modality": "audio",
+        "tokenizer": {"target_length": 64, "num_mel_bins": 32, "patch_size": 8},
+        "embed_dim": 32,
+        "depth": 1,
+        "num_heads": 2,
+        "mask_ratio": 0.8,
+        "decoder": "local",
+        "decoder_embed_dim": 16,
+        "decoder_depth": 2,
+        "decoder_num_heads": 2,
+    },
     "tiny": {
         "tokenizer": {"img_size": 32, "patch_size": 8},
         "embed_dim": 32,
@@ -158,8 +217,11 @@ def _split(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return sections
 
 
-def build_runner(name: str, arch: str, *, device: torch.device, mask_ratio: float = 0.75) -> Runner:
-    """Build variant ``name`` of architecture ``arch`` on ``device`` (weights freshly initialised)."""
+def build_runner(name: str, arch: str, *, device: torch.device, mask_ratio: float | None = None) -> Runner:
+    """Build variant ``name`` of architecture ``arch`` on ``device`` (weights freshly initialised); the mask
+    ratio defaults to the architecture's own (0.75 for images)."""
+    if mask_ratio is None:
+        mask_ratio = ARCHS[arch].get("mask_ratio", 0.75)
     if name not in VARIANTS:
         raise KeyError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
     options = VARIANTS[name]
@@ -334,10 +396,25 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # macOS: bytes, but no /proc there
 
 
+def input_shape(arch: str) -> tuple[int, ...]:
+    """One sample's input shape for ``arch``: (3, H, W) images, (3, T, H, W) clips, (1, T, F) spectrograms."""
+    a = ARCHS[arch]
+    tok = a["tokenizer"]
+    if a.get("modality") == "video":
+        return (3, tok["num_frames"], tok["img_size"], tok["img_size"])
+    if a.get("modality") == "audio":
+        return (1, tok["target_length"], tok["num_mel_bins"])
+    return (3, tok["img_size"], tok["img_size"])
+
+
+def has_reference(arch: str) -> bool:
+    """The eager reference (``reference_mae.py``) is the image MAE."""
+    return ARCHS[arch].get("modality", "image") == "image"
+
+
 def _batch(arch: str, batch: int, device: torch.device) -> torch.Tensor:
-    size = ARCHS[arch]["tokenizer"]["img_size"]
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(batch, 3, size, size, generator=generator).to(device)
+    return torch.randn(batch, *input_shape(arch), generator=generator).to(device)
 
 
 # --- machine, peak FLOP/s ----------------------------------------------------------------------------------
@@ -433,4 +510,11 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-SHAPE_NAMES = {"vit_b16": "ViT-B/16", "vit_l16": "ViT-L/16", "vit_h14": "ViT-H/14", "tiny": "tiny (test)"}
+SHAPE_NAMES = {
+    "vit_b16": "ViT-B/16",
+    "vit_l16": "ViT-L/16",
+    "vit_h14": "ViT-H/14",
+    "videomae_b": "VideoMAE-B 16x224",
+    "audiomae_b": "AudioMAE-B 1024x128",
+    "tiny": "tiny (test)",
+}

@@ -23,6 +23,8 @@ from .common import (
     VARIANTS,
     build_runner,
     device_name,
+    has_reference,
+    input_shape,
     machine_header,
     markdown_table,
     measure_memory,
@@ -47,14 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.arch, args.batch, args.reps, args.steps, args.warmup = "tiny", 4, 3, 2, 1
     variants = args.variants.split(",")
-    if variants[0] != "reference":
-        variants.insert(0, "reference")
+    baseline = "reference" if has_reference(args.arch) else "anymae"  # video/audio: anymae, every option off
+    variants = [baseline, *(v for v in variants if v not in ("reference", baseline))]
+    mask_ratio = ARCHS[args.arch].get("mask_ratio", args.mask_ratio)
     torch.manual_seed(0)
-    runners = [build_runner(name, args.arch, device=device, mask_ratio=args.mask_ratio) for name in variants]
-    size = ARCHS[args.arch]["tokenizer"]["img_size"]
+    runners = [build_runner(name, args.arch, device=device, mask_ratio=mask_ratio) for name in variants]
+    shape = input_shape(args.arch)
 
     def make_batch() -> torch.Tensor:
-        return torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+        return torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(0)).to(device)
 
     for bf16 in (False, True):
         nominal_peak_flops(device, bf16=bf16)  # CPU: a first GEMM measurement; the best one is used
@@ -64,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in runners:
             memory[r.name] = measure_memory(r.name, args.arch, batch=args.batch, device=args.device)
 
-    rows, ref = [], median(rates["reference"])
-    ref_mem = memory.get("reference", {}).get("peak_rss_mib")
+    rows, ref = [], median(rates[baseline])
+    ref_mem = memory.get(baseline, {}).get("peak_rss_mib")
     for r in runners:
         rate = median(rates[r.name])
         bf16 = r.options.get("train.precision") == "bf16"
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         achieved = rate * r.flops_per_sample
         mem = memory.get(r.name, {})
         row = [
-            f"{SHAPE_NAMES.get(args.arch, args.arch)}, batch {args.batch}, mask {args.mask_ratio}",
+            f"{SHAPE_NAMES.get(args.arch, args.arch)}, batch {args.batch}, mask {mask_ratio}",
             r.name,
             f"{rate:.3f} ({min(rates[r.name]):.3f}-{max(rates[r.name]):.3f})",
             f"{rate / ref:.2f}x",
@@ -89,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         "config",
         "variant",
         "samples/s median (min-max)",
-        "vs reference",
+        f"vs {baseline}",
         "GFLOP/s",
         "MFU",
         "peak RSS MiB",
-        "memory vs reference",
+        f"memory vs {baseline}",
     ]
     table = markdown_table(header, rows)
     title = (

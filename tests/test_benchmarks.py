@@ -111,6 +111,15 @@ def test_step_quick_runs_and_writes_a_table(tmp_path, results_untouched):
     assert len([line for line in text.splitlines() if line.startswith("| tiny")]) == 2
 
 
+@pytest.mark.parametrize("arch", ["tiny_video", "tiny_audio"])
+def test_step_times_video_and_audio_against_anymae_with_every_option_off(tmp_path, results_untouched, arch):
+    out = tmp_path / "results.md"
+    argv = ["--arch", arch, "--batch", "2", "--reps", "1", "--steps", "1", "--warmup", "0", "--no-memory"]
+    assert step.main([*argv, "--variants", "reference,optimized", "--results", str(out)]) == 0
+    text = out.read_text()
+    assert "vs anymae" in text and "| anymae |" in text and "| optimized |" in text and "| reference |" not in text
+
+
 def test_memory_probe_runs_in_a_fresh_process_and_reports_its_own_peak():
     # The parent holds a large tensor: a probe that inherited the parent's peak (ru_maxrss does, across
     # fork + exec) would report more than it.
