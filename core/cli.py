@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"{what} (CONFIG names {name}.checkpoint)")
         p.add_argument("config", help="a YAML file or a bundled config name")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. preset=paper train.epochs=10")
+        p.add_argument("--resume", help="a checkpoint-last.pt to continue from, or 'auto' for the run's newest")
         p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
         p.set_defaults(func=_classify)
 
@@ -176,7 +177,7 @@ def _classify(args: argparse.Namespace) -> int:
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         print(f"anymae {args.command}: config {cfg.name!r}, from {cfg.head.checkpoint}")
-    result = train_classifier(cfg, pretrained, progress=not args.no_progress)
+    result = train_classifier(cfg, pretrained, progress=not args.no_progress, resume=args.resume)
     if not main_process:
         return 0
     best = f"best mAP {result.best_map:.2f}%" if result.best_map is not None else f"best top-1 {result.best_acc1:.2f}%"

@@ -59,9 +59,12 @@ __all__ = [
     "NonFiniteLossError",
     "PreemptedError",
     "PretrainResult",
+    "capture_rng",
     "evaluate_heldout",
     "new_run_dir",
     "pretrain",
+    "restore_rng",
+    "resume_path",
     "seed_everything",
 ]
 
@@ -389,7 +392,6 @@ class _Trainer:
         path = self.run_dir / name
         model_state, optimizer_state = self._full_state()  # FSDP: every rank takes part in the gather
         if self.ctx.is_main:
-            numpy_state = np.random.get_state()
             payload = {
                 "format": CHECKPOINT_FORMAT,
                 "format_version": 2,
@@ -399,12 +401,7 @@ class _Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "progress": config_to_dict(state),
                 "world_size": self.ctx.world_size,
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "python": _plain(random.getstate()),
-                    "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
-                    "numpy_pos": int(numpy_state[2]),
-                },
+                "rng": capture_rng(),
             }
             try:
                 write_checkpoint(payload, path)
@@ -442,10 +439,7 @@ class _Trainer:
                 f"--resume {path}: saved inside an epoch by {saved_world} process(es); resume it with the same "
                 f"number of processes (now {self.ctx.world_size}) or from an epoch-end checkpoint"
             )
-        rng = payload["rng"]
-        torch.set_rng_state(rng["torch"])
-        random.setstate(_tuples(rng["python"]))
-        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
+        restore_rng(payload["rng"])
         self.checkpoint = path
 
     def _full_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -667,9 +661,9 @@ def new_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def _checkpoints(run_dir: Path) -> list[Path]:
+def _checkpoints(run_dir: Path, pattern: str = "checkpoint-*.pt") -> list[Path]:
     """The run's complete checkpoints, oldest first (temporary files of interrupted writes are hidden)."""
-    found = sorted(run_dir.glob("checkpoint-*.pt"), key=lambda c: (c.stat().st_mtime_ns, c.name))
+    found = sorted(run_dir.glob(pattern), key=lambda c: (c.stat().st_mtime_ns, c.name))
     complete = []
     for path in found:
         if zipfile.is_zipfile(path):  # torch.save's zip ends with a central directory: truncation shows
@@ -679,9 +673,33 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return complete
 
 
+def capture_rng() -> dict[str, Any]:
+    """The CPU generators of torch, python and numpy as plain tensors and lists (``weights_only`` loadable)."""
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": _plain(random.getstate()),
+        "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
+        "numpy_pos": int(numpy_state[2]),
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    """Set the generators back to a :func:`capture_rng` state."""
+    torch.set_rng_state(rng["torch"])
+    random.setstate(_tuples(rng["python"]))
+    np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
+
+
 def _resume_path(resume: str, cfg: Config) -> Path:
     """A given path, or for "auto" the newest complete checkpoint of this run: runs/<name> or its -2, -3, ...
     siblings."""
+    return resume_path(resume, cfg, pattern="checkpoint-*.pt")
+
+
+def resume_path(resume: str, cfg: Any, *, pattern: str) -> Path:
+    """``resume`` itself, or for "auto" the newest complete checkpoint matching ``pattern`` in runs/<name> or its
+    -2, -3, ... siblings (``cfg`` has ``name`` and ``train.output_dir`` / ``train.run_name``)."""
     if resume != "auto":
         return Path(resume)
     base = Path(cfg.train.output_dir) / (cfg.train.run_name or cfg.name)
@@ -689,9 +707,9 @@ def _resume_path(resume: str, cfg: Config) -> Path:
         base,
         *(d for d in base.parent.glob(f"{base.name}-*") if re.fullmatch(r"\d+", d.name[len(base.name) + 1 :])),
     ]
-    found = [c for d in runs if d.is_dir() for c in _checkpoints(d)]
+    found = [c for d in runs if d.is_dir() for c in _checkpoints(d, pattern)]
     if not found:
-        raise CheckpointError(f"--resume auto: no checkpoint-*.pt in {base} (or {base.name}-N beside it)")
+        raise CheckpointError(f"--resume auto: no {pattern} in {base} (or {base.name}-N beside it)")
     return max(found, key=lambda c: (c.stat().st_mtime_ns, c.name))
 
 

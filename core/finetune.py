@@ -25,12 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from .checkpoint import write_checkpoint
+from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from .classify import Classifier, build_classifier, param_groups_lars, param_groups_layer_decay
 from .config import ClassifyConfig, config_to_dict, from_dict
 from .data import DataError, EpochSampler, SafeDataset, sample_seed, seeded
 from .distributed import DistContext, all_sum, barrier, broadcast_object, run_then_teardown, setup
-from .engine import NonFiniteLossError, new_run_dir, seed_everything
+from .engine import NonFiniteLossError, capture_rng, new_run_dir, restore_rng, resume_path, seed_everything
 from .metrics import mean_average_precision, topk_correct
 from .optim import absolute_lr, cosine_lr
 
@@ -194,16 +194,21 @@ def evaluate(
 
 
 def train_classifier(
-    cfg: ClassifyConfig, pretrained: Any, *, registry: Any = None, progress: bool = True
+    cfg: ClassifyConfig, pretrained: Any, *, registry: Any = None, progress: bool = True, resume: str | None = None
 ) -> ClassifyResult:
-    """Fine-tune or linearly probe (``cfg.mode``) the pre-trained MAE ``pretrained`` on ``cfg.data``."""
+    """Fine-tune or linearly probe (``cfg.mode``) the pre-trained MAE ``pretrained`` on ``cfg.data``.
+
+    ``resume``: a ``checkpoint-last.pt`` of this run, or "auto" for the newest one of runs/<name> (and its -N
+    siblings); the run continues in that folder from the epoch after the checkpoint's, with the model,
+    optimizer, GradScaler, best result and RNG states it saved (each epoch's samples are seeded from
+    ``(seed, epoch, index)``, so the resumed epochs see the same data as an uninterrupted run)."""
     if registry is None:
         from anymae.plugins import get_registry
 
         registry = get_registry()
     ctx, device = setup(cfg.train.device)
     return run_then_teardown(
-        ctx, lambda: _ClassifyTrainer(cfg, pretrained, registry, ctx, device, progress=progress).run()
+        ctx, lambda: _ClassifyTrainer(cfg, pretrained, registry, ctx, device, progress=progress).run(resume)
     )
 
 
@@ -337,18 +342,23 @@ class _ClassifyTrainer:
         smoothing = getattr(self.cfg.head, "label_smoothing", 0.0) if self.cfg.mode == "finetune" else 0.0
         return LabelSmoothingCrossEntropy(smoothing) if smoothing > 0 else nn.CrossEntropyLoss()
 
-    def run(self) -> ClassifyResult:
+    def run(self, resume: str | None = None) -> ClassifyResult:
         cfg, ctx = self.cfg, self.ctx
-        run_dir = new_run_dir(cfg) if ctx.is_main else None
+        last = resume_path(resume, cfg, pattern="checkpoint-last.pt") if resume else None
+        run_dir = last.parent if last else (new_run_dir(cfg) if ctx.is_main else None)
         self.run_dir = Path(broadcast_object(str(run_dir), ctx))
         metrics_path = self.run_dir / "metrics.jsonl"
-        if ctx.is_main:
+        if ctx.is_main and last is None:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        self.metrics = metrics_path.open("a") if ctx.is_main else None
         key = "map" if self.multi_label else "acc1"  # the model-selection metric
         best: dict[str, float] = {key: -1.0}
+        start = 0
+        if last is not None:
+            start, best = self._restore(last)
+        self.metrics = metrics_path.open("a") if ctx.is_main else None
+        stats = dict(best)
         try:
-            for epoch in range(cfg.train.epochs):
+            for epoch in range(start, cfg.train.epochs):
                 train_loss = self._run_epoch(epoch)
                 stats = evaluate(self.model, self.eval_set, batch_size=cfg.train.batch_size, device=self.device,
                                  ctx=ctx, autocast=self.autocast, view_reduce=cfg.head.view_reduce)  # fmt: skip
@@ -357,8 +367,8 @@ class _ClassifyTrainer:
                     print(f"epoch {epoch + 1}: {format_stats(stats)}", flush=True)
                     if stats[key] > best[key]:
                         best = stats
-                        self._save("checkpoint-best.pt", epoch, stats)
-                    self._save("checkpoint-last.pt", epoch, stats)
+                        self._save("checkpoint-best.pt", epoch, stats, best)
+                    self._save("checkpoint-last.pt", epoch, stats, best)
         finally:
             if self.metrics is not None:
                 self.metrics.close()
@@ -414,17 +424,42 @@ class _ClassifyTrainer:
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
         return sum(losses) / max(len(losses), 1)
 
-    def _save(self, name: str, epoch: int, stats: dict[str, float]) -> Path:
+    def _save(self, name: str, epoch: int, stats: dict[str, float], best: dict[str, float]) -> Path:
         payload = {
             "format": CLASSIFIER_FORMAT,
             "config": self.model.config,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
             "epoch": epoch + 1,
             "eval": dict(stats),
+            "best": dict(best),
+            "rng": capture_rng(),
             "run_config": config_to_dict(self.cfg),
         }
         return write_checkpoint(payload, self.run_dir / name)
+
+    def _restore(self, path: Path) -> tuple[int, dict[str, float]]:
+        """Load a ``checkpoint-last.pt`` of this run; returns the next epoch and the best result so far."""
+        from .loading import load_state_dict_checked
+
+        payload = read_checkpoint(path)
+        if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT or "rng" not in payload:
+            raise CheckpointError(
+                f"--resume {path}: not a resumable {self.cfg.mode} checkpoint (checkpoint-last.pt written by anymae "
+                f"finetune / linprobe, with optimizer and RNG states)"
+            )
+        saved_mode = "finetune" if payload.get("run_config", {}).get("finetune") else "linprobe"
+        if saved_mode != self.cfg.mode:
+            raise CheckpointError(f"--resume {path}: a {saved_mode} run, but this is {self.cfg.mode}")
+        load_state_dict_checked(self.model, payload["model"], source=str(path), strict=True)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.scaler is not None and payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
+        restore_rng(payload["rng"])
+        if self.ctx.is_main:
+            print(f"resuming {self.cfg.mode} from {path}: epoch {payload['epoch'] + 1} of {self.cfg.train.epochs}")
+        return int(payload["epoch"]), dict(payload["best"])
 
     def _log(self, **record: Any) -> None:
         if self.metrics is not None:

@@ -273,3 +273,43 @@ def test_finetune_randaugment_posterize_at_magnitude_10_gives_black_not_an_error
     op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0  # 4 - int(10 / 10 * 4) = 0 bits kept
     out = op(Image.new("RGB", (8, 8), (200, 120, 40)))
     assert out.getextrema() == ((0, 0), (0, 0), (0, 0))
+
+
+def test_an_interrupted_finetune_resumes_to_the_uninterrupted_result(
+    tmp_path: Path, tiny_image_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Killed after epoch 2 of 3 and resumed with --resume auto: the same final weights, bit for bit (mixup,
+    drop path and the data draw from RNG states and per-sample seeds the checkpoint restores)."""
+    from anymae.core import finetune
+
+    pretrained = _save_pretrained(tmp_path / "pre.pt")
+    _add_labelled_val(tiny_image_folder)
+
+    def args(runs: Path) -> list[str]:
+        overrides = _classify_overrides(tiny_image_folder, runs)
+        return ["finetune", "demo_image_finetune", f"finetune.checkpoint={pretrained}", *overrides, "train.epochs=3",
+                "optim.warmup_epochs=1", "--no-progress"]  # fmt: skip
+
+    assert main(args(tmp_path / "a")) == 0
+    original = finetune._ClassifyTrainer._run_epoch
+
+    def dies_in_epoch_3(self, epoch: int) -> float:
+        if epoch == 2:
+            raise RuntimeError("killed")
+        return original(self, epoch)
+
+    monkeypatch.setattr(finetune._ClassifyTrainer, "_run_epoch", dies_in_epoch_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(args(tmp_path / "b"))
+    assert read_checkpoint(tmp_path / "b" / "demo_image_finetune" / "checkpoint-last.pt")["epoch"] == 2
+    monkeypatch.setattr(finetune._ClassifyTrainer, "_run_epoch", original)
+    capsys.readouterr()
+    assert main([*args(tmp_path / "b"), "--resume", "auto"]) == 0
+    assert "resuming finetune from" in capsys.readouterr().out
+    a = read_checkpoint(tmp_path / "a" / "demo_image_finetune" / "checkpoint-last.pt")
+    b = read_checkpoint(tmp_path / "b" / "demo_image_finetune" / "checkpoint-last.pt")
+    assert a["epoch"] == b["epoch"] == 3 and a["eval"] == b["eval"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert main([*args(tmp_path / "b"), "--resume", str(tmp_path / "pre.pt")]) == 1  # a pre-training file
+    assert "not a resumable finetune checkpoint" in capsys.readouterr().err
