@@ -3,7 +3,9 @@
 1. compute-only ViT-B/16 (batch 128): reference fp32 vs optimized fp32 / bf16 / bf16 + compile, with MFU;
 2. compute-only ViT-L/16 (batch 64): reference vs optimized bf16, with MFU;
 3. end-to-end ViT-B/16 from JPEG files: CPU decode (anymae's loader) and nvJPEG decode on the GPU;
-4. the data pipeline alone (per-worker CPU decode rates and the GPU decoder's rate).
+4. the data pipeline alone (per-worker CPU decode rates and the GPU decoder's rate);
+5. compute-only VideoMAE-B (16x224, tube 0.9) and AudioMAE-B (1024x128, 0.8, local decoder) in bf16, against anymae
+   with every option off (the issues' GPU checks for video and audio).
 
     python -m benchmarks.run_gpu_suite --results benchmarks/RESULTS.md
     python -m benchmarks.run_gpu_suite --quick --results /tmp/r.md   # dry path: tiny sizes, runs on a CPU
@@ -78,6 +80,16 @@ def plan(quick: bool, memory: bool) -> list[tuple[str, object, list[str]]]:
             ],
         ),
         ("data", data.main, ["--files", "256"]),
+        (
+            "step VideoMAE-B",
+            step.main,
+            ["--arch", "videomae_b", "--batch", "32", "--variants", "anymae,optimized+bf16", *common],
+        ),
+        (
+            "step AudioMAE-B",
+            step.main,
+            ["--arch", "audiomae_b", "--batch", "64", "--variants", "anymae,optimized+bf16", *common],
+        ),
     ]
 
 
