@@ -209,12 +209,20 @@ class LinprobeConfig:
     eval_crop_pct: float = 0.875  # eval: resize the shorter side to size / crop_pct, centre crop
     view_reduce: Literal["logits", "softmax"] = "logits"  # multi-view eval: average logits, or softmax (VideoMAE)
     balanced_sampling: bool = False  # draw training items with the dataset's sample_weights() (AudioMAE AS-2M)
+    epoch_samples: int | None = None  # balanced sampling: draws per epoch (AudioMAE: 200000); default: the set's size
+    eval_every_epochs: int = 1  # evaluate (and pick the best checkpoint) every N epochs and after the last
 
     def __post_init__(self) -> None:
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
         if not 0 < self.eval_crop_pct <= 1:
             raise ValueError(f"eval_crop_pct must be in (0, 1], got {self.eval_crop_pct}")
+        if self.eval_every_epochs < 1:
+            raise ValueError(f"eval_every_epochs must be at least 1, got {self.eval_every_epochs}")
+        if self.epoch_samples is not None and not self.balanced_sampling:
+            raise ValueError("epoch_samples sets the draws of balanced_sampling; turn balanced_sampling on or unset it")
+        if self.epoch_samples is not None and self.epoch_samples < 1:
+            raise ValueError(f"epoch_samples must be at least 1, got {self.epoch_samples}")
 
 
 @dataclass

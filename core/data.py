@@ -129,9 +129,9 @@ class EpochSampler(Sampler):
     positions ``r, r + W, ...``, so step ``k`` of W ranks with batch B sees the same W*B samples as step
     ``k`` of one process with batch W*B. ``set_epoch(epoch, start_batch)`` starts inside an epoch (resume).
 
-    ``weights`` (one per item) make an epoch ``size`` draws with replacement, item i with probability
-    ``weights[i] / sum(weights)``, instead of a permutation (class-balanced sampling, as AudioMAE's
-    weighted distributed sampler for AudioSet-2M); seeding, drop-last and striding are the same.
+    ``weights`` (one per item) make an epoch ``num_samples`` (default ``size``) draws with replacement, item i
+    with probability ``weights[i] / sum(weights)``, instead of a permutation (class-balanced sampling, as
+    AudioMAE's weighted distributed sampler for AudioSet-2M); seeding, drop-last and striding are the same.
     """
 
     def __init__(
@@ -143,8 +143,12 @@ class EpochSampler(Sampler):
         world_size: int = 1,
         seed: int = 0,
         weights: Sequence[float] | None = None,
+        num_samples: int | None = None,
     ) -> None:
         self.size, self.batch_size, self.rank, self.world_size, self.seed = size, batch_size, rank, world_size, seed
+        if num_samples is not None and weights is None:
+            raise ValueError("num_samples is the number of weighted draws: it needs weights")
+        self.draws = num_samples or size
         self.weights = None
         if weights is not None:
             self.weights = torch.as_tensor(list(weights), dtype=torch.float64)
@@ -153,11 +157,11 @@ class EpochSampler(Sampler):
                     f"sample weights must be {size} non-negative numbers (one per item) with a positive sum, "
                     f"got {tuple(self.weights.shape)} values"
                 )
-        self.batches_per_epoch = size // (world_size * batch_size)
+        self.batches_per_epoch = self.draws // (world_size * batch_size)
         if self.batches_per_epoch < 1:
             raise DataError(
-                f"{size} training samples cannot fill one step of train.batch_size={batch_size} on {world_size} "
-                f"process(es)"
+                f"{self.draws} training samples cannot fill one step of train.batch_size={batch_size} on "
+                f"{world_size} process(es)"
             )
         self.epoch, self.start_batch = 0, 0
 
@@ -174,7 +178,7 @@ class EpochSampler(Sampler):
         if self.weights is None:
             order = torch.randperm(self.size, generator=generator)
         else:
-            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
+            order = torch.multinomial(self.weights, self.draws, replacement=True, generator=generator)
         used = order[: self.batches_per_epoch * self.batch_size * self.world_size]
         mine = used[self.rank :: self.world_size][self.start_batch * self.batch_size :]
         return ((self.epoch, int(i)) for i in mine)

@@ -244,7 +244,7 @@ class _ClassifyTrainer:
             )
         self.sampler = EpochSampler(
             len(self.train_set), batch_size=train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
-            seed=train.seed, weights=self._sample_weights(),
+            seed=train.seed, weights=self._sample_weights(), num_samples=head.epoch_samples,
         )  # fmt: skip
         seed_everything(train.seed)
         self.model: Classifier = build_classifier(
@@ -360,6 +360,13 @@ class _ClassifyTrainer:
         try:
             for epoch in range(start, cfg.train.epochs):
                 train_loss = self._run_epoch(epoch)
+                every = cfg.head.eval_every_epochs
+                if (epoch + 1) % every and epoch + 1 < cfg.train.epochs:  # not an evaluation epoch
+                    self._log(epoch=epoch + 1, train_loss=train_loss)
+                    if ctx.is_main:
+                        print(f"epoch {epoch + 1}: train loss {train_loss:.4f}", flush=True)
+                        self._save("checkpoint-last.pt", epoch, stats, best)
+                    continue
                 stats = evaluate(self.model, self.eval_set, batch_size=cfg.train.batch_size, device=self.device,
                                  ctx=ctx, autocast=self.autocast, view_reduce=cfg.head.view_reduce)  # fmt: skip
                 self._log(epoch=epoch + 1, train_loss=train_loss, **{f"eval_{k}": v for k, v in stats.items()})

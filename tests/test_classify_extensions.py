@@ -169,3 +169,10 @@ def test_token_masking_drops_tokens_in_training_only() -> None:
     model.eval()(x)
     assert seen == [1 + 12, 1 + 16]  # CLS + kept tokens in training, every token at evaluation
     assert model.config["classifier"]["token_masking"] == "random"
+
+
+def test_weighted_sampler_takes_the_number_of_draws_per_epoch() -> None:
+    sampler = EpochSampler(4, batch_size=3, seed=0, weights=[1.0, 1.0, 1.0, 1.0], num_samples=10)
+    assert sampler.batches_per_epoch == 3 and len(list(sampler)) == 9  # 10 draws, drop-last to 3 batches of 3
+    with pytest.raises(ValueError, match="needs weights"):
+        EpochSampler(4, batch_size=2, num_samples=10)

@@ -313,3 +313,18 @@ def test_an_interrupted_finetune_resumes_to_the_uninterrupted_result(
         assert torch.equal(value, b["model"][key]), key
     assert main([*args(tmp_path / "b"), "--resume", str(tmp_path / "pre.pt")]) == 1  # a pre-training file
     assert "not a resumable finetune checkpoint" in capsys.readouterr().err
+
+
+def test_eval_every_epochs_evaluates_every_nth_epoch_and_the_last(
+    tmp_path: Path, tiny_image_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pretrained = _save_pretrained(tmp_path / "pre.pt")
+    _add_labelled_val(tiny_image_folder)
+    common = _classify_overrides(tiny_image_folder, tmp_path / "runs")
+    argv = ["linprobe", "demo_image_linprobe", f"linprobe.checkpoint={pretrained}", *common, "train.epochs=3",
+            "linprobe.eval_every_epochs=2", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1: train loss" in out and re.search(r"epoch 2: top-1", out) and re.search(r"epoch 3: top-1", out)
+    records = [json.loads(line) for line in (tmp_path / "runs" / "demo_image_linprobe" / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in records if "eval_acc1" in r] == [2, 3]
