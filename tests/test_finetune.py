@@ -326,5 +326,6 @@ def test_eval_every_epochs_evaluates_every_nth_epoch_and_the_last(
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "epoch 1: train loss" in out and re.search(r"epoch 2: top-1", out) and re.search(r"epoch 3: top-1", out)
-    records = [json.loads(line) for line in (tmp_path / "runs" / "demo_image_linprobe" / "metrics.jsonl").open()]
+    lines = (tmp_path / "runs" / "demo_image_linprobe" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
     assert [r["epoch"] for r in records if "eval_acc1" in r] == [2, 3]
