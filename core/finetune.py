@@ -279,14 +279,16 @@ class _ClassifyTrainer:
             pin_memory=train.pin_memory and device.type == "cuda",
             persistent_workers=train.persistent_workers and train.num_workers > 0,
         )
-        self.effective_batch = train.batch_size * train.accum_iter * ctx.world_size
+        # Items may stack S augmentations of one file (VideoMAE's --num_sample): every one is a sample of the step.
+        self.views_per_item = int(getattr(self.train_set, "samples_per_item", 1))
+        self.effective_batch = train.batch_size * self.views_per_item * train.accum_iter * ctx.world_size
         self.base_lr = absolute_lr(blr=cfg.optim.blr, effective_batch=self.effective_batch, lr=cfg.optim.lr)
         self.optimizer = self._optimizer()
         self.mixup: Any = None
         if finetune and (head.mixup > 0 or head.cutmix > 0):
             from timm.data import Mixup
 
-            if train.batch_size % 2:
+            if train.batch_size * self.views_per_item % 2:
                 raise DataError(f"mixup/cutmix need an even train.batch_size, got {train.batch_size}")
             if self.multi_label:
                 if head.cutmix > 0:
@@ -405,6 +407,8 @@ class _ClassifyTrainer:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
             x = batch["input"].to(self.device, non_blocking=True)
             y = batch["label"].to(self.device, non_blocking=True)
+            if self.views_per_item > 1:  # (N, S, ...) -> (N*S, ...), each view with its item's label
+                x, y = x.flatten(0, 1), y.repeat_interleave(self.views_per_item, dim=0)
             if self.mixup is not None:
                 x, y = self.mixup(x, y)
             with self.autocast:

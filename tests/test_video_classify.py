@@ -240,7 +240,7 @@ def test_motion_demo_classes_move_the_way_they_are_named(tmp_path, monkeypatch):
 
 # --- recipes ----------------------------------------------------------------------------------------------------
 # VideoMAE's finetune.sh values, typed from the scripts: (GPUs, --batch_size videos, --lr, --layer_decay, --epochs,
-# test segments, Kinetics?). Every script uses --num_sample 2, which anymae spells data.repeats 2 with twice the clips.
+# test segments, Kinetics?). Every script uses --num_sample 2: data.num_sample 2, two augmentations per video and step.
 VIDEOMAE_SCRIPTS = {
     "videomae_vit_base_k400_finetune": (64, 6, 5e-4, 0.75, 75, 5, True),
     "videomae_vit_small_k400_finetune": (32, 12, 5e-4, 0.75, 150, 5, True),
@@ -254,9 +254,9 @@ def test_videomae_finetune_configs_hold_the_script_values(name):
     gpus, videos, lr, layer_decay, epochs, segments, kinetics = VIDEOMAE_SCRIPTS[name]
     cfg = load_classify_config(name, mode="finetune")
     f, d, o, t = cfg.finetune, cfg.data, cfg.optim, cfg.train
-    assert (d.repeats, t.batch_size) == (2, 2 * videos)  # num_sample 2: two clips of every video per step
+    assert (d.num_sample, d.repeats, t.batch_size) == (2, 1, videos)
     # VideoMAE scales its lr by the videos per step, anymae by the clips: the absolute lr must agree.
-    assert o.blr * t.batch_size * t.accum_iter * gpus / 256 == pytest.approx(lr * videos * gpus / 256)
+    assert o.blr * t.batch_size * d.num_sample * t.accum_iter * gpus / 256 == pytest.approx(lr * videos * gpus / 256)
     assert o.min_lr == pytest.approx(1e-6 * videos * gpus / 256)
     assert (f.layer_decay, t.epochs, o.warmup_epochs, o.weight_decay, tuple(o.betas)) == (
         layer_decay, epochs, 5, 0.05, (0.9, 0.999))  # fmt: skip
@@ -304,13 +304,26 @@ def test_pretrain_finetune_linprobe_eval_on_videos_through_the_cli(tmp_path, cap
     capsys.readouterr()
     multi_view = ["data.test_num_segment=2", "data.test_num_crop=3"]  # 6 views per held-out video
     mixed = ["finetune.mixup=0.8", "finetune.cutmix=1.0"]  # VideoMAE's values (the demo turns them off)
-    args = [f"finetune.checkpoint={pretrained}", *multi_view, *mixed, *common]
+    repeated = ["data.num_sample=2"]  # VideoMAE's repeated augmentation: 4 videos -> 8 clips per step
+    args = [f"finetune.checkpoint={pretrained}", *multi_view, *mixed, *repeated, *common]
     assert main(["finetune", "demo_video_finetune", *args]) == 0
     out = capsys.readouterr().out
     acc = float(re.search(r"epoch 1: top-1 (\d+\.\d+)%", out).group(1))
     assert 0 <= acc <= 100
     finetuned = read_checkpoint(runs / "demo_video_finetune" / "checkpoint-best.pt")
     assert finetuned["config"]["classes"] == ["left", "right"] and finetuned["eval"]["n"] == 4
+    train_set = VideoModality().build_labelled_dataset(
+        from_dict(VideoDataConfig, {"root": str(root), "num_sample": 2}, "data"),
+        VideoTokenizerConfig(num_frames=4, img_size=16, patch_size=8),
+        split="train",
+        augment={"recipe": "linprobe"},
+    )
+    (clips, label), seen = train_set[0], set()
+    assert train_set.samples_per_item == 2 and clips.shape == (2, 3, 4, 16, 16) and label in (0, 1)
+    for _ in range(4):  # the two views are independent augmentations of one decoded clip
+        a, b = train_set[0][0]
+        seen.add(torch.equal(a, b))
+    assert seen == {False}
     assert "fc_norm.weight" in finetuned["model"]
 
     assert main(["linprobe", "demo_video_linprobe", f"linprobe.checkpoint={pretrained}", *common]) == 0

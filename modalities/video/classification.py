@@ -194,7 +194,9 @@ class LabelledVideos(Dataset):
     """``(file, label)`` items -> ``(clip, label)``.
 
     Training (``train=True``): one random clip of ``sampler`` (VideoMAE's fine-tuning samplers, see
-    :mod:`.sampling`) through ``transform`` -> (C, T, H, W). Evaluation: ``num_segments`` fixed clips, each
+    :mod:`.sampling`) through ``transform`` -> (C, T, H, W); with ``num_sample = S > 1`` the decoded clip is
+    augmented S times -> (S, C, T, H, W) (VideoMAE's repeated augmentation: ``samples_per_item``, which the core
+    folds into the batch with the label repeated). Evaluation: ``num_segments`` fixed clips, each
     through ``transform`` giving (num_crops, C, T, H, W) -> ``num_views = num_segments * num_crops`` views
     (V, C, T, H, W), clip-major, or one (C, T, H, W) when V = 1. A file is decoded once per item. Randomness
     comes from the torch generator, which the core seeds per sample.
@@ -212,6 +214,7 @@ class LabelledVideos(Dataset):
         train: bool,
         num_segments: int = 1,
         num_crops: int = 1,
+        num_sample: int = 1,
     ) -> None:
         if not items:
             raise DataError("no labelled videos given")
@@ -220,6 +223,7 @@ class LabelledVideos(Dataset):
         self.num_frames, self.sampling_rate, self.sampler = num_frames, sampling_rate, sampler
         self.num_segments = 1 if train else num_segments
         self.num_views = 1 if train else num_segments * num_crops
+        self.samples_per_item = num_sample if train else 1
 
     def __len__(self) -> int:
         return len(self.items)
@@ -234,7 +238,9 @@ class LabelledVideos(Dataset):
             clips = read_clips_at(path, partial(eval_indices, num_segments=self.num_segments, **kwargs))
         try:
             if self.train:
-                return self.transform(clips[0]), label  # (C, T, h, w)
+                if self.samples_per_item == 1:
+                    return self.transform(clips[0]), label  # (C, T, h, w)
+                return torch.stack([self.transform(clips[0]) for _ in range(self.samples_per_item)]), label
             views = torch.cat([self.transform(clip) for clip in clips])  # (V, C, T, h, w)
         except (ValueError, RuntimeError, OSError) as exc:
             raise BadSampleError(f"video {path}: cannot transform its frames {clips.shape[1:]}: {exc}") from None

@@ -81,7 +81,7 @@ class VideoDataConfig:
     train_split: str = "train"
     heldout_split: str | None = "val"  # null for none
     sampling_rate: int = 4  # frames between sampled frames (VideoMAE: 4 for Kinetics, 2 for SSv2)
-    num_sample: int = 1  # pre-training: clips per video read (repeated sampling), each its own mask and sample
+    num_sample: int = 1  # clips per video read (pre-training: repeated sampling; fine-tuning: repeated augmentation)
     scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # GroupMultiScaleCrop scales
     max_distort: int = 1
     fix_crop: bool = True  # crop offsets on a fixed quarter grid (VideoMAE), else uniform
@@ -185,11 +185,6 @@ class VideoModality(Modality):
         root = resolve_root(data.root)
         if not root.is_dir():
             raise DataError(f"data.root: folder {root} does not exist")
-        if data.num_sample > 1:
-            raise DataError(
-                f"data.num_sample={data.num_sample}: labelled items are single clips; VideoMAE's repeated "
-                "sampling (num_sample 2) is data.repeats: 2 with a twice larger train.batch_size"
-            )
         splits = {"train": data.train_split, "heldout": data.heldout_split}
         if split not in splits:
             raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
@@ -218,6 +213,7 @@ class VideoModality(Modality):
             train=augment is not None,
             num_segments=data.test_num_segment,
             num_crops=data.test_num_crop,
+            num_sample=data.num_sample,
         )
 
     def load_inputs(
