@@ -189,13 +189,13 @@ class _Trainer:
     # --- the run -------------------------------------------------------------------------------------
     def run(self, resume: str | None) -> PretrainResult:
         cfg, train, ctx = self.cfg, self.cfg.train, self.ctx
-        resume_path = _resume_path(resume, cfg) if resume else None
-        run_dir = resume_path.parent if resume_path else (new_run_dir(cfg) if ctx.is_main else None)
+        checkpoint = resume_path(resume, cfg, pattern="checkpoint-*.pt") if resume else None
+        run_dir = checkpoint.parent if checkpoint else (new_run_dir(cfg) if ctx.is_main else None)
         self.run_dir = Path(broadcast_object(str(run_dir), ctx))
         if ctx.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        if resume_path is not None:
-            self._restore(resume_path)
+        if checkpoint is not None:
+            self._restore(checkpoint)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         with self._metrics() as self.metrics, _on_sigterm(self.preempt):
             for epoch in range(self.state.epoch, train.epochs):
@@ -689,12 +689,6 @@ def restore_rng(rng: dict[str, Any]) -> None:
     torch.set_rng_state(rng["torch"])
     random.setstate(_tuples(rng["python"]))
     np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
-
-
-def _resume_path(resume: str, cfg: Config) -> Path:
-    """A given path, or for "auto" the newest complete checkpoint of this run: runs/<name> or its -2, -3, ...
-    siblings."""
-    return resume_path(resume, cfg, pattern="checkpoint-*.pt")
 
 
 def resume_path(resume: str, cfg: Any, *, pattern: str) -> Path:

@@ -307,7 +307,7 @@ def test_sigkill_during_checkpoint_writes_never_loses_the_latest_complete_checkp
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert engine._checkpoints(folder), "no complete checkpoint left"
-        latest = read_checkpoint(engine._resume_path("auto", run))  # what --resume auto would pick
+        latest = read_checkpoint(engine.resume_path("auto", run, pattern="checkpoint-*.pt"))  # what --resume auto picks
         assert latest["n"] >= 1 and latest["weights"].numel() == 2_000_000
         for path in folder.glob("checkpoint-*.pt"):  # every file under a final name is whole
             assert read_checkpoint(path)["weights"].numel() == 2_000_000
