@@ -62,6 +62,7 @@ __all__ = [
     "capture_rng",
     "evaluate_heldout",
     "new_run_dir",
+    "on_sigterm",
     "pretrain",
     "restore_rng",
     "resume_path",
@@ -197,7 +198,7 @@ class _Trainer:
         if checkpoint is not None:
             self._restore(checkpoint)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        with self._metrics() as self.metrics, _on_sigterm(self.preempt):
+        with self._metrics() as self.metrics, on_sigterm(self.preempt):
             for epoch in range(self.state.epoch, train.epochs):
                 self._run_epoch(epoch)
             result = self._finish()
@@ -490,7 +491,7 @@ class _Trainer:
 
 
 @contextmanager
-def _on_sigterm(flag: threading.Event) -> Iterator[None]:
+def on_sigterm(flag: threading.Event) -> Iterator[None]:
     """SIGTERM sets ``flag`` (the loop checkpoints at the next step boundary and stops) instead of killing."""
     if threading.current_thread() is not threading.main_thread():
         yield

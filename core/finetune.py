@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,7 +31,16 @@ from .classify import Classifier, build_classifier, param_groups_lars, param_gro
 from .config import ClassifyConfig, config_to_dict, from_dict
 from .data import DataError, EpochSampler, SafeDataset, sample_seed, seeded
 from .distributed import DistContext, all_sum, barrier, broadcast_object, run_then_teardown, setup
-from .engine import NonFiniteLossError, capture_rng, new_run_dir, restore_rng, resume_path, seed_everything
+from .engine import (
+    NonFiniteLossError,
+    PreemptedError,
+    capture_rng,
+    new_run_dir,
+    on_sigterm,
+    restore_rng,
+    resume_path,
+    seed_everything,
+)
 from .metrics import mean_average_precision, topk_correct
 from .optim import absolute_lr, cosine_lr
 
@@ -278,6 +288,9 @@ class _ClassifyTrainer:
             num_workers=train.num_workers,
             pin_memory=train.pin_memory and device.type == "cuda",
             persistent_workers=train.persistent_workers and train.num_workers > 0,
+            # Its own generator: a new iterator (each epoch, or at a resume inside one) draws a worker base seed,
+            # which must not move the global generator that drop path and mixup use.
+            generator=torch.Generator().manual_seed(train.seed),
         )
         # Items may stack S augmentations of one file (VideoMAE's --num_sample): every one is a sample of the step.
         self.views_per_item = int(getattr(self.train_set, "samples_per_item", 1))
@@ -310,6 +323,7 @@ class _ClassifyTrainer:
         self.scaler = torch.amp.GradScaler(device.type) if train.precision == "fp16" else None
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
         self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+        self.preempt, self.preempt_agreed = threading.Event(), False  # SIGTERM: stop at the next window's end
 
     def _sample_weights(self) -> list[float] | None:
         """The training set's ``sample_weights()`` when ``balanced_sampling`` is on, else None."""
@@ -353,21 +367,25 @@ class _ClassifyTrainer:
         if ctx.is_main and last is None:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         key = "map" if self.multi_label else "acc1"  # the model-selection metric
-        best: dict[str, float] = {key: -1.0}
-        start = 0
+        self.best: dict[str, float] = {key: -1.0}
+        start, position = 0, (0, [])
         if last is not None:
-            start, best = self._restore(last)
+            start, self.best, position = self._restore(last)
+        best = self.best
         self.metrics = metrics_path.open("a") if ctx.is_main else None
-        stats = dict(best)
+        stats = self.stats = dict(best)
         try:
             for epoch in range(start, cfg.train.epochs):
-                train_loss = self._run_epoch(epoch)
+                with on_sigterm(self.preempt):
+                    train_loss = self._run_epoch(epoch, *position)
+                position = (0, [])
                 every = cfg.head.eval_every_epochs
                 if (epoch + 1) % every and epoch + 1 < cfg.train.epochs:  # not an evaluation epoch
                     self._log(epoch=epoch + 1, train_loss=train_loss)
                     if ctx.is_main:
                         print(f"epoch {epoch + 1}: train loss {train_loss:.4f}", flush=True)
-                        self._save("checkpoint-last.pt", epoch, stats, best)
+                        self._save("checkpoint-last.pt", epoch + 1, stats, best)
+                    self._stop_if_preempted(epoch)
                     continue
                 stats = evaluate(self.model, self.eval_set, batch_size=cfg.train.batch_size, device=self.device,
                                  ctx=ctx, autocast=self.autocast, view_reduce=cfg.head.view_reduce)  # fmt: skip
@@ -375,9 +393,11 @@ class _ClassifyTrainer:
                 if ctx.is_main:
                     print(f"epoch {epoch + 1}: {format_stats(stats)}", flush=True)
                     if stats[key] > best[key]:
-                        best = stats
-                        self._save("checkpoint-best.pt", epoch, stats, best)
-                    self._save("checkpoint-last.pt", epoch, stats, best)
+                        best = self.best = stats
+                        self._save("checkpoint-best.pt", epoch + 1, stats, best)
+                    self._save("checkpoint-last.pt", epoch + 1, stats, best)
+                self.stats = stats
+                self._stop_if_preempted(epoch)
         finally:
             if self.metrics is not None:
                 self.metrics.close()
@@ -387,18 +407,31 @@ class _ClassifyTrainer:
                               best["acc1"], stats["acc1"], stats["acc5"], metrics_path,
                               best_map=best.get("map"), last_map=stats.get("map"))  # fmt: skip
 
-    def _run_epoch(self, epoch: int) -> float:
+    def _stop_if_preempted(self, epoch: int) -> None:
+        """After an epoch's checkpoint: leave (exit code 75) when a SIGTERM arrived during the epoch."""
+        barrier(self.ctx)
+        if self.preempt_agreed and epoch + 1 < self.cfg.train.epochs:
+            last = self.run_dir / "checkpoint-last.pt"
+            raise PreemptedError(
+                f"SIGTERM: stopped after epoch {epoch + 1} and wrote {last}; continue with --resume auto", last
+            )
+
+    def _run_epoch(self, epoch: int, start_batch: int = 0, losses: list[float] | None = None) -> float:
+        """One training epoch from batch ``start_batch`` (resume; ``losses``: that epoch's losses so far).
+        SIGTERM on any rank stops every rank at the end of the accumulation window: the position inside the
+        epoch goes into ``checkpoint-last.pt`` and :class:`PreemptedError` is raised (at the end of an epoch the
+        run loop does that after its evaluation)."""
         cfg, train = self.cfg, self.cfg.train
-        self.sampler.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, start_batch)
         self.net.train()
         if cfg.mode == "linprobe":
             self.model.tokenizer.eval()
             self.model.encoder.eval()  # frozen features: deterministic, no drop path
-        per_epoch, losses = self.sampler.batches_per_epoch, []
+        per_epoch, losses = self.sampler.batches_per_epoch, list(losses or [])
         started = time.perf_counter()
-        bar = tqdm(self.loader, desc=f"{cfg.mode} epoch {epoch + 1}/{train.epochs}", total=per_epoch,
+        bar = tqdm(self.loader, desc=f"{cfg.mode} epoch {epoch + 1}/{train.epochs}", total=per_epoch - start_batch,
                    disable=not (self.show_progress and self.ctx.is_main), dynamic_ncols=True)  # fmt: skip
-        for it, batch in enumerate(bar):
+        for it, batch in enumerate(bar, start=start_batch):
             first, last = it % train.accum_iter == 0, (it + 1) % train.accum_iter == 0 or it + 1 == per_epoch
             if first:
                 lr = cosine_lr(epoch + it / per_epoch, lr=self.base_lr, min_lr=cfg.optim.min_lr,
@@ -414,7 +447,9 @@ class _ClassifyTrainer:
             with self.autocast:
                 loss = self.criterion(self.net(x), y)
             local = float(loss.detach())
-            (loss_sum,) = all_sum([local], self.ctx, self.device)
+            # One collective per micro-step: the summed loss and whether any rank was asked to stop (SIGTERM).
+            loss_sum, preempt = all_sum([local, float(self.preempt.is_set())], self.ctx, self.device)
+            self.preempt_agreed = self.preempt_agreed or preempt > 0
             if not math.isfinite(loss_sum):
                 raise NonFiniteLossError(f"{cfg.mode}: loss is {loss_sum} at epoch {epoch + 1}, batch {it + 1}")
             sync = self.ctx.enabled and not last
@@ -429,20 +464,41 @@ class _ClassifyTrainer:
                 else:
                     self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.preempt_agreed and it + 1 < per_epoch:
+                    self._preempted_inside(epoch, it + 1, losses)
             if it % train.log_every_steps == 0:
-                rate = (it + 1) * x.shape[0] * self.ctx.world_size / (time.perf_counter() - started)
+                rate = (it + 1 - start_batch) * x.shape[0] * self.ctx.world_size / (time.perf_counter() - started)
                 self._log(epoch=round(epoch + it / per_epoch, 6), loss=losses[-1], lr=lr, samples_per_s=round(rate, 2))
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
         return sum(losses) / max(len(losses), 1)
 
-    def _save(self, name: str, epoch: int, stats: dict[str, float], best: dict[str, float]) -> Path:
+    def _preempted_inside(self, epoch: int, batch: int, losses: list[float]) -> None:
+        """Write the position inside ``epoch`` (``batch`` batches done) and stop every rank."""
+        if self.ctx.is_main:
+            self._save("checkpoint-last.pt", epoch, self.stats, self.best, batch=batch, losses=losses)
+        barrier(self.ctx)
+        last = self.run_dir / "checkpoint-last.pt"
+        raise PreemptedError(
+            f"SIGTERM: stopped at epoch {epoch + 1}, batch {batch}/{self.sampler.batches_per_epoch}, and wrote {last}; "
+            "continue with --resume auto",
+            last,
+        )
+
+    def _save(
+        self, name: str, epochs_done: int, stats: dict[str, float], best: dict[str, float], *, batch: int = 0,
+        losses: list[float] | None = None,
+    ) -> Path:  # fmt: skip
+        """A classifier checkpoint after ``epochs_done`` epochs and ``batch`` batches of the next one."""
         payload = {
             "format": CLASSIFIER_FORMAT,
             "config": self.model.config,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "epoch": epoch + 1,
+            "epoch": epochs_done,
+            "batch": batch,
+            "epoch_losses": list(losses or []),
+            "world_size": self.ctx.world_size,
             "eval": dict(stats),
             "best": dict(best),
             "rng": capture_rng(),
@@ -450,8 +506,9 @@ class _ClassifyTrainer:
         }
         return write_checkpoint(payload, self.run_dir / name)
 
-    def _restore(self, path: Path) -> tuple[int, dict[str, float]]:
-        """Load a ``checkpoint-last.pt`` of this run; returns the next epoch and the best result so far."""
+    def _restore(self, path: Path) -> tuple[int, dict[str, float], tuple[int, list[float]]]:
+        """Load a ``checkpoint-last.pt`` of this run; returns the epoch to run, the best result so far and the
+        position inside that epoch (batches done, their losses)."""
         from .loading import load_state_dict_checked
 
         payload = read_checkpoint(path)
@@ -468,9 +525,17 @@ class _ClassifyTrainer:
         if self.scaler is not None and payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         restore_rng(payload["rng"])
+        batch = int(payload.get("batch", 0))
+        saved_world = payload.get("world_size", self.ctx.world_size)
+        if batch and saved_world != self.ctx.world_size:
+            raise CheckpointError(
+                f"--resume {path}: saved inside an epoch by {saved_world} process(es); resume it with the same "
+                f"number of processes (now {self.ctx.world_size})"
+            )
         if self.ctx.is_main:
-            print(f"resuming {self.cfg.mode} from {path}: epoch {payload['epoch'] + 1} of {self.cfg.train.epochs}")
-        return int(payload["epoch"]), dict(payload["best"])
+            where = f"epoch {payload['epoch'] + 1}" + (f", batch {batch + 1}" if batch else "")
+            print(f"resuming {self.cfg.mode} from {path}: {where} of {self.cfg.train.epochs} epochs")
+        return int(payload["epoch"]), dict(payload["best"]), (batch, list(payload.get("epoch_losses", [])))
 
     def _log(self, **record: Any) -> None:
         if self.metrics is not None:

@@ -293,10 +293,10 @@ def test_an_interrupted_finetune_resumes_to_the_uninterrupted_result(
     assert main(args(tmp_path / "a")) == 0
     original = finetune._ClassifyTrainer._run_epoch
 
-    def dies_in_epoch_3(self, epoch: int) -> float:
+    def dies_in_epoch_3(self, epoch: int, *position) -> float:
         if epoch == 2:
             raise RuntimeError("killed")
-        return original(self, epoch)
+        return original(self, epoch, *position)
 
     monkeypatch.setattr(finetune._ClassifyTrainer, "_run_epoch", dies_in_epoch_3)
     with pytest.raises(RuntimeError, match="killed"):
@@ -329,3 +329,44 @@ def test_eval_every_epochs_evaluates_every_nth_epoch_and_the_last(
     lines = (tmp_path / "runs" / "demo_image_linprobe" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["epoch"] for r in records if "eval_acc1" in r] == [2, 3]
+
+
+def test_sigterm_stops_a_finetune_inside_an_epoch_and_the_resumed_run_is_exact(
+    tmp_path: Path, tiny_image_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """SIGTERM during batch 2 of 4: the step finishes, checkpoint-last.pt records epoch 1 batch 3, the command exits
+    with 75, and --resume auto ends bit-identical to an uninterrupted run."""
+    import signal
+
+    from anymae.core import finetune
+
+    pretrained = _save_pretrained(tmp_path / "pre.pt")
+    _add_labelled_val(tiny_image_folder)
+
+    def args(runs: Path) -> list[str]:
+        overrides = _classify_overrides(tiny_image_folder, runs)
+        return ["finetune", "demo_image_finetune", f"finetune.checkpoint={pretrained}", *overrides, "train.epochs=2",
+                "train.batch_size=2", "--no-progress"]  # fmt: skip
+
+    assert main(args(tmp_path / "a")) == 0
+    real_all_sum, calls = finetune.all_sum, []
+
+    def all_sum_then_sigterm(values, ctx, device):
+        calls.append(1)
+        if len(calls) == 2:  # during batch 2 of epoch 1; the flag is read at batch 3's collective
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_all_sum(values, ctx, device)
+
+    monkeypatch.setattr(finetune, "all_sum", all_sum_then_sigterm)
+    assert main(args(tmp_path / "b")) == 75
+    assert "SIGTERM: stopped at epoch 1, batch 3/4" in capsys.readouterr().err
+    saved = read_checkpoint(tmp_path / "b" / "demo_image_finetune" / "checkpoint-last.pt")
+    assert (saved["epoch"], saved["batch"], len(saved["epoch_losses"])) == (0, 3, 3)
+    monkeypatch.setattr(finetune, "all_sum", real_all_sum)
+    assert main([*args(tmp_path / "b"), "--resume", "auto"]) == 0
+    assert "epoch 1, batch 4 of 2 epochs" in capsys.readouterr().out
+    a = read_checkpoint(tmp_path / "a" / "demo_image_finetune" / "checkpoint-last.pt")
+    b = read_checkpoint(tmp_path / "b" / "demo_image_finetune" / "checkpoint-last.pt")
+    assert a["eval"] == b["eval"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
