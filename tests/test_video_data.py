@@ -124,7 +124,7 @@ def test_pretrain_clip_crops_every_frame_identically():
     assert torch.equal(clip[:, 0], clip[:, 3])
 
 
-def test_render_reconstruction_writes_png_grid_and_gif(tmp_path):
+def test_render_reconstruction_writes_png_grid_gif_and_mp4(tmp_path):
     tokenizer = VideoModality().build_tokenizer(TOKENIZER, embed_dim=16)
     x = torch.randn(2, 3, 4, 32, 32)
     mask = torch.zeros(2, 32)
@@ -145,6 +145,10 @@ def test_render_reconstruction_writes_png_grid_and_gif(tmp_path):
     assert (cell(1, 1) == 128).all(axis=-1).mean() == pytest.approx(0.5)  # half the tubelets are grey
     with av.open(str(tmp_path / "figure.gif")) as container:
         assert len(list(container.decode(video=0))) == 4
+    with av.open(str(tmp_path / "figure.mp4")) as container:
+        codec = container.streams.video[0].codec_context.name
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 4 and codec == "h264"
 
 
 def test_demo_videos_are_deterministic_moving_and_generated_once(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ from .sampling import FRAME_SAMPLERS
 from .targets import VideoMAEPixelTarget, VideoMAETarget
 from .tokenizer import POSITION_TABLES, TubeletTokenizer
 from .transforms import eval_clip, pretrain_clip
-from .visualize import save_reconstruction_gif, save_reconstruction_grid
+from .visualize import save_reconstruction_grid, save_reconstruction_movie
 
 __all__ = [
     "VideoDataConfig",
@@ -238,9 +238,10 @@ class VideoModality(Modality):
         data: VideoDataConfig,
         path: str | Path,
     ) -> Path:
-        """The PNG grid at ``path`` and an animated GIF beside it (same name, ``.gif``)."""
+        """The PNG grid at ``path``, and beside it (same name) an animated GIF and an H.264 MP4."""
         kwargs = {"tokenizer": tokenizer, "mean": data.mean, "std": data.std}
-        save_reconstruction_gif(inputs, pred, mask, path=Path(path).with_suffix(".gif"), **kwargs)
+        for suffix in (".gif", ".mp4"):
+            save_reconstruction_movie(inputs, pred, mask, path=Path(path).with_suffix(suffix), **kwargs)
         return save_reconstruction_grid(inputs, pred, mask, path=path, **kwargs)
 
 

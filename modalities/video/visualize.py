@@ -14,7 +14,7 @@ from torch import Tensor
 
 from anymae.core.tokenizer import Tokenizer
 
-__all__ = ["reconstruction_clips", "save_reconstruction_gif", "save_reconstruction_grid"]
+__all__ = ["reconstruction_clips", "save_reconstruction_grid", "save_reconstruction_movie"]
 
 ROWS = ("original", "masked", "reconstruction")
 
@@ -85,7 +85,7 @@ def save_reconstruction_grid(
     return out
 
 
-def save_reconstruction_gif(
+def save_reconstruction_movie(
     inputs: Tensor,
     pred: Tensor,
     mask: Tensor,
@@ -97,7 +97,8 @@ def save_reconstruction_gif(
     fps: float = 4,
     min_side: int = 96,
 ) -> Path:
-    """An animated GIF: each frame shows original | masked | reconstruction, one sample per line."""
+    """An animated GIF (``.gif``) or an H.264 MP4 (``.mp4``), by ``path``'s suffix: each frame shows original |
+    masked | reconstruction, one sample per line."""
     samples = _rows(inputs, pred, mask, tokenizer, mean, std)
     lines = [np.concatenate(sample, axis=2) for sample in samples]  # (T, H, 3W, 3) per sample
     movie = np.concatenate(lines, axis=1)  # (T, N*H, 3W, 3)
@@ -105,6 +106,9 @@ def save_reconstruction_gif(
     movie = movie.repeat(zoom, axis=1).repeat(zoom, axis=2)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".mp4":
+        _write_mp4(movie, out, fps)
+        return out
     with av.open(str(out), "w", format="gif") as container:
         stream = container.add_stream("gif", rate=round(fps))
         stream.width, stream.height, stream.pix_fmt = movie.shape[2], movie.shape[1], "rgb8"
@@ -113,3 +117,16 @@ def save_reconstruction_gif(
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return out
+
+
+def _write_mp4(movie: np.ndarray, out: Path, fps: float) -> None:
+    """uint8 frames (T, H, W, 3) -> H.264 in yuv420p (sides padded to even sizes, as the format needs)."""
+    h, w = movie.shape[1:3]
+    movie = np.pad(movie, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    with av.open(str(out), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height, stream.pix_fmt = movie.shape[2], movie.shape[1], "yuv420p"
+        stream.options = {"crf": "18"}  # near-lossless: the masked patches stay sharp
+        for image in movie:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
+        container.mux(stream.encode())
