@@ -163,7 +163,10 @@ def official_state(model: nn.Module) -> tuple[dict[str, Tensor], list[str]]:
     renamed["pos_embed"] = pos_embed
     decoder = getattr(model, "decoder", None)
     if decoder is not None:
-        renamed["decoder_pos_embed"] = decoder.get_buffer("pos_embed").detach().clone()
+        table = decoder.get_buffer("pos_embed").detach().clone()  # (1, [1 +] L, D_dec)
+        if table.shape[1] == pos_embed.shape[1] - 1:  # a decoder that keeps no CLS slot (e.g. AudioMAE's local one)
+            table = torch.cat([torch.zeros_like(table[:, :1]), table], dim=1)
+        renamed["decoder_pos_embed"] = table
     return renamed, _official_notes(model)
 
 

@@ -3,6 +3,7 @@ from anymae files, plugin formats, official MAE / timm ViT state dicts and Huggi
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from pathlib import Path
@@ -121,7 +122,7 @@ def _model_from_payload(
     if payload is None:  # a folder
         plugin_format = _plugin_format(path, None, registry)
         if plugin_format is not None:
-            return plugin_format.load(path, None, strict=strict, registry=registry)
+            return _plugin_load(plugin_format, path, None, strict=strict, registry=registry, num_heads=num_heads)
         return _load_hugging_face(path, norm_pix_loss=norm_pix_loss, strict=strict, registry=registry)
     if isinstance(payload, dict) and payload.get("format") == CLASSIFIER_FORMAT:
         raise CheckpointError(
@@ -135,7 +136,7 @@ def _model_from_payload(
     else:
         plugin_format = _plugin_format(path, payload, registry)
         if plugin_format is not None:
-            return plugin_format.load(path, payload, strict=strict, registry=registry)
+            return _plugin_load(plugin_format, path, payload, strict=strict, registry=registry, num_heads=num_heads)
         state = _unwrap_state(payload)
         if state is None or not is_official_mae(state):
             anymae = (
@@ -224,6 +225,14 @@ def _use_stored_table(encoder: nn.Module, stored: Tensor, *, source: str) -> boo
     del encoder.pos_embed  # the fixed, non-persistent buffer
     encoder.pos_embed = nn.Parameter(torch.zeros_like(fixed))  # (1, num_prefix + L, D), learned; loaded next
     return True
+
+
+def _plugin_load(fmt: Any, path: Path, payload: Any, *, strict: bool, registry: Any, num_heads: int | None) -> Any:
+    """``fmt.load``; a ``num_heads`` hint (not visible in the tensors) goes to formats whose ``load`` takes it."""
+    kwargs: dict[str, Any] = {"strict": strict, "registry": registry}
+    if num_heads is not None and "num_heads" in inspect.signature(fmt.load).parameters:
+        kwargs["num_heads"] = num_heads
+    return fmt.load(path, payload, **kwargs)
 
 
 def _plugin_format(path: Path, payload: Any, registry: Any) -> Any:

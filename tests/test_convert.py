@@ -427,3 +427,29 @@ def test_classifier_format_constant_matches_finetune():
     from anymae.core import loading
 
     assert loading.CLASSIFIER_FORMAT == CLASSIFIER_FORMAT
+
+
+def test_an_audio_model_exports_to_audiomae_s_layout_and_reads_back_the_same(registry, tmp_path):
+    """AudioMAE keeps the official key names: an anymae audio MAE with the local decoder goes --to official, the
+    AudioMAE reader takes it back (encoder heads from --num-heads, the local decoder's from its tensors) and the
+    outputs are identical; the decoder table gets the CLS row AudioMAE stores."""
+    torch.manual_seed(0)
+    model = build_model(
+        resolve_model_config(
+            {"modality": "audio", "tokenizer": {"target_length": 64, "num_mel_bins": 128, "patch_size": 16},
+             "embed_dim": 32, "depth": 1, "num_heads": 2, "decoder": "local", "decoder_embed_dim": 16,
+             "decoder_depth": 2, "decoder_num_heads": 2, "norm_pix_loss": True, "mask_ratio": 0.8},
+            registry,
+        ),
+        registry=registry,
+    ).eval()  # fmt: skip
+    source = write_checkpoint(
+        {"format": "anymae", "config": model.config, "model": model.state_dict()}, tmp_path / "a.pt"
+    )
+    result = convert(source, tmp_path / "audiomae.pth", to="official", registry=registry)
+    state = torch.load(result.path, weights_only=True)["model"]
+    assert state["decoder_pos_embed"].shape == (1, 1 + 32, 16) and not state["decoder_pos_embed"][0, 0].any()
+    assert "decoder_blocks.0.attn.tau" in state and state["patch_embed.proj.weight"].shape == (32, 1, 16, 16)
+    again = load_model(result.path, num_heads=2, registry=registry).eval()
+    x, noise = torch.randn(2, 1, 64, 128), torch.rand(2, 32)  # AudioMAE's 128 mel bins: a 4 x 8 grid
+    assert torch.equal(model(x, noise=noise)[1], again(x, noise=noise)[1])

@@ -86,11 +86,13 @@ def from_audiomae(
     if "decoder_embed.weight" in state:
         dec_dim = state["decoder_embed.weight"].shape[0]
         local = "decoder_blocks.0.attn.tau" in state
+        # The local decoder's heads are visible: one temperature and one relative-bias output per head.
+        dec_heads = state["decoder_blocks.0.attn.tau"].numel() if local else AUDIOMAE_DECODER_HEADS
         model.update(
             decoder="local" if local else "global",
             decoder_embed_dim=dec_dim,
             decoder_depth=count_blocks(state, r"decoder_blocks\.(\d+)\."),
-            decoder_num_heads=AUDIOMAE_DECODER_HEADS,
+            decoder_num_heads=dec_heads,
             decoder_mlp_ratio=state["decoder_blocks.0.mlp.fc1.weight"].shape[0] / dec_dim,
         )
         if local:
@@ -159,5 +161,9 @@ class AudioMAEFormat:
         state = payload.get("model", payload) if isinstance(payload, dict) else None
         return isinstance(state, dict) and is_audiomae(state)
 
-    def load(self, path: Path, payload: Any, *, strict: bool, registry: Any) -> MaskedAutoencoder:
-        return load_audiomae(payload, strict=strict, registry=registry)
+    def load(
+        self, path: Path, payload: Any, *, strict: bool, registry: Any, num_heads: int | None = None
+    ) -> MaskedAutoencoder:
+        """``num_heads``: the encoder's heads, for widths outside AudioMAE's own (they are not in the tensors)."""
+        return load_audiomae(payload if payload is not None else path, num_heads=num_heads, strict=strict,
+                             registry=registry)  # fmt: skip
