@@ -82,7 +82,7 @@ def convert(
         ending = "ending" if file_format == "safetensors" else "not ending"
         raise ValueError(f"--format {file_format} needs an output name {ending} in .safetensors, got {dest.name}")
     model = load_any(source, num_heads=num_heads, registry=registry).eval()
-    result = _write(model, dest, to=to, file_format=file_format)
+    result = _write(model, dest, to=to, file_format=file_format, registry=registry)
     if verify:
         try:
             _verify(model, result, registry=registry)
@@ -96,13 +96,13 @@ def convert(
     return result
 
 
-def _write(model: nn.Module, dest: Path, *, to: str, file_format: str) -> ConvertResult:
+def _write(model: nn.Module, dest: Path, *, to: str, file_format: str, registry: Any) -> ConvertResult:
     """Write ``model`` to ``dest`` in the layout ``to`` (and the timm spec next to it for ``timm``)."""
     kind = "classifier" if isinstance(model, Classifier) else "mae"
     if to == "anymae":
         state, notes = _write_anymae(model, dest, file_format, kind), []
     elif to == "official":
-        state, notes = official_state(model)
+        state, notes = _plugin_export(model, registry) or official_state(model)
         _write_state({"model": state} if file_format == "pt" else state, dest, file_format)
     else:
         state, notes = timm_state(model)
@@ -129,8 +129,18 @@ def _verify(model: nn.Module, result: ConvertResult, *, registry: Any) -> None:
     if result.target == "timm":
         state = _read_flat(result.path)
         result.max_abs_diff = verify_timm(model, state, result.timm)
-    else:
+        return
+    exported = _plugin_export(model, registry) if result.target == "official" else None
+    if exported is None:
         _verify_reload(model, result.path, registry=registry)
+        return
+    # A plugin's layout may not record what a reader needs (VideoMAE: the clip shape, the decoder's heads):
+    # the check is that the file holds exactly the tensors the plugin's export gave.
+    written, expected = _read_flat(result.path), exported[0]
+    written = written["model"] if isinstance(written.get("model"), dict) else written  # .pt: {'model': ...}
+    changed = sorted(k for k in expected if k not in written or not torch.equal(written[k], expected[k]))
+    if changed or set(written) != set(expected):
+        raise CheckpointError(f"{result.path} read back with different tensors: {changed[:10]}")
 
 
 # --- anymae -------------------------------------------------------------------------------------------------
@@ -145,6 +155,21 @@ def _write_anymae(model: nn.Module, dest: Path, file_format: str, kind: str) -> 
 
 
 # --- official MAE -------------------------------------------------------------------------------------------
+def _plugin_export(model: nn.Module, registry: Any) -> tuple[dict[str, Tensor], list[str]] | None:
+    """The first registered checkpoint format whose optional ``export`` takes ``model`` (e.g. VideoMAE's
+    layout for a video model), or None: the official MAE layout is the default."""
+    if registry is None:
+        from anymae.plugins import get_registry
+
+        registry = get_registry()
+    for entry in registry.checkpoint_formats.values():
+        export = getattr(entry.obj, "export", None)
+        written = export(model) if export is not None else None
+        if written is not None:
+            return written
+    return None
+
+
 def official_state(model: nn.Module) -> tuple[dict[str, Tensor], list[str]]:
     """An anymae MAE or classifier -> (official-layout state dict, notes on what the layout does not record).
 

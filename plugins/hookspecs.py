@@ -118,7 +118,12 @@ def anymae_register_checkpoint_formats(register: Callable[[str, Any], None]) -> 
     folder given, ``payload`` what ``torch.load(weights_only=True)`` read from a file (``None`` for a
     folder). ``fmt.load(path, payload, *, strict, registry) -> MaskedAutoencoder`` converts it, refusing
     missing or unexpected keys (naming them) unless ``strict`` is false. Plugin formats are asked after
-    anymae's own format and before the built-in official-MAE and Hugging Face ViTMAE readers.
+    anymae's own format and before the built-in official-MAE and Hugging Face ViTMAE readers. ``load`` may
+    take a ``num_heads`` keyword (a hint the tensors do not hold, from ``--num-heads``).
+
+    Optionally ``fmt.export(model) -> (state_dict, notes) | None`` writes a model in this format's layout for
+    ``anymae convert --to official``: ``None`` when the model is not of this format's kind (the next format,
+    then the official MAE layout, is tried); ``notes`` are lines about what the layout does not record.
 
     Example::
 

@@ -401,8 +401,8 @@ def test_video_model_cannot_take_the_image_layouts_and_the_error_says_why(regist
     raw = {"modality": "video", "embed_dim": 64, "depth": 1, "num_heads": 4, "decoder_depth": 1}
     model = build_model(resolve_model_config(raw, registry), registry=registry)
     src = write_checkpoint({"format": "anymae", "config": model.config, "model": model.state_dict()}, tmp_path / "v.pt")
-    for to in ("official", "timm"):
-        with pytest.raises(CheckpointError, match=r"Conv3d.*--to anymae"):
+    for to, reason in (("official", r"VideoMAE's layout .* model.cls_token=True"), ("timm", "Conv3d")):
+        with pytest.raises(CheckpointError, match=rf"{reason}.*--to anymae"):
             convert(src, tmp_path / f"{to}.pth", to=to, registry=registry)
         assert not (tmp_path / f"{to}.pth").exists()
 

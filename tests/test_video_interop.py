@@ -152,3 +152,37 @@ def test_load_model_opens_videomae_files_and_folders_through_the_checkpoint_form
     torch.save({"model": _videomae_state(hf)}, tmp_path / "videomae.pth")
     with pytest.raises(CheckpointError, match="cannot infer the number of encoder heads for width 32"):
         load_model(tmp_path / "videomae.pth")
+
+
+def test_an_anymae_video_mae_exports_to_videomae_s_layout_with_the_same_outputs(tmp_path):
+    """``anymae convert --to official`` on a video MAE writes VideoMAE's keys (q_bias / v_bias, no k bias, no
+    position table); VideoMAE's reader gives the same predictions, even though the trained k bias is dropped."""
+    from anymae.core.build import build_model
+    from anymae.core.checkpoint import write_checkpoint
+    from anymae.core.config import resolve_model_config
+    from anymae.core.convert import convert
+
+    torch.manual_seed(0)
+    raw = {"modality": "video", "tokenizer": {"num_frames": 4, "img_size": 32, "patch_size": 16},
+           "masking": "tube", "target": "videomae", "cls_token": False, "decoder": "videomae",
+           "pred_masked_only": True, "embed_dim": 384, "depth": 1, "num_heads": 6, "decoder_embed_dim": 192,
+           "decoder_depth": 1, "decoder_num_heads": 3, "mask_ratio": 0.5}  # fmt: skip
+    model = build_model(resolve_model_config(raw)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("qkv.bias"):
+                param.normal_()  # a trained model's key third is not zero
+    source = write_checkpoint(
+        {"format": "anymae", "config": model.config, "model": model.state_dict()}, tmp_path / "m.pt"
+    )
+    result = convert(source, tmp_path / "videomae.pth", to="official")
+    assert any("num_frames=4" in note for note in result.notes)
+    state = torch.load(result.path, weights_only=True)["model"]
+    assert "encoder.blocks.0.attn.q_bias" in state and "encoder.blocks.0.attn.qkv.bias" not in state
+    assert "encoder_to_decoder.weight" in state and "decoder.head.weight" in state and "mask_token" in state
+    again = load_videomae(result.path, num_frames=4, img_size=32).eval()
+    x = torch.randn(2, 3, 4, 32, 32)
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[:, ::2] = True
+    ours, theirs = model(x, mask=mask), again(x, mask=mask)
+    assert torch.allclose(ours[1], theirs[1], atol=1e-5) and torch.allclose(ours[0], theirs[0], atol=1e-6)

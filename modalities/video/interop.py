@@ -25,7 +25,7 @@ from anymae.core.config import resolve_model_config
 from anymae.core.loading import load_state_dict_checked
 from anymae.core.model import MaskedAutoencoder
 
-__all__ = ["from_hugging_face_videomae", "from_videomae", "is_videomae", "load_videomae"]
+__all__ = ["from_hugging_face_videomae", "from_videomae", "is_videomae", "load_videomae", "to_videomae"]
 
 # Heads are not visible in the tensors: VideoMAE's registered pre-training models (S, B, L, H).
 ENCODER_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 16}
@@ -302,6 +302,65 @@ class VideoMAEFormat:
             return config.is_file() and json.loads(config.read_text()).get("model_type") == "videomae"
         return isinstance(payload, dict) and is_videomae(_unwrap(payload))
 
-    def load(self, path: Path, payload: Any, *, strict: bool, registry: Any) -> MaskedAutoencoder:
+    def load(
+        self, path: Path, payload: Any, *, strict: bool, registry: Any, num_heads: int | None = None
+    ) -> MaskedAutoencoder:
         source = path if payload is None else _unwrap(payload)
-        return load_videomae(source, strict=strict, registry=registry)
+        options = {"num_heads": num_heads} if num_heads is not None and payload is not None else {}
+        return load_videomae(source, strict=strict, registry=registry, **options)
+
+    def export(self, model: Any) -> tuple[dict[str, Tensor], list[str]] | None:
+        """An anymae video MAE -> VideoMAE's state dict (``anymae convert --to official``); None for others."""
+        if model.config.get("model", {}).get("modality") != "video" or "classifier" in model.config:
+            return None
+        return to_videomae(model)
+
+
+def to_videomae(model: MaskedAutoencoder) -> tuple[dict[str, Tensor], list[str]]:
+    """An anymae video MAE -> (VideoMAE pre-training state dict, notes), the inverse of :func:`from_videomae`.
+
+    The model must be VideoMAE's kind: no CLS token, the 1-D sinusoid positions (VideoMAE stores none) and
+    the ``videomae`` decoder. The fused qkv bias is split into ``q_bias`` / ``v_bias``; a key bias that
+    training gave it is dropped, which changes no output (the softmax cancels a per-query constant).
+    """
+    cfg = model.config["model"]
+    wrong = {
+        "model.cls_token": (cfg.get("cls_token", True), False),
+        "model.tokenizer.pos_embed": (cfg.get("tokenizer", {}).get("pos_embed"), "videomae"),
+        "model.decoder": (cfg.get("decoder"), "videomae") if model.decoder is not None else ("videomae", "videomae"),
+    }
+    bad = [f"{key}={have!r} (VideoMAE: {want!r})" for key, (have, want) in wrong.items() if have != want]
+    if bad:
+        raise CheckpointError(
+            f"VideoMAE's layout (the official layout of a video MAE) cannot hold this model: {'; '.join(bad)}; "
+            "keep it with --to anymae"
+        )
+    renames = (
+        ("tokenizer.proj.", "encoder.patch_embed.proj."),
+        ("encoder.", "encoder."),
+        ("decoder.embed.", "encoder_to_decoder."),
+        ("decoder.pred.", "decoder.head."),
+        ("decoder.mask_token", "mask_token"),
+        ("decoder.", "decoder."),
+    )
+    state: dict[str, Tensor] = {}
+    notes: list[str] = []
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu().clone()
+        new = next(repl + key[len(old) :] for old, repl in renames if key.startswith(old))
+        if key.endswith(".attn.qkv.bias"):
+            q, k, v = value.chunk(3)
+            prefix = new[: -len("qkv.bias")]
+            state[prefix + "q_bias"], state[prefix + "v_bias"] = q, v
+            if k.any():
+                notes.append(f"{key}: the key third of the bias is dropped (VideoMAE has none; outputs unchanged)")
+            continue
+        state[new] = value
+    tok = cfg["tokenizer"]
+    notes.append(
+        f"VideoMAE files do not record the clip shape: load with num_frames={tok['num_frames']}, "
+        f"img_size={tok['img_size']}"
+    )
+    if len(notes) > 3:
+        notes = [*notes[:2], f"... and {len(notes) - 3} more bias notes", notes[-1]]
+    return state, notes
