@@ -238,13 +238,10 @@ class _ClassifyTrainer:
                        "remode": head.remode, "recount": head.recount}  # fmt: skip
         else:
             augment = {"recipe": "linprobe"}
-        try:
-            self.train_set = modality.build_labelled_dataset(cfg.data, tok_cfg, split="train", augment=augment)
-            self.eval_set = modality.build_labelled_dataset(
-                cfg.data, tok_cfg, split="heldout", augment=None, crop_pct=head.eval_crop_pct
-            )
-        except NotImplementedError as exc:
-            raise DataError(str(exc)) from None
+        self.train_set = modality.build_labelled_dataset(cfg.data, tok_cfg, split="train", augment=augment)
+        self.eval_set = modality.build_labelled_dataset(
+            cfg.data, tok_cfg, split="heldout", augment=None, crop_pct=head.eval_crop_pct
+        )
         self.multi_label = bool(getattr(self.train_set, "multi_label", False))
         num_classes = head.num_classes or len(self.train_set.classes)
         if num_classes < len(self.train_set.classes):

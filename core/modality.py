@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .data import DataError
 from .tokenizer import Tokenizer
 
 __all__ = ["Modality"]
@@ -83,8 +84,15 @@ class Modality(ABC):
         same for every split. ``augment`` is ``None`` for the evaluation transform (``crop_pct``: the
         resize-then-centre-crop ratio), else the training augmentation: a mapping with ``recipe``
         ("finetune" or "linprobe") and the fine-tuning options (``auto_augment``, ``reprob``, ...).
+
+        Optional dataset attributes switch on more of the classifier loop: ``multi_label = True`` (labels are
+        float ``(K,)`` multi-hot rows: BCE loss and mAP), ``num_views = V`` (evaluation inputs ``(V, ...)``,
+        their scores merged), ``samples_per_item = S`` (training inputs ``(S, ...)``, folded into the batch
+        with the label repeated) and ``sample_weights()`` (for ``balanced_sampling``).
+
+        The default raises :class:`~anymae.core.data.DataError`: the modality has no labelled data.
         """
-        raise NotImplementedError(
+        raise DataError(
             f"modality {self.name!r} does not provide labelled data (Modality.build_labelled_dataset), "
             "so it cannot be fine-tuned, linearly probed or evaluated yet"
         )

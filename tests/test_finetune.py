@@ -23,6 +23,7 @@ from anymae.core.checkpoint import read_checkpoint, write_checkpoint
 from anymae.core.classify import build_classifier, param_groups_lars, param_groups_layer_decay
 from anymae.core.cli import main
 from anymae.core.config import resolve_model_config
+from anymae.core.data import DataError
 from anymae.core.finetune import topk_correct
 from anymae.core.pos_embed import sincos_2d
 
@@ -258,7 +259,7 @@ def test_a_modality_without_labelled_data_says_so_by_name() -> None:
         data_config = dict
         build_tokenizer = build_dataset = load_inputs = render_reconstruction = None
 
-    with pytest.raises(NotImplementedError, match="modality 'toyseq' does not provide labelled data"):
+    with pytest.raises(DataError, match="modality 'toyseq' does not provide labelled data"):
         Toy().build_labelled_dataset({}, {}, split="train", augment=None)
 
 
