@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
 from conftest import make_image, write_image
+from official_layout import official_pos_embed, to_official
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
@@ -38,20 +38,6 @@ SMALL = {  # the official decoder has 16 heads, which readers of the official la
     "norm_pix_loss": True,
 }
 TIMM_SMALL = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
-OFFICIAL_NAMES = [  # anymae prefix -> official prefix (reference section 5), typed in from the reference
-    ("tokenizer.proj.", "patch_embed.proj."),
-    ("encoder.cls_token", "cls_token"),
-    ("encoder.blocks.", "blocks."),
-    ("encoder.norm.", "norm."),
-    ("decoder.mask_token", "mask_token"),
-    ("decoder.embed.", "decoder_embed."),
-    ("decoder.blocks.", "decoder_blocks."),
-    ("decoder.norm.", "decoder_norm."),
-    ("decoder.pred.", "decoder_pred."),
-    ("fc_norm.", "fc_norm."),
-    ("head_bn.", "head.0."),  # the official linear probe's head: Sequential(BatchNorm1d, Linear)
-    ("head.", "head."),
-]
 
 
 @pytest.fixture(scope="module")
@@ -92,33 +78,6 @@ def _classifier(mae, registry, *, global_pool: bool, head_bn: bool):
 def _save_classifier(model, path):
     payload = {"format": CLASSIFIER_FORMAT, "config": model.config, "model": model.state_dict()}
     return write_checkpoint(payload, path)
-
-
-def official_sincos(grid: int, dim: int) -> torch.Tensor:
-    """(1, 1 + grid*grid, dim): zero CLS row, column index in the first half, row index in the second."""
-
-    def half(pos: np.ndarray) -> np.ndarray:
-        w = 10000.0 ** (-np.arange(dim // 4, dtype=np.float64) / (dim / 4))
-        angles = np.outer(pos.astype(np.float64), w)
-        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
-
-    index = np.arange(grid * grid)
-    table = np.concatenate([half(index % grid), half(index // grid)], axis=1)
-    return torch.from_numpy(np.concatenate([np.zeros((1, dim)), table])[None]).float()
-
-
-def to_official(model, *, with_decoder: bool = True) -> dict[str, torch.Tensor]:
-    """An anymae model's state renamed by hand to the official layout, with numpy sin-cos tables."""
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("decoder.") and not with_decoder:
-            continue
-        ours, theirs = next((o, t) for o, t in OFFICIAL_NAMES if key.startswith(o))
-        state[theirs + key[len(ours) :]] = value.clone()
-    state["pos_embed"] = official_sincos(4, 64)
-    if with_decoder:
-        state["decoder_pos_embed"] = official_sincos(4, 32)
-    return state
 
 
 def _images(n: int = 2) -> torch.Tensor:
@@ -209,7 +168,7 @@ def test_timm_state_dict_without_the_cls_position_row_imports(registry, tmp_path
     # timm's no_embed_class=True keeps no position for the CLS token: the official zero row, made implicit.
     vit = _timm(num_classes=0, no_embed_class=True)
     with torch.no_grad():
-        vit.pos_embed.copy_(official_sincos(4, 64)[:, 1:])
+        vit.pos_embed.copy_(official_pos_embed(4, 64)[:, 1:])
     save_file(vit.state_dict(), tmp_path / "vit_mae.safetensors")  # Hub layout: no 'model' wrapper, no metadata
     convert(tmp_path / "vit_mae.safetensors", tmp_path / "mae.pt", num_heads=4, registry=registry)
     model = load_model(tmp_path / "mae.pt", registry=registry).eval()
@@ -332,8 +291,8 @@ def hf_folder(tmp_path_factory):
     hf = transformers.ViTMAEForPreTraining(config).eval()
     _perturb_(hf, 4)
     with torch.no_grad():  # released ViTMAE folders hold the official sin-cos tables
-        hf.vit.embeddings.position_embeddings.copy_(official_sincos(4, 64))
-        hf.decoder.decoder_pos_embed.copy_(official_sincos(4, 32))
+        hf.vit.embeddings.position_embeddings.copy_(official_pos_embed(4, 64))
+        hf.decoder.decoder_pos_embed.copy_(official_pos_embed(4, 32))
     folder = tmp_path_factory.mktemp("hf")
     hf.save_pretrained(folder)
     return folder, hf

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 
-import numpy as np
 import pytest
 import torch
+from official_layout import to_official
 
 from anymae.core import CheckpointError, load_model
 from anymae.core.build import build_model
@@ -31,18 +31,6 @@ SMALL = {
     "norm_pix_loss": True,
 }
 
-OFFICIAL_NAMES = [  # anymae prefix -> official prefix (reference section 5)
-    ("tokenizer.proj.", "patch_embed.proj."),
-    ("encoder.cls_token", "cls_token"),
-    ("encoder.blocks.", "blocks."),
-    ("encoder.norm.", "norm."),
-    ("decoder.mask_token", "mask_token"),
-    ("decoder.embed.", "decoder_embed."),
-    ("decoder.blocks.", "decoder_blocks."),
-    ("decoder.norm.", "decoder_norm."),
-    ("decoder.pred.", "decoder_pred."),
-]
-
 
 @pytest.fixture(scope="module")
 def registry():
@@ -57,36 +45,6 @@ def original(registry):
         for param in model.parameters():
             param.add_(0.1 * torch.randn_like(param))
     return model
-
-
-def official_pos_embed(grid: int, dim: int) -> torch.Tensor:
-    """(1, 1 + grid*grid, dim): zero CLS row, column index in the first half, row index in the second."""
-
-    def half(pos: np.ndarray) -> np.ndarray:
-        w = 10000.0 ** (-np.arange(dim // 4, dtype=np.float64) / (dim / 4))
-        angles = np.outer(pos.astype(np.float64), w)
-        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
-
-    index = np.arange(grid * grid)
-    table = np.concatenate([half(index % grid), half(index // grid)], axis=1)
-    return torch.from_numpy(np.concatenate([np.zeros((1, dim)), table])[None]).float()
-
-
-def to_official(model, *, with_decoder: bool = True) -> dict[str, torch.Tensor]:
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("decoder.") and not with_decoder:
-            continue
-        for ours, theirs in OFFICIAL_NAMES:
-            if key.startswith(ours):
-                state[theirs + key[len(ours) :]] = value.clone()
-                break
-        else:
-            raise AssertionError(f"no official name for {key}")
-    state["pos_embed"] = official_pos_embed(4, 64)
-    if with_decoder:
-        state["decoder_pos_embed"] = official_pos_embed(4, 32)
-    return state
 
 
 def _inputs():
