@@ -49,7 +49,7 @@ from .distributed import (
     setup,
     shard_model,
 )
-from .loading import CHECKPOINT_FORMAT, load_state_dict_checked
+from .loading import CHECKPOINT_FORMAT, check_state_dict, load_state_dict_checked
 from .loss import masked_mse, patch_mean_baseline
 from .masking import SampleMasker, sample_mask
 from .model import MaskedAutoencoder
@@ -423,7 +423,7 @@ class _Trainer:
                 f"--resume {path}: not an anymae training checkpoint (format='anymae' with optimizer)"
             )
         if self.fsdp:  # every rank read the file: every rank refuses a mismatch alike, before any collective
-            _check_full_state(self.model, payload["model"], source=str(path))
+            check_state_dict(self.model.state_dict(), payload["model"], source=str(path), strict=True)
             load_full_state(self.model, self.optimizer, payload["model"], payload["optimizer"], self.ctx)
         else:
             load_state_dict_checked(self.model, payload["model"], source=str(path), strict=True)
@@ -602,22 +602,6 @@ def _grad_scaler(device: torch.device, *, fsdp: bool) -> torch.amp.GradScaler:
 
         return ShardedGradScaler(device.type)
     return torch.amp.GradScaler(device.type)
-
-
-def _check_full_state(model: torch.nn.Module, state: dict[str, Any], *, source: str) -> None:
-    """Refuse a checkpoint whose keys or shapes differ from a sharded model's (its DTensors have full shapes),
-    as ``load_state_dict_checked(strict=True)`` does for a plain model."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    if expected == found:
-        return
-    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    shapes = [f"{k}: checkpoint {found[k]} vs model {expected[k]}" for k in sorted(set(found) & set(expected))
-              if found[k] != expected[k]]  # fmt: skip
-    raise CheckpointError(
-        f"{source} does not match the model: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}, "
-        f"shapes differ: {shapes[:8]}"
-    )
 
 
 def _inputs(batch: Any) -> torch.Tensor:

@@ -299,6 +299,13 @@ def _check_fixed_table(key: str, stored: Tensor, ours: Tensor, source: str) -> N
 def load_state_dict_checked(model: torch.nn.Module, state: dict[str, Tensor], *, source: str, strict: bool) -> None:
     """Load ``state`` into ``model``; refuse missing, unexpected or mis-shaped keys unless ``strict=False``."""
     expected = model.state_dict()
+    check_state_dict(expected, state, source=source, strict=strict)
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+
+
+def check_state_dict(expected: dict[str, Tensor], state: dict[str, Tensor], *, source: str, strict: bool) -> None:
+    """Refuse mis-shaped keys, and missing or unexpected ones unless ``strict=False`` (then warn), comparing
+    ``state`` with a model's ``expected`` state dict (sharded DTensors carry their full shapes)."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
@@ -316,9 +323,8 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict[str, Tensor], *,
     if missing or unexpected:
         warnings.warn(
             f"partial load from {source}: missing {_head(missing)}, unexpected {_head(unexpected)}",
-            stacklevel=3,
+            stacklevel=4,
         )
-    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
 
 
 def _head(keys: list[str], n: int = 8) -> str:
