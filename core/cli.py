@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import BadSampleError, DataError
-    from .engine import PREEMPTED_EXIT_CODE, NonFiniteLossError, PreemptedError
+    from .run import PREEMPTED_EXIT_CODE, NonFiniteLossError, PreemptedError
 
     warnings.simplefilter("default")
     try:
@@ -194,7 +194,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from .config import ConfigError, apply_overrides, from_dict
     from .distributed import setup, teardown
-    from .finetune import evaluate, format_stats, load_classifier
+    from .evaluation import evaluate, format_stats, load_classifier
 
     model = load_classifier(args.checkpoint)
     config = model.config

@@ -166,7 +166,8 @@ class TrainConfig:
     max_consecutive_skips: int = 10  # with on_nonfinite=skip, stop after this many skipped steps in a row
     log_every_steps: int = 10
     max_bad_fraction: float = 0.01  # stop cleanly when more than this fraction of samples fail to load
-    heldout_batches: int = 4  # batches of the held-out split for the final masked-patch loss
+    eval_every_epochs: int = 1  # held-out check every N epochs and after the last (loss + figure, or accuracy)
+    heldout_batches: int = 4  # batches of the held-out split for the masked-patch loss
     figure_samples: int = 4  # held-out samples drawn in the reconstruction figure
 
     def __post_init__(self) -> None:

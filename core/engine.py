@@ -14,13 +14,9 @@ from __future__ import annotations
 import ctypes
 import json
 import math
-import random
-import re
-import signal
 import threading
 import time
 import warnings
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -54,6 +50,17 @@ from .loss import masked_mse, patch_mean_baseline
 from .masking import SampleMasker, sample_mask
 from .model import MaskedAutoencoder
 from .optim import absolute_lr, cosine_lr, param_groups_weight_decay, step_in_backward
+from .run import (
+    NonFiniteLossError,
+    PreemptedError,
+    capture_rng,
+    new_run_dir,
+    on_sigterm,
+    restore_rng,
+    resume_path,
+    rotate_checkpoints,
+    seed_everything,
+)
 
 __all__ = [
     "NonFiniteLossError",
@@ -68,20 +75,6 @@ __all__ = [
     "resume_path",
     "seed_everything",
 ]
-
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeueing job script checks for
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or the gradients became NaN or infinite; the message names the step and the last good checkpoint."""
-
-
-class PreemptedError(RuntimeError):
-    """SIGTERM arrived: a checkpoint was written at the next step boundary; resume with ``--resume auto``."""
-
-    def __init__(self, message: str, checkpoint: Path) -> None:
-        super().__init__(message)
-        self.checkpoint = checkpoint
 
 
 @dataclass
@@ -411,7 +404,7 @@ class _Trainer:
                     f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous checkpoint "
                     f"{self.checkpoint or '(none yet)'} is intact"
                 ) from None
-            _rotate(self.run_dir, keep=train.keep_last, newest=path)
+            rotate_checkpoints(self.run_dir, keep=train.keep_last, newest=path)
         barrier(self.ctx)
         self.checkpoint = path
         return path
@@ -488,19 +481,6 @@ class _Trainer:
         if self.metrics is not None:
             self.metrics.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
             self.metrics.flush()
-
-
-@contextmanager
-def on_sigterm(flag: threading.Event) -> Iterator[None]:
-    """SIGTERM sets ``flag`` (the loop checkpoints at the next step boundary and stops) instead of killing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @torch.no_grad()
@@ -621,89 +601,3 @@ def _set_malloc_mmap_threshold(nbytes: int) -> None:
         ok = 0
     if not ok:
         warnings.warn("train.malloc_mmap_threshold needs glibc (Linux); ignored", RuntimeWarning, stacklevel=2)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def new_run_dir(cfg: Config) -> Path:
-    """runs/<name>, or runs/<name>-2, -3, ... when that one already holds a run: nothing is overwritten."""
-    base = Path(cfg.train.output_dir) / (cfg.train.run_name or cfg.name)
-    run_dir, n = base, 1
-    while run_dir.exists() and any(run_dir.iterdir()):
-        n += 1
-        run_dir = base.with_name(f"{base.name}-{n}")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise OSError(f"train.output_dir: cannot write to {run_dir}: {exc.strerror or exc}") from None
-    return run_dir
-
-
-def _checkpoints(run_dir: Path, pattern: str = "checkpoint-*.pt") -> list[Path]:
-    """The run's complete checkpoints, oldest first (temporary files of interrupted writes are hidden)."""
-    found = sorted(run_dir.glob(pattern), key=lambda c: (c.stat().st_mtime_ns, c.name))
-    complete = []
-    for path in found:
-        if zipfile.is_zipfile(path):  # torch.save's zip ends with a central directory: truncation shows
-            complete.append(path)
-        else:
-            warnings.warn(f"ignoring {path}: not a complete checkpoint file", RuntimeWarning, stacklevel=2)
-    return complete
-
-
-def capture_rng() -> dict[str, Any]:
-    """The CPU generators of torch, python and numpy as plain tensors and lists (``weights_only`` loadable)."""
-    numpy_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "python": _plain(random.getstate()),
-        "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
-        "numpy_pos": int(numpy_state[2]),
-    }
-
-
-def restore_rng(rng: dict[str, Any]) -> None:
-    """Set the generators back to a :func:`capture_rng` state."""
-    torch.set_rng_state(rng["torch"])
-    random.setstate(_tuples(rng["python"]))
-    np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
-
-
-def resume_path(resume: str, cfg: Any, *, pattern: str) -> Path:
-    """``resume`` itself, or for "auto" the newest complete checkpoint matching ``pattern`` in runs/<name> or its
-    -2, -3, ... siblings (``cfg`` has ``name`` and ``train.output_dir`` / ``train.run_name``)."""
-    if resume != "auto":
-        return Path(resume)
-    base = Path(cfg.train.output_dir) / (cfg.train.run_name or cfg.name)
-    runs = [
-        base,
-        *(d for d in base.parent.glob(f"{base.name}-*") if re.fullmatch(r"\d+", d.name[len(base.name) + 1 :])),
-    ]
-    found = [c for d in runs if d.is_dir() for c in _checkpoints(d, pattern)]
-    if not found:
-        raise CheckpointError(f"--resume auto: no {pattern} in {base} (or {base.name}-N beside it)")
-    return max(found, key=lambda c: (c.stat().st_mtime_ns, c.name))
-
-
-def _rotate(run_dir: Path, *, keep: int, newest: Path) -> None:
-    """Delete all but the newest ``keep`` checkpoints (``keep`` 0: keep all); never the one just written."""
-    if keep <= 0:
-        return
-    old = [c for c in _checkpoints(run_dir) if c != newest]
-    for path in old[: max(len(old) - (keep - 1), 0)]:
-        path.unlink(missing_ok=True)
-
-
-def _plain(value: Any) -> Any:
-    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def _tuples(value: Any) -> Any:
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
