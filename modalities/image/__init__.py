@@ -1,6 +1,12 @@
 """The built-in image modality plugin (entry point ``image`` in the ``anymae`` group)."""
 
-from .modality import ImageDataConfig, ImageModality, ImageTokenizerConfig, anymae_register_modalities
+from .modality import (
+    ImageDataConfig,
+    ImageModality,
+    ImageTokenizerConfig,
+    anymae_register_commands,
+    anymae_register_modalities,
+)
 from .tokenizer import PatchTokenizer2d
 
 __all__ = [
@@ -8,5 +14,6 @@ __all__ = [
     "ImageModality",
     "ImageTokenizerConfig",
     "PatchTokenizer2d",
+    "anymae_register_commands",
     "anymae_register_modalities",
 ]

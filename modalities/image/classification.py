@@ -1,9 +1,16 @@
 """Labelled images (ImageFolder: ``split/<class>/*.jpg``) with the reference fine-tuning, linear-probing
-and evaluation transforms (reference section 2)."""
+and evaluation transforms (reference section 2).
+
+Linear probing and evaluation run one transform on PIL images and on the float tensors of full-precision
+files (:class:`~anymae.modalities.image.data.ImageReader`). Fine-tuning uses timm's pipeline for PIL images;
+on tensors the same crop (scale 0.08-1, ratio 3/4-4/3, bicubic), flip and random erasing, without
+RandAugment, whose colour operations exist for 8-bit images only: a tensor with ``finetune.auto_augment``
+set is refused (a bad sample naming the file and the key)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +20,16 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from anymae.core.data import DataError
+from anymae.core.data import BadSampleError, DataError
 
-from .data import IMAGE_EXTENSIONS, find_images, load_image
+from .data import IMAGE_EXTENSIONS, AsTensor, ImageReader, find_images
 
 __all__ = [
     "LabelledImages",
+    "PilOrTensor",
     "class_folder_names",
     "classification_eval_transform",
+    "finetune_tensor_transform",
     "finetune_transform",
     "folder_samples",
     "linprobe_transform",
@@ -71,13 +80,56 @@ def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
     return ImageOps.posterize(img, bits_to_keep)
 
 
+def finetune_tensor_transform(
+    size: tuple[int, int], *, augment: Mapping[str, Any], mean: Sequence[float], std: Sequence[float]
+) -> Any:
+    """:func:`finetune_transform` for float tensors ``(C, H, W)`` of any band count: timm's training crop
+    (RandomResizedCrop scale 0.08-1, ratio 3/4-4/3, bicubic) + flip + normalize + random erasing."""
+    from timm.data.random_erasing import RandomErasing
+
+    if augment.get("auto_augment"):
+        return _RefuseAutoAugment(augment["auto_augment"])
+    steps = [
+        transforms.RandomResizedCrop(size, interpolation=InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(),
+        transforms.Normalize(mean, std),
+    ]
+    if augment.get("reprob", 0.0) > 0:
+        mode, count = augment.get("remode", "pixel"), augment.get("recount", 1)
+        steps.append(RandomErasing(augment["reprob"], mode=mode, max_count=count, device="cpu"))
+    return transforms.Compose(steps)
+
+
+@dataclass(frozen=True)
+class _RefuseAutoAugment:
+    spec: str
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        raise BadSampleError(
+            f"finetune.auto_augment={self.spec!r}: RandAugment works on 8-bit grey or RGB images, and this image "
+            "is read at full precision (16-bit, multi-band or an array); set finetune.auto_augment=null"
+        )
+
+
+@dataclass(frozen=True)
+class PilOrTensor:
+    """One transform for 8-bit PIL images and another for the float tensors of full-precision files."""
+
+    pil: Any
+    tensor: Any
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        return self.pil(image) if isinstance(image, Image.Image) else self.tensor(image)
+
+
 def linprobe_transform(size: tuple[int, int], *, mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
-    """The official linear probe's training transform: RandomResizedCrop (default scale 0.08-1, bicubic) + flip."""
+    """The official linear probe's training transform: RandomResizedCrop (default scale 0.08-1, bicubic) + flip
+    (PIL images or float tensors)."""
     return transforms.Compose(
         [
             transforms.RandomResizedCrop(size, interpolation=InterpolationMode.BICUBIC),
             transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
+            AsTensor(),
             transforms.Normalize(mean, std),
         ]
     )
@@ -86,12 +138,13 @@ def linprobe_transform(size: tuple[int, int], *, mean: Sequence[float], std: Seq
 def classification_eval_transform(
     size: tuple[int, int], *, mean: Sequence[float], std: Sequence[float], crop_pct: float = 0.875
 ) -> transforms.Compose:
-    """Resize the shorter side to size / crop_pct (256 for 224, bicubic), centre crop, normalize."""
+    """Resize the shorter side to size / crop_pct (256 for 224, bicubic), centre crop, normalize (PIL images or
+    float tensors)."""
     return transforms.Compose(
         [
             transforms.Resize(int(max(size) / crop_pct), interpolation=InterpolationMode.BICUBIC),
             transforms.CenterCrop(size),
-            transforms.ToTensor(),
+            AsTensor(),
             transforms.Normalize(mean, std),
         ]
     )
@@ -129,18 +182,22 @@ class LabelledImages(Dataset):
     (the same list for every split): class folders (:func:`folder_samples`) or a file list (``data.train_list``)."""
 
     def __init__(
-        self, samples: Sequence[tuple[Path, int]], *, transform: Any, in_chans: int, classes: Sequence[str]
+        self, samples: Sequence[tuple[Path, int]], *, transform: Any, reader: ImageReader, classes: Sequence[str]
     ) -> None:
         if not samples:
             raise DataError("no labelled image files given")
         self.samples = list(samples)
         self.classes = list(classes)
         self.transform = transform
-        self.in_chans = in_chans
+        self.reader = reader
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        return self.transform(load_image(path, self.in_chans)), label
+        image = self.reader(path)
+        try:
+            return self.transform(image), label
+        except BadSampleError as exc:  # a transform's refusal (e.g. RandAugment on 16 bits): name the file
+            raise BadSampleError(f"{path}: {exc}") from None

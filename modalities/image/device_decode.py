@@ -14,6 +14,11 @@ For models whose data pipeline the CPUs cannot feed, the work is split:
 Files that are not RGB or greyscale JPEGs (PNG, CMYK JPEG, ...) are decoded in the worker by PIL, as the CPU
 path does, and travel as pixels; their crop still runs on the device, so one interpolation serves the batch.
 
+Only 8-bit images take this path: a config that reads bands at full precision (``in_chans`` other than 1
+and 3, ``data.bands``, ``data.value_range``) is refused when the dataset is built, and a file that would lose
+bits or bands here (TIFF, 16-bit PNG, ``.npy``/``.npz``, a 16-bit PGM) is a bad sample whose warning says to
+set ``data.decode: cpu``.
+
 Unreadable files are counted bad samples, as with ``data.decode: cpu``:
 
 - in the worker, a file PIL cannot identify, and a JPEG without its end-of-image marker (truncated: the
@@ -46,7 +51,7 @@ from torchvision.transforms.v2 import functional as tvf
 
 from anymae.core.data import BadSampleError, DataError
 
-from .data import load_image
+from .data import full_precision_format, high_bit_mode, load_image
 
 __all__ = ["DeviceDecode", "EncodedBatch", "EncodedImage", "EncodedImageFiles"]
 
@@ -108,8 +113,10 @@ class EncodedImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> EncodedImage:
         path = self.files[index % len(self.files)]
+        _refuse_full_precision(path, full_precision_format(path))
         raw = path.read_bytes()
         header = _open_header(raw, path)
+        _refuse_full_precision(path, f"a {header.format} of mode {header.mode}" if high_bit_mode(header.mode) else None)
         if _decodes_on_device(header, raw):
             data, shape = torch.frombuffer(bytearray(raw), dtype=torch.uint8), None
             box = self.crop.get_params(header, list(self.crop.scale), list(self.crop.ratio))
@@ -121,6 +128,14 @@ class EncodedImageFiles(Dataset):
         # RandomHorizontalFlip's draw, made only when the CPU transform has the flip (the same generator calls).
         flip = self.hflip and bool(torch.rand(1) < 0.5)
         return EncodedImage(data=data, shape=shape, box=tuple(box), flip=flip, path=str(path))
+
+
+def _refuse_full_precision(path: Path, what: str | None) -> None:
+    if what is not None:
+        raise BadSampleError(
+            f"{path} is {what}, read at full precision only by data.decode=cpu (the gpu path decodes 8-bit "
+            "images and would drop bits or bands): set data.decode=cpu"
+        )
 
 
 def _open_header(raw: bytes, path: Path) -> Image.Image:

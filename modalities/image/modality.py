@@ -1,4 +1,5 @@
-"""The image modality: 2-D patches, ImageFolder data with the paper's transforms, Figure-2 reconstructions."""
+"""The image modality: 2-D patches, ImageFolder data with the paper's transforms, Figure-2 reconstructions;
+8-bit photographs, and multi-band / 16-bit images and arrays at full precision (:mod:`.data`)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from anymae.plugins import hookimpl
 
 from .classification import (
     LabelledImages,
+    PilOrTensor,
     class_folder_names,
     classification_eval_transform,
+    finetune_tensor_transform,
     finetune_transform,
     folder_samples,
     linprobe_transform,
@@ -28,18 +31,25 @@ from .data import (
     BUILTIN_DEMO_ROOT,
     IMAGE_EXTENSIONS,
     ImageFiles,
+    ImageReader,
     eval_transform,
     find_images,
-    load_image,
     pretrain_transform,
     resolve_root,
 )
 from .device_decode import DeviceDecode, EncodedImageFiles
 from .filelist import read_class_names, read_file_list, resolve_list_path
+from .stats import ImageStatsCommand
 from .tokenizer import PatchTokenizer2d
 from .visualize import reconstruction_images, save_reconstruction_grid
 
-__all__ = ["ImageDataConfig", "ImageModality", "ImageTokenizerConfig", "anymae_register_modalities"]
+__all__ = [
+    "ImageDataConfig",
+    "ImageModality",
+    "ImageTokenizerConfig",
+    "anymae_register_commands",
+    "anymae_register_modalities",
+]
 
 
 @dataclass
@@ -76,10 +86,14 @@ class ImageDataConfig:
     decode: Literal["cpu", "gpu"] = "cpu"  # gpu: workers read bytes, the training device decodes and augments
     scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop scale (paper: 0.2-1.0)
     hflip: bool = True
-    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN  # one per band, after scaling (anymae image-stats measures them)
     std: tuple[float, ...] = IMAGENET_DEFAULT_STD
     repeats: int = 1  # list every file this many times per epoch (for tiny datasets)
     heldout_zooms: tuple[float, ...] = (1.0,)  # held-out views: 1.0 = the eval centre crop, 2.0 = its 2x zoom
+    bands: tuple[int, ...] | None = None  # the files' bands to use, by index from 0, in this order (default: all)
+    value_range: tuple[float, float] | None = None  # stored [lo, hi] -> [0, 1]; default: the integer type's range
+    array_layout: Literal["CHW", "HWC"] = "CHW"  # axis order of 3-D .npy/.npz arrays
+    rgb_bands: tuple[int, ...] | None = None  # figure bands as R, G, B (or one, grey); default: first 3 (or grey)
 
     def __post_init__(self) -> None:
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
@@ -90,6 +104,18 @@ class ImageDataConfig:
             raise ValueError(f"repeats must be at least 1, got {self.repeats}")
         if not self.heldout_zooms or min(self.heldout_zooms) < 1.0:
             raise ValueError(f"heldout_zooms must be one or more values >= 1, got {self.heldout_zooms}")
+        if self.bands is not None and (not self.bands or min(self.bands) < 0 or len(set(self.bands)) < len(self.bands)):
+            raise ValueError(f"bands must be distinct band indices >= 0, got {list(self.bands)}")
+        if self.value_range is not None and not self.value_range[0] < self.value_range[1]:
+            raise ValueError(f"value_range must be [lo, hi] with lo < hi, got {list(self.value_range)}")
+        if self.rgb_bands is not None and (len(self.rgb_bands) not in (1, 3) or min(self.rgb_bands) < 0):
+            raise ValueError(f"rgb_bands must be 3 band indices (R, G, B) or 1 (grey), got {list(self.rgb_bands)}")
+
+    def reader(self, in_chans: int) -> ImageReader:
+        """How this data's files are read for a model of ``in_chans`` bands."""
+        return ImageReader(
+            in_chans=in_chans, bands=self.bands, value_range=self.value_range, array_layout=self.array_layout
+        )
 
 
 class ImageModality(Modality):
@@ -103,8 +129,9 @@ class ImageModality(Modality):
         )
 
     def build_dataset(self, data: ImageDataConfig, tokenizer: ImageTokenizerConfig, *, split: str) -> Dataset | None:
-        _check_channels(data, tokenizer)
+        _check_bands(data, tokenizer)
         root = _root(data)
+        reader = data.reader(tokenizer.in_chans)
         if split == "train":
             files = _train_files(data, root)
             if data.decode == "gpu":  # workers read bytes and draw the crops; device_transform does the rest
@@ -119,7 +146,7 @@ class ImageModality(Modality):
             transform = pretrain_transform(
                 tokenizer.size, scale=data.scale, hflip=data.hflip, mean=data.mean, std=data.std
             )
-            return ImageFiles(files, transform=transform, in_chans=tokenizer.in_chans, repeats=data.repeats)
+            return ImageFiles(files, transform=transform, reader=reader, repeats=data.repeats)
         if split == "heldout":
             files = _heldout_files(data, root)
             if files is None:
@@ -128,7 +155,7 @@ class ImageModality(Modality):
                 ImageFiles(
                     files,
                     transform=eval_transform(tokenizer.size, mean=data.mean, std=data.std, zoom=z),
-                    in_chans=tokenizer.in_chans,
+                    reader=reader,
                 )
                 for z in data.heldout_zooms
             ]
@@ -154,7 +181,7 @@ class ImageModality(Modality):
         augment: dict[str, Any] | None,
         crop_pct: float = 0.875,
     ) -> LabelledImages:
-        _check_channels(data, tokenizer)
+        _check_bands(data, tokenizer)
         if split not in ("train", "heldout"):
             raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
         if data.decode == "gpu":
@@ -162,23 +189,33 @@ class ImageModality(Modality):
                 "data.decode=gpu is for pre-training; fine-tuning, linear probing and evaluation decode on the CPU "
                 "(their augmentations work on PIL images): set data.decode=cpu"
             )
-        root = _root(data)
+        root, reader = _root(data), data.reader(tokenizer.in_chans)
         if augment is None:
             transform = classification_eval_transform(tokenizer.size, mean=data.mean, std=data.std, crop_pct=crop_pct)
         elif augment.get("recipe") == "linprobe":
             transform = linprobe_transform(tokenizer.size, mean=data.mean, std=data.std)
         else:
-            transform = finetune_transform(tokenizer.size, augment=augment, mean=data.mean, std=data.std)
+            if augment.get("auto_augment") and not reader.photographs:
+                raise DataError(
+                    f"finetune.auto_augment={augment['auto_augment']!r}: RandAugment works on 8-bit grey or RGB "
+                    f"images, and these are read at full precision ({_why_full_precision(data, tokenizer)}); "
+                    "set finetune.auto_augment=null"
+                )
+            transform = PilOrTensor(
+                pil=finetune_transform(tokenizer.size, augment=augment, mean=data.mean, std=data.std),
+                tensor=finetune_tensor_transform(tokenizer.size, augment=augment, mean=data.mean, std=data.std),
+            )
         classes = _class_names(data, root)
         samples = _labelled_samples(data, root, split=split, classes=classes)
-        return LabelledImages(samples, transform=transform, in_chans=tokenizer.in_chans, classes=classes)
+        return LabelledImages(samples, transform=transform, reader=reader, classes=classes)
 
     def load_inputs(
         self, paths: Sequence[str | Path], data: ImageDataConfig, tokenizer: ImageTokenizerConfig
     ) -> Tensor:
-        _check_channels(data, tokenizer)
+        _check_bands(data, tokenizer)
         transform = eval_transform(tokenizer.size, mean=data.mean, std=data.std)
-        return torch.stack([transform(load_image(Path(p), tokenizer.in_chans)) for p in paths])
+        reader = data.reader(tokenizer.in_chans)
+        return torch.stack([transform(reader(Path(p))) for p in paths])
 
     def render_reconstruction(
         self,
@@ -192,7 +229,9 @@ class ImageModality(Modality):
     ) -> Path:
         columns = reconstruction_images(inputs, pred, mask, tokenizer=tokenizer)
         removed = tokenizer.unpatchify(mask[..., None].expand(-1, -1, tokenizer.patch_dim).float())
-        return save_reconstruction_grid(columns, removed, mean=data.mean, std=data.std, path=path)
+        return save_reconstruction_grid(
+            columns, removed, mean=data.mean, std=data.std, rgb_bands=data.rgb_bands, path=path
+        )
 
 
 def _root(data: ImageDataConfig) -> Path:
@@ -269,16 +308,37 @@ def _labelled_samples(data: ImageDataConfig, root: Path, *, split: str, classes:
     return folder_samples(root / folder, classes)
 
 
-def _check_channels(data: ImageDataConfig, tokenizer: ImageTokenizerConfig) -> None:
-    if tokenizer.in_chans not in (1, 3):
+def _check_bands(data: ImageDataConfig, tokenizer: ImageTokenizerConfig) -> None:
+    """The data keys that must agree with ``model.tokenizer.in_chans``, checked before any file is read."""
+    chans = tokenizer.in_chans
+    if len(data.mean) != chans:
         raise DataError(
-            f"model.tokenizer.in_chans={tokenizer.in_chans}: image files decode to 1 (grey) or 3 (RGB) channels; "
-            "other channel counts need a dataset of tensors"
+            f"data.mean/std have {len(data.mean)} values for {chans} channels (in_chans); "
+            "`anymae image-stats FOLDER` measures one per band"
         )
-    if len(data.mean) != tokenizer.in_chans:
-        raise DataError(f"data.mean/std have {len(data.mean)} values for {tokenizer.in_chans} channels (in_chans)")
+    if data.bands is not None and len(data.bands) != chans:
+        raise DataError(f"data.bands selects {len(data.bands)} bands, but model.tokenizer.in_chans={chans}")
+    if data.rgb_bands is not None and max(data.rgb_bands) >= chans:
+        raise DataError(f"data.rgb_bands={list(data.rgb_bands)}: the model's input has bands 0..{chans - 1}")
+    if data.decode == "gpu" and not data.reader(chans).photographs:
+        raise DataError(
+            f"data.decode=gpu decodes 8-bit JPEGs to grey or RGB; these images are read at full precision on the "
+            f"CPU ({_why_full_precision(data, tokenizer)}): set data.decode=cpu"
+        )
+
+
+def _why_full_precision(data: ImageDataConfig, tokenizer: ImageTokenizerConfig) -> str:
+    """The config keys that send every file down the full-precision path."""
+    keys = [f"model.tokenizer.in_chans={tokenizer.in_chans}"] if tokenizer.in_chans not in (1, 3) else []
+    keys += [f"data.{key}={list(getattr(data, key))}" for key in ("bands", "value_range") if getattr(data, key)]
+    return ", ".join(keys)
 
 
 @hookimpl
 def anymae_register_modalities(register: Callable[[Any], None]) -> None:
     register(ImageModality())
+
+
+@hookimpl
+def anymae_register_commands(register: Callable[[str, Any], None]) -> None:
+    register("image-stats", ImageStatsCommand())

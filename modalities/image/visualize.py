@@ -31,15 +31,25 @@ def reconstruction_images(
     return inputs, masked, recon, pasted
 
 
-def _to_uint8(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """(C, H, W) normalized -> (H, W, 3) uint8."""
+def _to_uint8(x: Tensor, mean: Sequence[float], std: Sequence[float], rgb_bands: Sequence[int] | None = None) -> Tensor:
+    """(C, H, W) normalized -> (H, W, 3) uint8, each band de-normalized with its own mean and std.
+
+    Grey and RGB images (``rgb_bands`` None) are drawn as their values in [0, 1]. Otherwise the bands
+    ``rgb_bands`` (default: the first three, or the first as grey when there are fewer than three) make an
+    R, G, B composite, each band stretched from its mean - 2 std to its mean + 2 std (SatMAE's display range
+    for Sentinel-2), since the scaled values of other bands have no colour of their own.
+    """
     m = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
     s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
-    img = (x.cpu() * s + m).clamp(0, 1)
+    img = x.cpu() * s + m  # (C, H, W) in the scaled values of the data
+    if rgb_bands is None and img.shape[0] in (1, 3):
+        img = img.clamp(0, 1)
+    else:
+        bands = list(rgb_bands) if rgb_bands is not None else [0, 1, 2] if img.shape[0] >= 3 else [0]
+        lo, hi = (m - 2 * s)[bands], (m + 2 * s)[bands]
+        img = ((img[bands] - lo) / (hi - lo)).clamp(0, 1)  # (3 or 1, H, W)
     if img.shape[0] == 1:
         img = img.expand(3, -1, -1)
-    elif img.shape[0] != 3:
-        img = img[:3] if img.shape[0] > 3 else img.mean(0, keepdim=True).expand(3, -1, -1)
     return (img.permute(1, 2, 0) * 255).round().to(torch.uint8)
 
 
@@ -51,8 +61,10 @@ def save_reconstruction_grid(
     std: Sequence[float],
     path: str | Path,
     min_side: int = 192,
+    rgb_bands: Sequence[int] | None = None,
 ) -> Path:
-    """Write rows of (original, masked, reconstruction, pasted) as one PNG; removed patches are grey."""
+    """Write rows of (original, masked, reconstruction, pasted) as one PNG; removed patches are grey.
+    ``rgb_bands``: the bands drawn as R, G, B (or one as grey), see :func:`_to_uint8`."""
     originals, masked, recon, pasted = columns
     n, _, h, w = originals.shape
     zoom = max(1, -(-min_side // max(h, w)))  # small demo crops are enlarged (nearest) to be visible
@@ -63,7 +75,7 @@ def save_reconstruction_grid(
         draw.text((pad + c * (cell_w + pad) + 2, 3), title, fill="black")
     grey = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float32)
     for i in range(n):
-        cells = [_to_uint8(col[i], mean, std) for col in (originals, masked, recon, pasted)]
+        cells = [_to_uint8(col[i], mean, std, rgb_bands) for col in (originals, masked, recon, pasted)]
         hole = removed_fill[i, 0].cpu().bool()  # (H, W)
         cells[1][hole] = (grey * 255).to(torch.uint8)
         for c, cell in enumerate(cells):
