@@ -340,7 +340,8 @@ def test_audiomae_checkpoint_loads_and_forward_matches_the_reference(tmp_path, l
         loss, pred, mask = model(x, noise=noise)
         ref_loss, ref_pred, ref_mask = reference_forward(sd, x, noise, local=local)
     assert torch.equal(mask, ref_mask)
-    assert torch.allclose(pred, ref_pred, atol=1e-4), (pred - ref_pred).abs().max()
+    # measured: at most 1.4e-6 with the local decoder, 0 with the global one
+    assert torch.allclose(pred, ref_pred, atol=1e-5), (pred - ref_pred).abs().max()
     assert torch.allclose(loss, ref_loss, atol=1e-5)
 
 

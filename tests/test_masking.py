@@ -149,7 +149,7 @@ def test_masking_noise_of_wrong_shape_raises(model16):
 
 def test_masking_noise_and_mask_together_raise(model16):
     x = torch.randn(1, 3, 32, 32)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="either noise or mask, not both"):
         model16(x, noise=torch.rand(1, 16), mask=torch.zeros(1, 16, dtype=torch.bool))
 
 

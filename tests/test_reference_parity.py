@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers  # the test extra: the Hugging Face parity tests must run, never skip
 from torch import nn
 
 from anymae.core import load_model
@@ -251,12 +252,23 @@ def test_forward_matches_reference_mae_forward(registry, norm_pix_loss, chans, s
 
 def test_forward_target_uses_unbiased_variance_with_eps_inside_the_root(registry):
     model = _model(registry, norm_pix_loss=True)
+    torch.manual_seed(0)
     imgs = torch.randn(2, 3, 32, 32)
-    patches = ref_patchify(imgs, 8)
+    # Patch 0 of image 0 is near-flat (a constant plus 1e-4 noise: variance ~1e-8, far below eps 1e-6), so eps
+    # decides its target: inside the root it gives values ~0.1, outside it (or eps 0) ~1, eps 1e-5 ~0.03.
+    imgs[0, :, :8, :8] = 0.5 + 1e-4 * torch.randn(3, 8, 8)
+    patches = ref_patchify(imgs, 8).double()
     mean = patches.mean(-1, keepdim=True)
     var = ((patches - mean) ** 2).sum(-1, keepdim=True) / (patches.shape[-1] - 1)
-    expected = (patches - mean) / torch.sqrt(var + 1e-6)
-    torch.testing.assert_close(model.forward_target(imgs), expected, rtol=0, atol=1e-5)
+    assert var[0, 0].item() < 1e-2 * 1e-6
+    expected = ((patches - mean) / torch.sqrt(var + 1e-6)).float()
+    target = model.forward_target(imgs)
+    torch.testing.assert_close(target[1], expected[1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(target[0, 1:], expected[0, 1:], rtol=0, atol=1e-5)
+    # float32 holds the flat patch's values near 0.5 to ~3e-8, which the 1e-3 divisor turns into ~3e-5 (measured
+    # 3.3e-5); a misplaced or wrong eps is off by 0.19 (eps 1e-5) to 2.5 (eps outside the root, or 0).
+    assert expected[0, 0].abs().max().item() > 0.1
+    torch.testing.assert_close(target[0, 0], expected[0, 0], rtol=0, atol=1e-4)
 
 
 def test_loss_is_the_mean_over_removed_patches_only(registry):
@@ -276,7 +288,6 @@ HF_TABLES = ("position_embeddings", "decoder_pos_embed")
 
 
 def _hf_config(*, norm_pix_loss: bool, mask_ratio: float = 0.75):
-    transformers = pytest.importorskip("transformers")
     return transformers.ViTMAEConfig(
         hidden_size=64,
         num_hidden_layers=2,
@@ -305,7 +316,6 @@ def _set_hf_tables_(hf) -> None:
 
 
 def _hf_pretraining_folder(tmp_path, *, norm_pix_loss: bool):
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     hf = transformers.ViTMAEForPreTraining(_hf_config(norm_pix_loss=norm_pix_loss)).eval()
     _perturb_(hf, skip=HF_TABLES)
@@ -366,7 +376,6 @@ def test_hugging_face_layernorm_eps_is_carried(registry, tmp_path):
 
 
 def test_hugging_face_logits_are_in_patchify_order(registry):
-    transformers = pytest.importorskip("transformers")
     hf = transformers.ViTMAEForPreTraining(_hf_config(norm_pix_loss=False))
     imgs = torch.randn(2, 3, 32, 32)
     assert torch.equal(hf.patchify(imgs), ref_patchify(imgs, 8))
@@ -375,7 +384,6 @@ def test_hugging_face_logits_are_in_patchify_order(registry):
 
 
 def _hf_encoder_folder(tmp_path):
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     hf = transformers.ViTMAEModel(_hf_config(norm_pix_loss=True, mask_ratio=0.0)).eval()
     _perturb_(hf, skip=HF_TABLES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from transformers import VideoMAEConfig, VideoMAEForPreTraining
 
 from anymae.core.checkpoint import CheckpointError
@@ -37,13 +38,55 @@ def _hf_model(norm_pix_loss: bool) -> VideoMAEForPreTraining:
     return model
 
 
-def _tube_mask(batch: int, generator: torch.Generator) -> torch.Tensor:
-    """(N, 32) bool: 12 of the 16 spatial positions removed in both time slices, different per sample."""
+HF_BLOCK_NORMS = tuple(
+    f"{stack}.{i}.{norm}"
+    for stack in ("videomae.encoder.layer", "decoder.decoder_layers")
+    for i in range(2)
+    for norm in ("layernorm_before", "layernorm_after")
+)
+OUR_BLOCK_NORMS = tuple(
+    f"{stack}.{i}.{norm}"
+    for stack in ("encoder.blocks", "decoder.blocks")
+    for i in range(2)
+    for norm in ("norm1", "norm2")
+)
+
+
+def _norm_eps(model: nn.Module) -> dict[str, float]:
+    return {name: m.eps for name, m in model.named_modules() if isinstance(m, nn.LayerNorm)}
+
+
+def _set_norm_eps_(model: nn.Module, eps: float) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.eps = eps
+
+
+def _predictions(model, hf, *, batch: int = 3):
+    """anymae's and HF's outputs on the same clips and tube mask: (loss, removed-patch predictions) each."""
+    generator = torch.Generator().manual_seed(1)
+    num_frames, size = hf.config.num_frames, hf.config.image_size
+    pixel_values = torch.randn(batch, num_frames, 3, size, size, generator=generator)  # HF layout (N, T, C, H, W)
+    grid = (num_frames // hf.config.tubelet_size, (size // hf.config.patch_size) ** 2)
+    bool_masked_pos = _tube_mask(batch, generator, slices=grid[0], spatial=grid[1])
+    with torch.no_grad():
+        ours_loss, ours_pred, ours_mask = model(pixel_values.permute(0, 2, 1, 3, 4), mask=bool_masked_pos)
+        theirs = hf(pixel_values, bool_masked_pos=bool_masked_pos)
+    assert torch.equal(ours_mask.bool(), bool_masked_pos)
+    assert (ours_pred[~bool_masked_pos] == 0).all()
+    ours_removed = ours_pred[bool_masked_pos].reshape(batch, -1, ours_pred.shape[-1])  # ascending token order
+    assert ours_removed.shape == theirs.logits.shape
+    return (ours_loss, ours_removed), (theirs.loss, theirs.logits)
+
+
+def _tube_mask(batch: int, generator: torch.Generator, *, spatial: int = 16, slices: int = 2) -> torch.Tensor:
+    """(N, slices * spatial) bool: 3/4 of the spatial positions removed in every time slice, different per
+    sample."""
     rows = []
     for _ in range(batch):
-        spatial = torch.zeros(16, dtype=torch.bool)
-        spatial[torch.randperm(16, generator=generator)[:12]] = True
-        rows.append(spatial.repeat(2))
+        removed = torch.zeros(spatial, dtype=torch.bool)
+        removed[torch.randperm(spatial, generator=generator)[: spatial * 3 // 4]] = True
+        rows.append(removed.repeat(slices))
     return torch.stack(rows)
 
 
@@ -52,18 +95,14 @@ def test_hugging_face_videomae_port_matches_decoder_output_and_loss(norm_pix_los
     hf = _hf_model(norm_pix_loss)
     model = load_videomae(hf.state_dict(), config=hf.config.to_dict()).eval()
     assert model.config["model"]["target"] == ("videomae" if norm_pix_loss else "videomae_pixels")
-    generator = torch.Generator().manual_seed(1)
-    pixel_values = torch.randn(3, 4, 3, 32, 32, generator=generator)  # HF layout (N, T, C, H, W)
-    bool_masked_pos = _tube_mask(3, generator)
-    with torch.no_grad():
-        ours_loss, ours_pred, ours_mask = model(pixel_values.permute(0, 2, 1, 3, 4), mask=bool_masked_pos)
-        theirs = hf(pixel_values, bool_masked_pos=bool_masked_pos)
-    assert torch.equal(ours_mask.bool(), bool_masked_pos)
-    ours_removed = ours_pred[bool_masked_pos].reshape(3, -1, ours_pred.shape[-1])  # ascending token order
-    assert ours_removed.shape == theirs.logits.shape
-    assert (ours_removed - theirs.logits).abs().max().item() <= 1e-5
-    assert abs(ours_loss.item() - theirs.loss.item()) <= 1e-5
-    assert (ours_pred[~bool_masked_pos] == 0).all()
+    # Random inputs keep LayerNorm's variance near 1, where no eps is visible at this tolerance: pin each one.
+    # HF builds its block norms and the encoder's final norm with config.layer_norm_eps (1e-12) and the
+    # decoder's final norm as a bare nn.LayerNorm (torch's default eps, 1e-5).
+    assert _norm_eps(hf) == {**dict.fromkeys((*HF_BLOCK_NORMS, "videomae.layernorm"), 1e-12), "decoder.norm": 1e-5}
+    assert _norm_eps(model) == {**dict.fromkeys((*OUR_BLOCK_NORMS, "encoder.norm"), 1e-12), "decoder.norm": 1e-5}
+    (ours_loss, ours_removed), (theirs_loss, theirs_removed) = _predictions(model, hf)
+    assert (ours_removed - theirs_removed).abs().max().item() <= 1e-5
+    assert abs(ours_loss.item() - theirs_loss.item()) <= 1e-5
 
 
 def test_hugging_face_folder_round_trip(tmp_path):
@@ -76,31 +115,29 @@ def test_hugging_face_folder_round_trip(tmp_path):
     assert all(torch.equal(ours[k], converted[k]) for k in ours)
 
 
-def _videomae_state(hf: VideoMAEForPreTraining) -> dict[str, torch.Tensor]:
-    """The original VideoMAE key layout (modeling_pretrain.py), written from the HF tensors by hand."""
-    s = {k.removeprefix("videomae."): v for k, v in hf.state_dict().items()}
-    out = {
-        "encoder.patch_embed.proj.weight": s["embeddings.patch_embeddings.projection.weight"],
-        "encoder.patch_embed.proj.bias": s["embeddings.patch_embeddings.projection.bias"],
-        "encoder.norm.weight": s["layernorm.weight"],
-        "encoder.norm.bias": s["layernorm.bias"],
-        "encoder_to_decoder.weight": s["encoder_to_decoder.weight"],
-        "mask_token": s["mask_token"],
-        "decoder.norm.weight": s["decoder.norm.weight"],
-        "decoder.norm.bias": s["decoder.norm.bias"],
-        "decoder.head.weight": s["decoder.head.weight"],
-        "decoder.head.bias": s["decoder.head.bias"],
-    }
-    for ours, theirs, depth in (
-        ("encoder.blocks", "encoder.layer", 2),
-        ("decoder.blocks", "decoder.decoder_layers", 2),
+def _videomae_names(depth: int, decoder_depth: int) -> list[tuple[str, str]]:
+    """(original VideoMAE name, HF name) of every tensor both layouts store alike, written by hand from
+    VideoMAE's modeling_pretrain.py and HF's modeling_videomae.py; the attention's q/k/v come after."""
+    names = [
+        ("encoder.patch_embed.proj.weight", "videomae.embeddings.patch_embeddings.projection.weight"),
+        ("encoder.patch_embed.proj.bias", "videomae.embeddings.patch_embeddings.projection.bias"),
+        ("encoder.norm.weight", "videomae.layernorm.weight"),
+        ("encoder.norm.bias", "videomae.layernorm.bias"),
+        ("encoder_to_decoder.weight", "encoder_to_decoder.weight"),
+        ("mask_token", "mask_token"),
+        ("decoder.norm.weight", "decoder.norm.weight"),
+        ("decoder.norm.bias", "decoder.norm.bias"),
+        ("decoder.head.weight", "decoder.head.weight"),
+        ("decoder.head.bias", "decoder.head.bias"),
+    ]
+    for ours, theirs, blocks in (
+        ("encoder.blocks", "videomae.encoder.layer", depth),
+        ("decoder.blocks", "decoder.decoder_layers", decoder_depth),
     ):
-        for i in range(depth):
+        for i in range(blocks):
             a, b = f"{ours}.{i}.", f"{theirs}.{i}."
-            att = b + "attention.attention."
-            out[a + "attn.qkv.weight"] = torch.cat([s[att + n + ".weight"] for n in ("query", "key", "value")])
-            out[a + "attn.q_bias"] = s[att + "query.bias"]
-            out[a + "attn.v_bias"] = s[att + "value.bias"]
+            names += [(a + "attn.q_bias", b + "attention.attention.query.bias")]
+            names += [(a + "attn.v_bias", b + "attention.attention.value.bias")]
             for mine, hf_name in (
                 ("attn.proj", "attention.output.dense"),
                 ("norm1", "layernorm_before"),
@@ -108,8 +145,38 @@ def _videomae_state(hf: VideoMAEForPreTraining) -> dict[str, torch.Tensor]:
                 ("mlp.fc1", "intermediate.dense"),
                 ("mlp.fc2", "output.dense"),
             ):
-                for kind in ("weight", "bias"):
-                    out[f"{a}{mine}.{kind}"] = s[f"{b}{hf_name}.{kind}"]
+                names += [(f"{a}{mine}.{kind}", f"{b}{hf_name}.{kind}") for kind in ("weight", "bias")]
+    return names
+
+
+def _qkv_names(depth: int, decoder_depth: int) -> list[tuple[str, str]]:
+    """(original fused qkv weight name, HF prefix of its query/key/value Linears) per block."""
+    stacks = (
+        ("encoder.blocks", "videomae.encoder.layer", depth),
+        ("decoder.blocks", "decoder.decoder_layers", decoder_depth),
+    )
+    return [
+        (f"{ours}.{i}.attn.qkv.weight", f"{theirs}.{i}.attention.attention.")
+        for ours, theirs, n in stacks
+        for i in range(n)
+    ]
+
+
+def _videomae_state(hf: VideoMAEForPreTraining) -> dict[str, torch.Tensor]:
+    """The original VideoMAE key layout (modeling_pretrain.py), written from the HF tensors by hand."""
+    s, depths = hf.state_dict(), (hf.config.num_hidden_layers, hf.config.decoder_num_hidden_layers)
+    out = {ours: s[theirs] for ours, theirs in _videomae_names(*depths)}
+    for ours, prefix in _qkv_names(*depths):
+        out[ours] = torch.cat([s[f"{prefix}{n}.weight"] for n in ("query", "key", "value")])
+    return out
+
+
+def _hf_state(state: dict[str, torch.Tensor], depth: int, decoder_depth: int) -> dict[str, torch.Tensor]:
+    """The inverse: an original VideoMAE state dict in HF's layout (HF's key Linear has no bias either)."""
+    out = {theirs: state[ours] for ours, theirs in _videomae_names(depth, decoder_depth)}
+    for ours, prefix in _qkv_names(depth, decoder_depth):
+        for n, weight in zip(("query", "key", "value"), state[ours].chunk(3), strict=True):
+            out[f"{prefix}{n}.weight"] = weight
     return out
 
 
@@ -127,6 +194,13 @@ def test_original_videomae_checkpoint_converts_under_model_or_module(tmp_path):
         assert torch.equal(qkv_bias[32:64], torch.zeros(32))
         assert torch.equal(qkv_bias[64:], state["encoder.blocks.1.attn.v_bias"])
     assert "decoder.embed.bias" not in model.state_dict()  # encoder_to_decoder has no bias
+    # Original VideoMAE builds every LayerNorm with eps 1e-6; give the HF model that supplied the tensors the
+    # same, and it must predict what the imported model predicts.
+    assert set(_norm_eps(model.eval()).values()) == {1e-6}
+    _set_norm_eps_(hf, 1e-6)
+    (ours_loss, ours_removed), (theirs_loss, theirs_removed) = _predictions(model, hf)
+    torch.testing.assert_close(ours_removed, theirs_removed, rtol=0, atol=1e-6)  # measured 1.8e-7
+    torch.testing.assert_close(ours_loss, theirs_loss, rtol=0, atol=1e-6)
 
 
 def test_videomae_conversion_names_missing_and_unexpected_keys():
@@ -154,9 +228,11 @@ def test_load_model_opens_videomae_files_and_folders_through_the_checkpoint_form
         load_model(tmp_path / "videomae.pth")
 
 
-def test_an_anymae_video_mae_exports_to_videomae_s_layout_with_the_same_outputs(tmp_path):
+def test_an_anymae_video_mae_exports_to_videomae_s_layout_that_hugging_face_videomae_reads(tmp_path):
     """``anymae convert --to official`` on a video MAE writes VideoMAE's keys (q_bias / v_bias, no k bias, no
-    position table); VideoMAE's reader gives the same predictions, even though the trained k bias is dropped."""
+    position table). An independent reader, HF's VideoMAEForPreTraining given those tensors by the hand-written
+    name table above, predicts what the anymae model predicts, even though the trained k bias is dropped; and
+    anymae's own reader reads the file back to the same model."""
     from anymae.core.build import build_model
     from anymae.core.checkpoint import write_checkpoint
     from anymae.core.config import resolve_model_config
@@ -172,6 +248,8 @@ def test_an_anymae_video_mae_exports_to_videomae_s_layout_with_the_same_outputs(
         for name, param in model.named_parameters():
             if name.endswith("qkv.bias"):
                 param.normal_()  # a trained model's key third is not zero
+            else:  # nor are its other biases and LayerNorms trivial
+                param.add_(0.05 * torch.randn_like(param))
     source = write_checkpoint(
         {"format": "anymae", "config": model.config, "model": model.state_dict()}, tmp_path / "m.pt"
     )
@@ -180,6 +258,20 @@ def test_an_anymae_video_mae_exports_to_videomae_s_layout_with_the_same_outputs(
     state = torch.load(result.path, weights_only=True)["model"]
     assert "encoder.blocks.0.attn.q_bias" in state and "encoder.blocks.0.attn.qkv.bias" not in state
     assert "encoder_to_decoder.weight" in state and "decoder.head.weight" in state and "mask_token" in state
+
+    config = VideoMAEConfig(image_size=32, patch_size=16, num_channels=3, num_frames=4, tubelet_size=2,
+                            hidden_size=384, num_hidden_layers=1, num_attention_heads=6, intermediate_size=1536,
+                            decoder_hidden_size=192, decoder_num_hidden_layers=1, decoder_num_attention_heads=3,
+                            decoder_intermediate_size=768, use_mean_pooling=False, norm_pix_loss=True)  # fmt: skip
+    hf = VideoMAEForPreTraining(config).eval()
+    hf.load_state_dict(_hf_state(state, 1, 1), strict=True)
+    _set_norm_eps_(hf, 1e-6)  # anymae's VideoMAE recipe keeps VideoMAE's eps
+    assert set(_norm_eps(model).values()) == {1e-6}
+    (ours_loss, ours_removed), (theirs_loss, theirs_removed) = _predictions(model, hf, batch=2)
+    # measured 2.1e-6 on values up to 3: the k bias adds a per-query constant that softmax removes up to rounding
+    torch.testing.assert_close(ours_removed, theirs_removed, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours_loss, theirs_loss, rtol=0, atol=1e-6)
+
     again = load_videomae(result.path, num_frames=4, img_size=32).eval()
     x = torch.randn(2, 3, 4, 32, 32)
     mask = torch.zeros(2, 8, dtype=torch.bool)
