@@ -1,5 +1,5 @@
-"""The ``anymae`` command line: pretrain, finetune, linprobe, eval, visualize, export, convert, plugins, configs,
-and plugin commands."""
+"""The ``anymae`` command line: pretrain, finetune, linprobe, eval, knn, embed, visualize, export, convert, plugins,
+configs, and plugin commands."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # `pretrain CONFIG --no-progress a.b=1`: argparse leaves overrides after an option unparsed
-        if getattr(args, "command", None) not in ("pretrain", "finetune", "linprobe", "eval") or any(
+        if getattr(args, "command", None) not in ("pretrain", "finetune", "linprobe", "eval", "knn") or any(
             "=" not in e or e.startswith("-") for e in extra
         ):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -81,6 +81,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("overrides", nargs="*", help="data.KEY=VALUE changes to the stored data section (e.g. another list)")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("knn", help="weighted k-NN top-1/top-5 of a pre-trained encoder's frozen features")
+    p.add_argument("checkpoint", help="anything `load_model` reads: anymae checkpoint, official MAE .pth, HF folder")
+    p.add_argument("config", nargs="?", help="a YAML file or bundled config whose data section names labelled data")
+    p.add_argument("overrides", nargs="*", help="data.KEY=VALUE changes, e.g. data.root=my_images")
+    p.add_argument("--k", type=int, default=20, help="neighbours that vote (DINO: 20)")
+    p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(similarity / T) (DINO: 0.07)")
+    p.add_argument("--pool", choices=["cls", "mean"], help="default: cls when the encoder has a CLS token, else mean")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for reading the data")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_knn)
 
     p = sub.add_parser("visualize", help="reconstruction figure of a checkpoint on input files")
     p.add_argument("checkpoint", help="anymae checkpoint, official MAE .pth, or Hugging Face ViTMAE folder")
@@ -168,6 +181,11 @@ def _classify(args: argparse.Namespace) -> int:
     from .loading import load_model
 
     cfg = load_classify_config(args.config, args.overrides, mode=args.command)
+    lbfgs = cfg.linprobe is not None and cfg.linprobe.solver == "lbfgs"
+    if lbfgs:  # refused keys fail before any work
+        from .probe import check_probe_config, train_probe
+
+        check_probe_config(cfg, resume=args.resume)
     pretrained = load_model(cfg.head.checkpoint)
     if pretrained.config["model"]["modality"] != cfg.head.modality:
         raise CheckpointError(
@@ -177,7 +195,10 @@ def _classify(args: argparse.Namespace) -> int:
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         print(f"anymae {args.command}: config {cfg.name!r}, from {cfg.head.checkpoint}")
-    result = train_classifier(cfg, pretrained, progress=not args.no_progress, resume=args.resume)
+    if lbfgs:
+        result = train_probe(cfg, pretrained, progress=not args.no_progress)
+    else:
+        result = train_classifier(cfg, pretrained, progress=not args.no_progress, resume=args.resume)
     if not main_process:
         return 0
     best = f"best mAP {result.best_map:.2f}%" if result.best_map is not None else f"best top-1 {result.best_acc1:.2f}%"
@@ -221,6 +242,42 @@ def _eval(args: argparse.Namespace) -> int:
         teardown(ctx)
     if ctx.is_main:
         print(f"{args.split}: {int(stats['n'])} samples  {format_stats(stats)}  loss {stats['loss']:.4f}")
+    return 0
+
+
+def _knn(args: argparse.Namespace) -> int:
+    from anymae.plugins import get_registry
+
+    from .config import ConfigError, apply_overrides, from_dict, read_config_source, resolve_model_config
+    from .distributed import resolve_device
+    from .knn import default_pool, knn_accuracy
+    from .loading import load_model
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not Path(config).is_file():  # `anymae knn CKPT data.root=x`
+        config, overrides = None, [config, *overrides]
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise ConfigError(f"anymae knn takes data.KEY=VALUE overrides only, got {bad[0]!r}")
+    model = load_model(args.checkpoint)
+    model_cfg = resolve_model_config(model.config["model"])
+    modality = get_registry().modality(model_cfg.modality)
+    # The data section: the checkpoint's (anymae runs carry theirs), replaced by CONFIG's, then the overrides.
+    data_raw = dict(model.config.get("data") or {})
+    if config is not None:
+        data_raw = dict(read_config_source(config)[1].get("data") or {})
+    data = from_dict(modality.data_config, apply_overrides({"data": data_raw}, overrides)["data"], "data")
+    train_set = modality.build_labelled_dataset(data, model_cfg.tokenizer, split="train", augment=None)
+    query_set = modality.build_labelled_dataset(data, model_cfg.tokenizer, split="heldout", augment=None)
+    device = resolve_device(args.device)
+    stats = knn_accuracy(model.to(device), train_set, query_set, batch_size=args.batch_size, device=device,
+                         k=args.k, temperature=args.temperature, pool=args.pool, num_workers=args.num_workers,
+                         progress=not args.no_progress)  # fmt: skip
+    pool = args.pool or default_pool(model)
+    print(
+        f"k-NN (k={args.k}, T={args.temperature:g}, {pool} features): top-1 {stats['knn_top1']:.1f}%  "
+        f"top-5 {stats['knn_top5']:.1f}%  ({int(stats['n'])} held-out vs {len(train_set)} training items)"
+    )
     return 0
 
 

@@ -212,10 +212,28 @@ class LinprobeConfig:
     balanced_sampling: bool = False  # draw training items with the dataset's sample_weights() (AudioMAE AS-2M)
     epoch_samples: int | None = None  # balanced sampling: draws per epoch (AudioMAE: 200000); default: the set's size
     eval_every_epochs: int = 1  # evaluate (and pick the best checkpoint) every N epochs and after the last
+    # sgd: the training loop with optim.* (the paper's LARS recipe); lbfgs: features computed once, then a full-batch
+    # L-BFGS logistic regression solved to convergence (anymae.core.probe; for small data sets, issue 15).
+    solver: Literal["sgd", "lbfgs"] = "sgd"
+    l2: tuple[float, ...] | None = None  # lbfgs: L2 strengths tried (default: 1e-5 ... 1); one value: no search
+    l2_val_fraction: float | None = None  # lbfgs: share of the training split that picks l2 (default 0.2)
+    max_iter: int | None = None  # lbfgs: L-BFGS iterations per fit (default 1000)
 
     def __post_init__(self) -> None:
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        lbfgs_only = {"l2": self.l2, "l2_val_fraction": self.l2_val_fraction, "max_iter": self.max_iter}
+        sgd_only = {"balanced_sampling": self.balanced_sampling, "epoch_samples": self.epoch_samples}
+        for key, value in (lbfgs_only if self.solver == "sgd" else sgd_only).items():
+            if value not in (None, False):
+                other = "lbfgs" if self.solver == "sgd" else "sgd"
+                raise ValueError(f"{key}={value!r} is an option of solver {other}, but solver is {self.solver!r}")
+        if self.l2 is not None and (not self.l2 or min(self.l2) < 0):
+            raise ValueError(f"l2 must be one or more values >= 0, got {self.l2}")
+        if self.l2_val_fraction is not None and not 0 < self.l2_val_fraction < 1:
+            raise ValueError(f"l2_val_fraction must be in (0, 1), got {self.l2_val_fraction}")
+        if self.max_iter is not None and self.max_iter < 1:
+            raise ValueError(f"max_iter must be at least 1, got {self.max_iter}")
         if not 0 < self.eval_crop_pct <= 1:
             raise ValueError(f"eval_crop_pct must be in (0, 1], got {self.eval_crop_pct}")
         if self.eval_every_epochs < 1:
@@ -249,6 +267,8 @@ class FinetuneConfig(LinprobeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.solver != "sgd":
+            raise ValueError(f"solver={self.solver!r} is a linprobe option; fine-tuning trains with optim.*")
         if not 0 <= self.token_mask_ratio < 1:
             raise ValueError(f"token_mask_ratio must be in [0, 1), got {self.token_mask_ratio}")
         if self.token_mask_ratio > 0 and not self.token_masking:
