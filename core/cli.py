@@ -95,6 +95,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_knn)
 
+    p = sub.add_parser("embed", help="write one feature row per input file (or per window of a long one)")
+    p.add_argument("checkpoint", help="anything `load_model` reads: anymae checkpoint, official MAE .pth, HF folder")
+    p.add_argument("inputs", nargs="+", help="files, folders (searched recursively) or .txt lists of paths")
+    p.add_argument("-o", "--output", default="features.safetensors", help="the .safetensors file to write")
+    p.add_argument("--pool", choices=["cls", "mean"], help="default: cls when the encoder has a CLS token, else mean")
+    p.add_argument("--window", type=float, help="seconds per window of long audio/video (default: the model's span)")
+    p.add_argument("--hop", type=float, help="seconds between window starts (default: --window)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_embed)
+
     p = sub.add_parser("visualize", help="reconstruction figure of a checkpoint on input files")
     p.add_argument("checkpoint", help="anymae checkpoint, official MAE .pth, or Hugging Face ViTMAE folder")
     p.add_argument("inputs", nargs="+", help="input files (images for the image modality)")
@@ -278,6 +290,19 @@ def _knn(args: argparse.Namespace) -> int:
         f"k-NN (k={args.k}, T={args.temperature:g}, {pool} features): top-1 {stats['knn_top1']:.1f}%  "
         f"top-5 {stats['knn_top5']:.1f}%  ({int(stats['n'])} held-out vs {len(train_set)} training items)"
     )
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .embed import embed_files, expand_inputs, save_embeddings
+    from .loading import load_model
+
+    model = load_model(args.checkpoint)
+    result = embed_files(model, expand_inputs(args.inputs), pool=args.pool, window=args.window, hop=args.hop,
+                         batch_size=args.batch_size, device=args.device, progress=not args.no_progress)  # fmt: skip
+    out = save_embeddings(result, args.output, checkpoint=str(args.checkpoint))
+    print(f"wrote {out}: {result.features.shape[0]} rows of {result.features.shape[1]} ({result.pool} features) "
+          f"from {len(result.files)} files")  # fmt: skip
     return 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,6 +42,20 @@ class Modality(ABC):
     @abstractmethod
     def load_inputs(self, paths: Sequence[str | Path], data: Any, tokenizer: Any) -> Tensor:
         """Files -> one model-ready batch with the evaluation transform (for ``anymae visualize``)."""
+
+    def load_windows(
+        self, path: str | Path, data: Any, tokenizer: Any, *, window: float | None = None, hop: float | None = None
+    ) -> Iterator[tuple[float, Tensor]]:
+        """One file -> ``(start seconds, model input)`` pairs in time order, for ``anymae embed`` (optional).
+
+        Data with a time axis (audio, video) covers the whole file with windows of ``window`` seconds (default:
+        the model's own input span) starting every ``hop`` seconds (default: ``window``); each input is what
+        :meth:`load_inputs` makes of one file (without the batch axis). The default, for data without a time axis
+        (images): the file as :meth:`load_inputs` reads it, one window at 0.0; ``window`` and ``hop`` are refused.
+        """
+        if window is not None or hop is not None:
+            raise DataError(f"modality {self.name!r} has no time axis: --window and --hop do not apply to it")
+        yield 0.0, self.load_inputs([path], data, tokenizer)[0]
 
     @abstractmethod
     def render_reconstruction(

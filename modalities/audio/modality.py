@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +26,7 @@ from .masking import STRATEGIES
 from .stats import AudioStatsCommand
 from .tokenizer import SpectrogramTokenizer
 from .visualize import save_spectrogram_figure
+from .windows import audio_windows
 
 __all__ = [
     "AudioDataConfig",
@@ -176,6 +177,19 @@ class AudioModality(Modality):
             ClipList([Path(p) for p in paths], None, []), settings=_settings(data, tokenizer), crop=data.eval_crop
         )
         return torch.stack([clips[i] for i in range(len(clips))])  # (N, 1, T, F)
+
+    def load_windows(
+        self,
+        path: str | Path,
+        data: AudioDataConfig,
+        tokenizer: AudioTokenizerConfig,
+        *,
+        window: float | None = None,
+        hop: float | None = None,
+    ) -> Iterator[tuple[float, Tensor]]:
+        """The whole file in windows of ``window`` seconds (default: the model's ``target_length`` frames) every
+        ``hop`` seconds (default: ``window``), each an fbank input (1, T, F)."""
+        return audio_windows(path, _settings(data, tokenizer), window=window, hop=hop)
 
     def render_reconstruction(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,6 +30,7 @@ from .targets import VideoMAEPixelTarget, VideoMAETarget
 from .tokenizer import POSITION_TABLES, TubeletTokenizer
 from .transforms import eval_clip, pretrain_clip
 from .visualize import save_reconstruction_grid, save_reconstruction_movie
+from .windows import video_windows
 
 __all__ = [
     "VideoDataConfig",
@@ -227,6 +228,27 @@ class VideoModality(Modality):
             )
             clips.append(_eval_transform(frames, None, size=tokenizer.size, data=data, in_chans=tokenizer.in_chans))
         return torch.stack(clips)
+
+    def load_windows(
+        self,
+        path: str | Path,
+        data: VideoDataConfig,
+        tokenizer: VideoTokenizerConfig,
+        *,
+        window: float | None = None,
+        hop: float | None = None,
+    ) -> Iterator[tuple[float, Tensor]]:
+        """The whole video in windows of ``window`` seconds (default: ``num_frames`` frames ``data.sampling_rate``
+        apart) every ``hop`` seconds (default: ``window``), each a clip (C, T, H, W) with the evaluation transform."""
+        _check_channels(data, tokenizer)
+        return video_windows(
+            path,
+            num_frames=tokenizer.num_frames,
+            sampling_rate=data.sampling_rate,
+            window=window,
+            hop=hop,
+            transform=partial(_eval_transform, rng=None, size=tokenizer.size, data=data, in_chans=tokenizer.in_chans),
+        )
 
     def render_reconstruction(
         self,
