@@ -7,16 +7,19 @@ from .config import Config, ConfigError, ModelConfig, OptimConfig, TrainConfig, 
 from .data import BadSampleError, DataError, SafeDataset
 from .decoder import MaskedDecoder
 from .encoder import MaskedEncoder
-from .engine import NonFiniteLossError, PretrainResult, pretrain
 from .loading import load_model
 from .masking import MaskingStrategy, random_masking
 from .modality import Modality
 from .model import MaskedAutoencoder
+from .run import NonFiniteLossError, PreemptedError
+from .task_classify import ClassifyResult, train_classifier
+from .task_pretrain import PretrainResult, pretrain
 from .tokenizer import Tokenizer
 
 __all__ = [
     "BadSampleError",
     "CheckpointError",
+    "ClassifyResult",
     "Config",
     "ConfigError",
     "DataError",
@@ -28,6 +31,7 @@ __all__ = [
     "ModelConfig",
     "NonFiniteLossError",
     "OptimConfig",
+    "PreemptedError",
     "PretrainResult",
     "SafeDataset",
     "Tokenizer",
@@ -38,5 +42,6 @@ __all__ = [
     "pretrain",
     "random_masking",
     "read_checkpoint",
+    "train_classifier",
     "write_checkpoint",
 ]

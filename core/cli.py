@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="reconstruction.png", help="PNG to write")
     p.add_argument("--mask-ratio", type=float, default=None, help="default: the model's")
     p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
+    p.add_argument(
+        "--raw-stats",
+        action="store_true",
+        help="norm-pix models: draw removed patches with the visible patches' average mean and std, not each true "
+        "patch's (what the model itself predicts)",
+    )
     p.set_defaults(func=_visualize)
 
     p = sub.add_parser("export", help="write a checkpoint's model weights as safetensors (no pickle, no code)")
@@ -156,7 +162,7 @@ def _add_plugin_commands(sub: Any) -> None:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from .config import ClassifyConfig, ConfigError, load_config
-    from .engine import pretrain
+    from .task_pretrain import pretrain
 
     config, overrides = args.config, list(args.overrides)
     if "=" in config and not Path(config).is_file():  # `anymae pretrain train.epochs=5`: overrides of the demo
@@ -189,8 +195,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _classify(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
     from .config import load_classify_config
-    from .finetune import train_classifier
     from .loading import load_model
+    from .task_classify import train_classifier
 
     cfg = load_classify_config(args.config, args.overrides, mode=args.command)
     lbfgs = cfg.linprobe is not None and cfg.linprobe.solver == "lbfgs"
@@ -313,6 +319,7 @@ def _visualize(args: argparse.Namespace) -> int:
 
     from .checkpoint import CheckpointError
     from .config import from_dict, resolve_model_config
+    from .figures import render_figure
     from .loading import load_model
     from .masking import sample_mask
 
@@ -339,16 +346,10 @@ def _visualize(args: argparse.Namespace) -> int:
     )
     with torch.no_grad():
         loss, pred, mask = model(inputs, mask=forced)
-        pred = model.pred_to_pixels(inputs, pred)
-    out = modality.render_reconstruction(
-        inputs=inputs,
-        pred=pred,
-        mask=mask,
-        tokenizer=model.tokenizer,
-        data=data_cfg,
-        path=args.output,
+    out, caption = render_figure(
+        modality, model, inputs=inputs, pred=pred, mask=mask, data=data_cfg, path=args.output, raw_stats=args.raw_stats
     )
-    print(f"masked-patch loss {loss.item():.4f}; wrote {out}")
+    print(f"masked-patch loss {loss.item():.4f}; wrote {out}" + (f" ({caption})" if caption else ""))
     return 0
 
 

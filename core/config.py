@@ -171,7 +171,7 @@ class TrainConfig:
     figure_samples: int = 4  # held-out samples drawn in the reconstruction figure
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "accum_iter", "save_every_epochs", "log_every_steps"):
+        for name in ("epochs", "batch_size", "accum_iter", "save_every_epochs", "log_every_steps", "eval_every_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_workers < 0 or self.heldout_batches < 0 or self.figure_samples < 0:
@@ -183,6 +183,10 @@ class TrainConfig:
             raise ValueError(f"max_consecutive_skips must be at least 1, got {self.max_consecutive_skips}")
         if self.prefetch_factor is not None and self.prefetch_factor < 1:
             raise ValueError(f"prefetch_factor must be at least 1, got {self.prefetch_factor}")
+        if self.prefetch_factor is not None and self.num_workers == 0:
+            raise ValueError("prefetch_factor is the batches prefetched by each worker: it needs num_workers > 0")
+        if not self.fsdp_reshard_after_forward and self.distributed != "fsdp":
+            raise ValueError("fsdp_reshard_after_forward: false applies to distributed: fsdp only")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
 
@@ -236,8 +240,6 @@ class LinprobeConfig:
             raise ValueError(f"max_iter must be at least 1, got {self.max_iter}")
         if not 0 < self.eval_crop_pct <= 1:
             raise ValueError(f"eval_crop_pct must be in (0, 1], got {self.eval_crop_pct}")
-        if self.eval_every_epochs < 1:
-            raise ValueError(f"eval_every_epochs must be at least 1, got {self.eval_every_epochs}")
         if self.epoch_samples is not None and not self.balanced_sampling:
             raise ValueError("epoch_samples sets the draws of balanced_sampling; turn balanced_sampling on or unset it")
         if self.epoch_samples is not None and self.epoch_samples < 1:
@@ -581,16 +583,14 @@ def load_classify_config(
         raise ConfigError(f"config {source}: needs {want}; it has {found or 'neither'}")
     mode = found[0]
     data_raw = raw.pop("data", None)
+    if isinstance(raw[mode], dict) and "eval_every_epochs" in raw[mode]:
+        raise ConfigError(f"config {mode}.eval_every_epochs is now train.eval_every_epochs (one key for every command)")
     head = from_dict(FinetuneConfig if mode == "finetune" else LinprobeConfig, raw.pop(mode), mode)
     cfg = from_dict(ClassifyConfig, raw, "")
     setattr(cfg, mode, head)
     if not head.checkpoint:
         raise ConfigError(f"config {mode}.checkpoint is required: the pre-trained checkpoint to start from")
-    if cfg.train.distributed != "ddp":
-        raise ConfigError(
-            f"config train.distributed={cfg.train.distributed!r}: {mode} runs under DDP only (FSDP is a pre-training "
-            "option, for the memory of ViT-H pre-training); use train.distributed=ddp"
-        )
+    refuse_unsupported(cfg, mode)
     try:
         modality = registry.modality(head.modality)
     except KeyError as exc:
@@ -602,6 +602,45 @@ def load_classify_config(
         except KeyError as exc:
             raise ConfigError(f"config {mode}.token_masking: {exc.args[0]}") from None
     return cfg
+
+
+# Settings a command cannot honour, with the reason; any value but the default is refused when the config is
+# read. Every other field of TrainConfig and of the command's optim section is honoured by the training loop
+# (tests/test_config_fields.py walks them all).
+UNSUPPORTED: dict[str, dict[str, str]] = {
+    "classify": {
+        "train.distributed": "FSDP is a pre-training option (for the memory of ViT-H pre-training); classifiers run "
+        "under DDP only: use train.distributed=ddp",
+        "train.fsdp_reshard_after_forward": "an FSDP option; classifiers run under DDP",
+        "train.checkpoint_decoder_blocks": "a classifier has no decoder",
+        "train.heldout_batches": "pre-training's held-out masked-patch loss; classifiers evaluate the whole "
+        "held-out split",
+        "train.figure_samples": "pre-training's reconstruction figure; classifiers draw none",
+    },
+    "linprobe": {
+        "train.checkpoint_encoder_blocks": "the linear probe's encoder is frozen, so it keeps no activations to "
+        "recompute",
+    },
+    "lars": {
+        "optim.betas": "AdamW's betas; optim.optimizer is lars (momentum, trust_coeff)",
+    },
+    "adamw": {
+        "optim.momentum": "LARS's momentum; optim.optimizer is adamw (betas)",
+        "optim.trust_coeff": "LARS's trust coefficient; optim.optimizer is adamw",
+    },
+}
+
+
+def refuse_unsupported(cfg: ClassifyConfig, mode: str) -> None:
+    """Raise :class:`ConfigError` naming the first field of ``cfg`` that ``anymae {mode}`` cannot honour."""
+    groups = ["classify", *(["linprobe"] if mode == "linprobe" else []), cfg.optim.optimizer]
+    defaults = {"train": TrainConfig(), "optim": ClassifyOptimConfig()}
+    for group in groups:
+        for key, reason in UNSUPPORTED[group].items():
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            if value != getattr(defaults[section], name):
+                raise ConfigError(f"config {key}={value!r} is not supported by anymae {mode}: {reason}")
 
 
 def config_to_dict(cfg: Any) -> Any:

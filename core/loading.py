@@ -27,7 +27,7 @@ from .model import MaskedAutoencoder
 __all__ = ["load_any", "load_classifier_file", "load_model", "load_state_dict_checked", "read_payload"]
 
 CHECKPOINT_FORMAT = "anymae"
-CLASSIFIER_FORMAT = "anymae-classifier"  # = finetune.CLASSIFIER_FORMAT (not imported: finetune imports timm.data)
+CLASSIFIER_FORMAT = "anymae-classifier"  # = task_classify.CLASSIFIER_FORMAT (not imported: it imports timm.data)
 FIXED_TABLE_TOLERANCE = 1e-4  # a stored table this close to the sin-cos one is the fixed table (float32 rounding)
 
 

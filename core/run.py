@@ -130,7 +130,8 @@ def resume_path(resume: str, cfg: Any, *, pattern: str) -> Path:
         base,
         *(d for d in base.parent.glob(f"{base.name}-*") if re.fullmatch(r"\d+", d.name[len(base.name) + 1 :])),
     ]
-    found = [c for d in runs if d.is_dir() for c in list_checkpoints(d, pattern)]
+    # checkpoint-best.pt is a result, not a position: it may be older than the run's last step.
+    found = [c for d in runs if d.is_dir() for c in list_checkpoints(d, pattern) if c.name != "checkpoint-best.pt"]
     if not found:
         raise CheckpointError(f"--resume auto: no {pattern} in {base} (or {base.name}-N beside it)")
     return max(found, key=lambda c: (c.stat().st_mtime_ns, c.name))
@@ -139,7 +140,7 @@ def resume_path(resume: str, cfg: Any, *, pattern: str) -> Path:
 def rotate_checkpoints(run_dir: Path, *, keep: int, newest: Path) -> None:
     """Delete all but the newest ``keep`` numbered checkpoints (``checkpoint-NNNN.pt``, ``checkpoint-stepNNNNNNNN.pt``;
     ``keep`` 0: keep all); never the one just written, and never ``checkpoint-best.pt`` / ``checkpoint-last.pt``."""
-    if keep <= 0:
+    if keep <= 0 or not _NUMBERED.fullmatch(newest.name):
         return
     numbered = [c for c in list_checkpoints(run_dir) if _NUMBERED.fullmatch(c.name) and c != newest]
     for path in numbered[: max(len(numbered) - (keep - 1), 0)]:
@@ -156,14 +157,23 @@ class MetricsWriter:
     Tags: ``eval_*`` keys go to ``eval/*``, ``heldout_*`` and ``baseline_loss`` to ``heldout/*``, ``knn_*`` to
     ``knn/*``, the rest to ``train/*``; the x axis is the record's ``step`` (optimizer steps)."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, *, enabled: bool, resume_step: int | None = None) -> None:
+        """``resume_step``: the run continues from a checkpoint taken at that step, so what was written after it
+        (before the run was stopped) is dropped: every step appears once, in the file and in TensorBoard."""
         self.path = run_dir / "metrics.jsonl"
-        self.stream = self.path.open("a") if enabled else None
+        self.stream = None
         self.board: Any = None
-        if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        if not enabled:
+            return
+        if resume_step is not None and self.path.is_file():
+            rows = [line for line in self.path.read_text().splitlines() if line.strip()]
+            kept = [line for line in rows if json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self.stream = self.path.open("a")
+        from torch.utils.tensorboard import SummaryWriter
 
-            self.board = SummaryWriter(log_dir=str(run_dir))
+        purge = None if resume_step is None else resume_step + 1  # events from that step on are discarded
+        self.board = SummaryWriter(log_dir=str(run_dir), purge_step=purge)
 
     def log(self, **record: Any) -> None:
         if self.stream is None:

@@ -148,7 +148,7 @@ def test_demo_sounds_are_deterministic_and_the_demo_config_matches_their_statist
 
 def _bad_sound_run(tmp_path, max_bad_fraction: float):
     """A tiny audio pre-training on 6 good files plus the issue's four awkward ones."""
-    from anymae.core.engine import pretrain
+    from anymae.core import pretrain
 
     train = tmp_path / "train"
     train.mkdir(exist_ok=True)

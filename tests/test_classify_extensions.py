@@ -17,8 +17,9 @@ from anymae.core.build import build_model
 from anymae.core.classify import build_classifier
 from anymae.core.config import resolve_model_config
 from anymae.core.data import DataError, EpochSampler
-from anymae.core.finetune import FrameMixup, MultiLabelMixup, evaluate, view_scores
+from anymae.core.evaluation import evaluate, view_scores
 from anymae.core.metrics import average_precision, mean_average_precision, topk_correct
+from anymae.core.task_classify import FrameMixup, MultiLabelMixup
 
 TINY_MODEL = {
     "modality": "image",

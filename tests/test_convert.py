@@ -24,7 +24,8 @@ from anymae.core.classify import build_classifier
 from anymae.core.cli import main
 from anymae.core.config import resolve_model_config
 from anymae.core.convert import convert
-from anymae.core.finetune import CLASSIFIER_FORMAT, load_classifier
+from anymae.core.evaluation import load_classifier
+from anymae.core.task_classify import CLASSIFIER_FORMAT
 from anymae.plugins import load_registry
 
 SMALL = {  # the official decoder has 16 heads, which readers of the official layout assume

@@ -24,8 +24,9 @@ from anymae.core.classify import build_classifier, param_groups_lars, param_grou
 from anymae.core.cli import main
 from anymae.core.config import resolve_model_config
 from anymae.core.data import DataError
-from anymae.core.finetune import topk_correct
+from anymae.core.metrics import topk_correct
 from anymae.core.pos_embed import sincos_2d
+from anymae.core.trainer import Trainer
 
 TINY_MODEL = {
     "modality": "image",
@@ -37,6 +38,8 @@ TINY_MODEL = {
     "decoder_depth": 1,
     "decoder_num_heads": 2,
 }
+
+SGD = "linprobe.solver=sgd"  # the linear probe's SGD loop (the demo config uses the L-BFGS solver)
 
 
 def _tiny_mae():
@@ -89,7 +92,19 @@ def test_pretrain_finetune_linprobe_eval_through_the_cli(
     assert finetuned["config"]["classes"] == ["cats", "dogs"]
     assert "fc_norm.weight" in finetuned["model"] and "encoder.norm.weight" not in finetuned["model"]
 
-    assert main(["linprobe", "demo_image_linprobe", f"linprobe.checkpoint={pretrained}", *common, "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "linprobe",
+                "demo_image_linprobe",
+                f"linprobe.checkpoint={pretrained}",
+                "linprobe.solver=sgd",
+                *common,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     probe_path = runs / "demo_image_linprobe" / "checkpoint-best.pt"
     probed = read_checkpoint(probe_path)["model"]
     original = read_checkpoint(pretrained)["model"]
@@ -213,7 +228,9 @@ def test_wrong_key_and_missing_checkpoint_are_one_line_errors(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "finetune.drop_pth" in err and "drop_path" in err
     missing = tmp_path / "nope.pt"
-    assert main(["linprobe", "demo_image_linprobe", f"linprobe.checkpoint={missing}", *common]) == 1
+    assert (
+        main(["linprobe", "demo_image_linprobe", f"linprobe.checkpoint={missing}", "linprobe.solver=sgd", *common]) == 1
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(missing) in err and "does not exist" in err
     assert main(["eval", str(missing)]) == 1
@@ -246,8 +263,10 @@ def test_finetune_under_two_processes_counts_every_eval_sample_once(tmp_path: Pa
     assert "finished: top-1" in outs[0][0] and outs[1][0] == ""  # only rank 0 reports
     records = [json.loads(line) for line in (runs / "demo_image_finetune" / "metrics.jsonl").read_text().splitlines()]
     assert [r["eval_n"] for r in records if "eval_n" in r] == [4.0]  # 4 labelled val images, 2 per rank
-    assert sorted(p.name for p in (runs / "demo_image_finetune").iterdir()) == [
+    names = sorted(p.name for p in (runs / "demo_image_finetune").iterdir())
+    assert [n for n in names if not n.startswith("events.out.tfevents.")] == [
         "checkpoint-best.pt", "checkpoint-last.pt", "config.yaml", "metrics.jsonl"]  # fmt: skip
+    assert len(names) == 5  # and one TensorBoard event file, written by rank 0 only
 
 
 def test_a_modality_without_labelled_data_says_so_by_name() -> None:
@@ -281,7 +300,6 @@ def test_an_interrupted_finetune_resumes_to_the_uninterrupted_result(
 ) -> None:
     """Killed after epoch 2 of 3 and resumed with --resume auto: the same final weights, bit for bit (mixup,
     drop path and the data draw from RNG states and per-sample seeds the checkpoint restores)."""
-    from anymae.core import finetune
 
     pretrained = _save_pretrained(tmp_path / "pre.pt")
     _add_labelled_val(tiny_image_folder)
@@ -292,28 +310,28 @@ def test_an_interrupted_finetune_resumes_to_the_uninterrupted_result(
                 "optim.warmup_epochs=1", "--no-progress"]  # fmt: skip
 
     assert main(args(tmp_path / "a")) == 0
-    original = finetune._ClassifyTrainer._run_epoch
+    original = Trainer.run_epoch
 
-    def dies_in_epoch_3(self, epoch: int, *position) -> float:
+    def dies_in_epoch_3(self, epoch: int) -> None:
         if epoch == 2:
             raise RuntimeError("killed")
-        return original(self, epoch, *position)
+        original(self, epoch)
 
-    monkeypatch.setattr(finetune._ClassifyTrainer, "_run_epoch", dies_in_epoch_3)
+    monkeypatch.setattr(Trainer, "run_epoch", dies_in_epoch_3)
     with pytest.raises(RuntimeError, match="killed"):
         main(args(tmp_path / "b"))
-    assert read_checkpoint(tmp_path / "b" / "demo_image_finetune" / "checkpoint-last.pt")["epoch"] == 2
-    monkeypatch.setattr(finetune._ClassifyTrainer, "_run_epoch", original)
+    assert read_checkpoint(tmp_path / "b" / "demo_image_finetune" / "checkpoint-last.pt")["progress"]["epoch"] == 2
+    monkeypatch.setattr(Trainer, "run_epoch", original)
     capsys.readouterr()
     assert main([*args(tmp_path / "b"), "--resume", "auto"]) == 0
     assert "resuming finetune from" in capsys.readouterr().out
     a = read_checkpoint(tmp_path / "a" / "demo_image_finetune" / "checkpoint-last.pt")
     b = read_checkpoint(tmp_path / "b" / "demo_image_finetune" / "checkpoint-last.pt")
-    assert a["epoch"] == b["epoch"] == 3 and a["eval"] == b["eval"]
+    assert a["progress"] == b["progress"] and a["progress"]["epoch"] == 3 and a["eval"] == b["eval"]
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert main([*args(tmp_path / "b"), "--resume", str(tmp_path / "pre.pt")]) == 1  # a pre-training file
-    assert "not a resumable finetune checkpoint" in capsys.readouterr().err
+    assert "not an anymae finetune training checkpoint" in capsys.readouterr().err
 
 
 def test_eval_every_epochs_evaluates_every_nth_epoch_and_the_last(
@@ -322,8 +340,8 @@ def test_eval_every_epochs_evaluates_every_nth_epoch_and_the_last(
     pretrained = _save_pretrained(tmp_path / "pre.pt")
     _add_labelled_val(tiny_image_folder)
     common = _classify_overrides(tiny_image_folder, tmp_path / "runs")
-    argv = ["linprobe", "demo_image_linprobe", f"linprobe.checkpoint={pretrained}", *common, "train.epochs=3",
-            "linprobe.eval_every_epochs=2", "--no-progress"]  # fmt: skip
+    argv = ["linprobe", "demo_image_linprobe", f"linprobe.checkpoint={pretrained}", SGD, *common, "train.epochs=3",
+            "train.eval_every_epochs=2", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "epoch 1: train loss" in out and re.search(r"epoch 2: top-1", out) and re.search(r"epoch 3: top-1", out)
@@ -339,7 +357,7 @@ def test_sigterm_stops_a_finetune_inside_an_epoch_and_the_resumed_run_is_exact(
     with 75, and --resume auto ends bit-identical to an uninterrupted run."""
     import signal
 
-    from anymae.core import finetune
+    from anymae.core import trainer
 
     pretrained = _save_pretrained(tmp_path / "pre.pt")
     _add_labelled_val(tiny_image_folder)
@@ -350,7 +368,7 @@ def test_sigterm_stops_a_finetune_inside_an_epoch_and_the_resumed_run_is_exact(
                 "train.batch_size=2", "--no-progress"]  # fmt: skip
 
     assert main(args(tmp_path / "a")) == 0
-    real_all_sum, calls = finetune.all_sum, []
+    real_all_sum, calls = trainer.all_sum, []
 
     def all_sum_then_sigterm(values, ctx, device):
         calls.append(1)
@@ -358,12 +376,13 @@ def test_sigterm_stops_a_finetune_inside_an_epoch_and_the_resumed_run_is_exact(
             os.kill(os.getpid(), signal.SIGTERM)
         return real_all_sum(values, ctx, device)
 
-    monkeypatch.setattr(finetune, "all_sum", all_sum_then_sigterm)
+    monkeypatch.setattr(trainer, "all_sum", all_sum_then_sigterm)
     assert main(args(tmp_path / "b")) == 75
-    assert "SIGTERM: stopped at epoch 1, batch 3/4" in capsys.readouterr().err
+    assert "SIGTERM: stopped at step 3 (epoch 1, batch 3/4)" in capsys.readouterr().err
     saved = read_checkpoint(tmp_path / "b" / "demo_image_finetune" / "checkpoint-last.pt")
-    assert (saved["epoch"], saved["batch"], len(saved["epoch_losses"])) == (0, 3, 3)
-    monkeypatch.setattr(finetune, "all_sum", real_all_sum)
+    progress = saved["progress"]
+    assert (progress["epoch"], progress["batch"], progress["step"], len(progress["epoch_losses"])) == (0, 3, 3, 3)
+    monkeypatch.setattr(trainer, "all_sum", real_all_sum)
     assert main([*args(tmp_path / "b"), "--resume", "auto"]) == 0
     assert "epoch 1, batch 4 of 2 epochs" in capsys.readouterr().out
     a = read_checkpoint(tmp_path / "a" / "demo_image_finetune" / "checkpoint-last.pt")

@@ -25,11 +25,10 @@ import torch
 import yaml
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-from anymae.core import build_model
+from anymae.core import build_model, pretrain
 from anymae.core.checkpoint import read_checkpoint
 from anymae.core.config import ConfigError, resolve_config
 from anymae.core.distributed import optim_state_by_index, optim_state_by_name
-from anymae.core.engine import pretrain
 from anymae.core.loading import load_model
 from anymae.core.optim import param_groups_weight_decay
 
@@ -216,7 +215,7 @@ def test_an_fsdp_checkpoint_resumes_under_fsdp_and_ddp_with_the_same_next_steps(
     run_dir = workdir / "runs" / f"resumed-{kind}"
     run_dir.mkdir(parents=True)
     shutil.copy(runs["fsdp"] / "checkpoint-step00000001.pt", run_dir)
-    config = _config(workdir, f"resumed-{kind}", kind, reshard_after_forward=False)
+    config = _config(workdir, f"resumed-{kind}", kind, reshard_after_forward=kind == "ddp")  # an fsdp-only option
     _launch_two_ranks(config, "--resume", str(run_dir / "checkpoint-step00000001.pt"))
     original, resumed = _step_losses(runs["fsdp"]), _step_losses(run_dir)
     assert sorted(resumed) == list(range(2, STEPS + 1))

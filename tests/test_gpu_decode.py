@@ -16,9 +16,9 @@ from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_STD
 from torchvision.io import decode_jpeg
 
+from anymae.core import pretrain
 from anymae.core.config import resolve_config
 from anymae.core.data import DataError, SafeDataset
-from anymae.core.engine import pretrain
 from anymae.modalities.image.device_decode import DeviceDecode, EncodedImageFiles
 from anymae.modalities.image.modality import ImageDataConfig, ImageModality, ImageTokenizerConfig
 

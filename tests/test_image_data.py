@@ -13,9 +13,8 @@ import torch
 from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from anymae.core import DataError, SafeDataset
+from anymae.core import DataError, SafeDataset, pretrain
 from anymae.core.config import resolve_config
-from anymae.core.engine import pretrain
 from anymae.modalities.image.data import eval_transform, load_image, pretrain_transform
 
 

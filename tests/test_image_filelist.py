@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import torch
 
+from anymae.core import pretrain
 from anymae.core.build import build_model
 from anymae.core.checkpoint import read_checkpoint, write_checkpoint
 from anymae.core.cli import main
 from anymae.core.config import resolve_config, resolve_model_config
 from anymae.core.data import DataError
-from anymae.core.engine import pretrain
 from anymae.modalities.image.modality import ImageDataConfig, ImageModality, ImageTokenizerConfig
 
 TOKENIZER = ImageTokenizerConfig(img_size=32, patch_size=8)

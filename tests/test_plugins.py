@@ -23,11 +23,11 @@ from plugin_fixtures import (
 )
 
 import anymae.plugins.builtin
+from anymae.core import pretrain
 from anymae.core.build import build_model
 from anymae.core.checkpoint import read_checkpoint
 from anymae.core.cli import main
 from anymae.core.config import ConfigError, resolve_config
-from anymae.core.engine import pretrain
 from anymae.core.loading import load_model
 from anymae.core.masking import random_masking
 from anymae.plugins import (
@@ -142,7 +142,7 @@ def test_entry_points_register_image_modality_and_random_masking_from_anymae():
     for name in ("image", "builtin"):
         info = registry.plugins[name]
         assert (info.distribution, info.version, info.status) == ("anymae", ANYMAE_VERSION, "loaded")
-    assert registry.plugins["image"].registers == ["modality:image"]
+    assert registry.plugins["image"].registers == ["modality:image", "command:image-stats"]
     assert registry.plugins["builtin"].registers == [
         "masking:random",
         "target:pixels",
@@ -161,7 +161,7 @@ def test_get_registry_is_built_once_and_rebuilt_after_reset():
 def test_plugins_command_lists_builtin_plugins_with_distribution_version_and_status(capsys):
     assert main(["plugins"]) == 0
     rows = plugin_rows(capsys.readouterr().out)
-    assert rows["image"] == ["modality:image", "anymae", ANYMAE_VERSION, "loaded"]
+    assert rows["image"] == ["modality:image, command:image-stats", "anymae", ANYMAE_VERSION, "loaded"]
     builtins = "masking:random, target:pixels, target:norm_pix, decoder:global"
     assert rows["builtin"] == [builtins, "anymae", ANYMAE_VERSION, "loaded"]
 
@@ -171,7 +171,7 @@ def test_plugins_command_verbose_shows_the_hooks_each_plugin_implements(capsys):
     lines = capsys.readouterr().out.splitlines()
     image = next(i for i, line in enumerate(lines) if line.startswith("image "))
     builtin = next(i for i, line in enumerate(lines) if line.startswith("builtin "))
-    assert lines[image + 1].strip() == "hooks: anymae_register_modalities"
+    assert lines[image + 1].strip() == "hooks: anymae_register_commands, anymae_register_modalities"
     expected = "hooks: anymae_register_decoders, anymae_register_masking, anymae_register_targets"
     assert lines[builtin + 1].strip() == expected
 
@@ -182,7 +182,7 @@ def test_plugins_command_runs_as_a_module_in_a_fresh_process():
     )
     assert proc.returncode == 0, proc.stderr
     rows = plugin_rows(proc.stdout)
-    assert rows["image"] == ["modality:image", "anymae", ANYMAE_VERSION, "loaded"]
+    assert rows["image"] == ["modality:image, command:image-stats", "anymae", ANYMAE_VERSION, "loaded"]
     builtins = "masking:random, target:pixels, target:norm_pix, decoder:global"
     assert rows["builtin"] == [builtins, "anymae", ANYMAE_VERSION, "loaded"]
 

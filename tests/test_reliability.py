@@ -289,7 +289,8 @@ for n in range(1, 10_000):
 
 
 def test_sigkill_during_checkpoint_writes_never_loses_the_latest_complete_checkpoint(tmp_path):
-    from anymae.core import checkpoint, engine
+    from anymae.core import checkpoint
+    from anymae.core import run as run_layer
 
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
@@ -306,8 +307,8 @@ def test_sigkill_during_checkpoint_writes_never_loses_the_latest_complete_checkp
         time.sleep(rng.uniform(0.0, 0.4))  # somewhere inside a write, a rotation or between them
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert engine._checkpoints(folder), "no complete checkpoint left"
-        latest = read_checkpoint(engine.resume_path("auto", run, pattern="checkpoint-*.pt"))  # what --resume auto picks
+        assert run_layer.list_checkpoints(folder), "no complete checkpoint left"
+        latest = read_checkpoint(run_layer.resume_path("auto", run, pattern="checkpoint-*.pt"))  # --resume auto picks
         assert latest["n"] >= 1 and latest["weights"].numel() == 2_000_000
         for path in folder.glob("checkpoint-*.pt"):  # every file under a final name is whole
             assert read_checkpoint(path)["weights"].numel() == 2_000_000
@@ -328,9 +329,9 @@ def test_an_unwritable_output_directory_fails_before_training(workdir):
 
 def test_a_failing_checkpoint_write_names_the_file_and_keeps_the_previous_one(tiny_config_dict, monkeypatch):
     from anymae.core import checkpoint as checkpoint_module
+    from anymae.core import pretrain
     from anymae.core.checkpoint import CheckpointError
     from anymae.core.config import resolve_config
-    from anymae.core.engine import pretrain
 
     raw = copy.deepcopy(tiny_config_dict)
     raw["train"].update(epochs=2, save_every_epochs=1)

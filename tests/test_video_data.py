@@ -190,9 +190,9 @@ def test_load_inputs_gives_one_centre_clip_per_file(tmp_path):
 def test_repeated_sampling_draws_one_mask_per_clip_and_trains(tmp_path):
     """``num_sample: 2``: one decode gives 2 clips; SafeDataset draws an independent mask for each (the first is
     the one a single-clip item would get), and the trainer folds (N, S, ...) into N*S clips, lr counting clips."""
+    from anymae.core import pretrain
     from anymae.core.config import resolve_config
     from anymae.core.data import SafeDataset
-    from anymae.core.engine import pretrain
     from anymae.core.masking import SampleMasker
     from anymae.modalities.video.masking import tube_masking
 
