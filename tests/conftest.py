@@ -1,8 +1,10 @@
-"""Shared fixtures: a tiny real image folder (JPEG + PNG written with PIL) and a tiny image-MAE config."""
+"""Shared fixtures: a tiny real image folder (JPEG + PNG written with PIL) and a tiny image-MAE config; the
+``slow`` marker for tests of minutes, which run only when asked for (``-m slow`` or ANYMAE_SLOW_TESTS=1)."""
 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,25 @@ import yaml
 from PIL import Image, ImageDraw
 
 IMAGE_W, IMAGE_H = 48, 40
+SLOW_ENV = "ANYMAE_SLOW_TESTS"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"slow: takes minutes (e.g. torch.compile's cold build); deselected unless `-m slow` or {SLOW_ENV}=1",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect ``slow`` tests unless the run asks for them: a ``-m`` expression naming ``slow`` decides itself,
+    ``ANYMAE_SLOW_TESTS=1`` adds them to an ordinary run."""
+    if os.environ.get(SLOW_ENV) == "1" or "slow" in (config.getoption("markexpr") or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 def make_image(seed: int, *, size: tuple[int, int] = (IMAGE_W, IMAGE_H), mode: str = "RGB") -> Image.Image:

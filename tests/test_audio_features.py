@@ -8,7 +8,6 @@ import torch
 from torchaudio.compliance import kaldi
 
 from anymae.modalities.audio.data import AudioClips, ClipList, FeatureSettings
-from anymae.modalities.audio.decode import decode_audio
 from anymae.modalities.audio.encode import encode_audio
 from anymae.modalities.audio.features import AUDIOSET_MEAN, AUDIOSET_STD, features
 from anymae.modalities.audio.stats import fbank_stats, main
@@ -19,7 +18,9 @@ AUDIOSET_T, AUDIOSET_F = 1024, 128
 def reference_input(
     wave: torch.Tensor, target_length: int, mean: float, std: float, *, remove_mean: bool = True
 ) -> torch.Tensor:
-    """AudioMAE's dataset.py pipeline written out: mean removed, kaldi fbank, pad/cut frames, (x - m) / (2 s)."""
+    """AudioMAE's dataset.py pipeline written out: the clip's mean subtracted, kaldi fbank, pad/cut frames,
+    (x - m) / (2 s). The mean subtraction changes nothing but rounding: kaldi's ``remove_dc_offset`` (on by
+    default) subtracts each frame's own mean before the window anyway."""
     if remove_mean:
         wave = wave - wave.mean()
     bank = kaldi.fbank(
@@ -52,11 +53,14 @@ def test_features_equal_a_direct_kaldi_fbank_call_with_audiomae_settings():
 def test_a_file_goes_through_decode_mean_removal_crop_and_fbank_as_audiomae(tmp_path):
     rng = np.random.default_rng(1)
     signal = 0.2 * rng.standard_normal(16000 * 3) + 0.1
-    path = encode_audio(tmp_path / "noise.flac", signal, sample_rate=16000)  # flac: lossless
+    path = encode_audio(tmp_path / "noise.flac", signal, sample_rate=16000)  # flac: lossless at 16 bits
     settings = FeatureSettings(sample_rate=16000, num_mel_bins=128, target_length=256, mean=-5.0, std=3.0)
     x = AudioClips(ClipList([path], None, []), settings=settings, crop="start")[0]
-    # AudioMAE removes the mean of the whole file, then keeps the first target_length frames.
-    assert torch.allclose(x, reference_input(decode_audio(path), 256, -5.0, 3.0), atol=1e-5)
+    # What the file holds, from the signal itself: float32 samples scaled by 2**15, rounded and clipped to
+    # 16 bits (FFmpeg's flt -> s16), read back as s16 / 2**15.
+    stored = np.clip(np.round(signal.astype(np.float32).astype(np.float64) * 2**15), -(2**15), 2**15 - 1) / 2**15
+    # AudioMAE subtracts the whole file's mean (see reference_input), then keeps the first target_length frames.
+    assert torch.allclose(x, reference_input(torch.from_numpy(stored).float(), 256, -5.0, 3.0), atol=1e-5)
 
 
 def test_long_clips_are_cut_to_target_length_frames():
