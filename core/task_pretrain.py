@@ -1,7 +1,7 @@
 """Pre-training as a task of the one training loop (:mod:`anymae.core.trainer`): masked inputs in, the
 masked-patch loss out; the periodic check is the held-out masked-patch loss next to the trivial baseline, on
 masks fixed by ``train.seed``, with a reconstruction figure (``reconstruction-epochNNNN.png``, and the last one
-also as ``reconstruction.png``).
+also as ``reconstruction.png``), and, when the data has labels, the k-NN accuracy of the encoder's features.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from .build import build_model
 from .config import Config, ConfigError, config_to_dict
-from .data import SafeDataset
+from .data import DataError, SafeDataset
 from .distributed import DistContext, gather_full_state, run_then_teardown, setup
+from .knn import knn_accuracy
 from .loading import CHECKPOINT_FORMAT
 from .loss import masked_mse, patch_mean_baseline
 from .masking import SampleMasker, sample_mask
@@ -85,6 +86,20 @@ class PretrainTask(Task):
         # in the workers, the transform itself in the step.
         self.device_transform = self.modality.device_transform(cfg.data, cfg.model.tokenizer, device=device)
         self.heldout: tuple[float, float] | None = None  # the last check's (loss, baseline)
+        self.knn_sets = self._knn_sets()
+
+    def _knn_sets(self) -> tuple[Dataset, Dataset] | None:
+        """The training and held-out splits with labels (class folders, label lists) for a k-NN check of the
+        features in every periodic check; None when the data has none."""
+        if self.heldout_set is None:
+            return None
+        try:
+            return tuple(  # type: ignore[return-value]
+                self.modality.build_labelled_dataset(self.cfg.data, self.cfg.model.tokenizer, split=split, augment=None)
+                for split in ("train", "heldout")
+            )
+        except DataError:  # unlabelled data: the checks report the held-out loss only
+            return None
 
     def loader_dataset(self) -> Dataset:
         return SafeDataset(
@@ -134,6 +149,10 @@ class PretrainTask(Task):
             f"train loss {trainer.epoch_loss:.4f}, held-out masked-patch loss {loss:.4f} vs {baseline:.4f} for "
             f"the trivial baseline ({ratio:.2f}x)"
         )
+        if self.knn_sets is not None:  # DINO's weighted k-NN of the held-out features against the training ones
+            knn = knn_accuracy(model, *self.knn_sets, batch_size=self.cfg.train.batch_size, device=self.device)
+            record.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
+            line += f", k-NN top-1 {knn['knn_top1']:.1f}%"
         return Check(record, line, figure=figure)
 
     def payload(self) -> dict[str, Any]:

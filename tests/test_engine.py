@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -132,11 +133,63 @@ def test_pretrain_writes_config_metrics_checkpoint_and_figure(tiny_config_dict):
     yaml.safe_dump(payload["config"])  # plain data: dumps without any Python tags
 
     assert result.figure == run_dir / "reconstruction.png"
-    with Image.open(result.figure) as figure:
-        assert figure.format == "PNG"
+    assert sorted(p.name for p in run_dir.glob("reconstruction-epoch*.png")) == [
+        "reconstruction-epoch0001.png",
+        "reconstruction-epoch0002.png",
+    ]
+    _assert_masked_panel_shows_the_input_and_the_removed_patches(result.figure, patches=4, removed=12)
     assert result.heldout_loss is not None and math.isfinite(result.heldout_loss)
     assert result.baseline_loss is not None and result.baseline_loss > 0
     assert not list(run_dir.glob("*.tmp"))
+
+
+def _assert_masked_panel_shows_the_input_and_the_removed_patches(path: Path, *, patches: int, removed: int) -> None:
+    """Row 0 of the image figure (columns: original | masked | ...; an 18 px header, 4 px padding, 32 px crops
+    drawn 6x): each patch of the masked panel is either the original's pixels or the grey fill, entirely."""
+    with Image.open(path) as figure:
+        assert figure.format == "PNG"
+        pixels = np.asarray(figure.convert("RGB")).astype(int)
+    cell, pad, header = 32 * 6, 4, 18
+    top = header + pad
+    original = pixels[top : top + cell, pad : pad + cell]
+    masked = pixels[top : top + cell, 2 * pad + cell : 2 * pad + 2 * cell]
+    side = cell // patches
+    grey = 0
+    for i in range(patches):
+        for j in range(patches):
+            tile = masked[i * side : (i + 1) * side, j * side : (j + 1) * side]
+            if (tile == 127).all():
+                grey += 1
+            else:
+                assert (tile == original[i * side : (i + 1) * side, j * side : (j + 1) * side]).all(), (i, j)
+    assert grey == removed
+
+
+def test_periodic_checks_write_figures_and_tensorboard_events(tiny_config_dict):
+    """train.eval_every_epochs: a held-out check (loss, baseline, figure) after epochs 2 and 4 and the last; the
+    metrics rows and the figures also go to TensorBoard, where `tensorboard --logdir runs` reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = _run(tiny_config_dict, train__epochs=5, train__eval_every_epochs=2)
+    checks = [r for r in _records(result.metrics) if "heldout_loss" in r]
+    assert [r["epoch"] for r in checks] == [2, 4, 5]
+    assert all(r["heldout_ratio"] == pytest.approx(r["heldout_loss"] / r["baseline_loss"], rel=1e-5) for r in checks)
+    figures = sorted(p.name for p in result.run_dir.glob("reconstruction-epoch*.png"))
+    assert figures == ["reconstruction-epoch0002.png", "reconstruction-epoch0004.png", "reconstruction-epoch0005.png"]
+    assert result.figure.read_bytes() == (result.run_dir / figures[-1]).read_bytes()
+
+    events = EventAccumulator(str(result.run_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    expected = {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "train/epoch_loss",
+                "heldout/loss", "heldout/baseline_loss", "heldout/ratio"}  # fmt: skip
+    assert expected <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("heldout/loss")] == [r["step"] for r in checks]
+    assert [e.value for e in events.Scalars("heldout/loss")] == pytest.approx([r["heldout_loss"] for r in checks])
+    images = events.Images("heldout/reconstruction")
+    assert [e.step for e in images] == [r["step"] for r in checks]
+    with Image.open(result.run_dir / figures[0]) as first:
+        assert (images[0].width, images[0].height) == first.size
 
 
 def test_lr_is_set_every_iteration_from_the_schedule(tiny_config_dict):
@@ -145,9 +198,11 @@ def test_lr_is_set_every_iteration_from_the_schedule(tiny_config_dict):
     raw["data"]["repeats"] = 2  # 4 iterations per epoch
     result = _run(raw, train__epochs=3)
     steps = [r for r in _records(result.metrics) if "lr" in r]
-    assert len(steps) == 12
+    assert [r["step"] for r in steps] == list(range(1, 13))
     for record in steps:
-        expected = reference_schedule(record["epoch"], 1e-3, 1e-5, 1, 3)
+        # Step k (1-based) is the update of iteration k - 1, whose lr is set at fractional epoch (k - 1) / 4:
+        # derived from the step counter, not from the position the loop logs.
+        expected = reference_schedule((record["step"] - 1) / 4, 1e-3, 1e-5, 1, 3)
         assert record["lr"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
     assert len({r["lr"] for r in steps}) == len(steps)  # changes within an epoch, not once per epoch
 
@@ -201,6 +256,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_co
     resumed = pretrain(cfg, resume=str(interrupted / "checkpoint-0001.pt"), progress=False)
 
     assert resumed.checkpoint == interrupted / "checkpoint-0003.pt"
+    # The resumed run starts at the step after the checkpoint's (2 steps an epoch), each step logged once.
+    assert [r["step"] for r in _records(resumed.metrics) if "loss" in r] == [3, 4, 5, 6]
     a = read_checkpoint(full.run_dir / "checkpoint-0003.pt")
     b = read_checkpoint(resumed.checkpoint)
     assert a["progress"] == b["progress"]
@@ -299,3 +356,43 @@ def test_write_checkpoint_failing_midway_keeps_the_previous_file(tmp_path, monke
     monkeypatch.setattr(torch, "save", real_save)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
     assert torch.load(path, weights_only=True)["version"].item() == 1
+
+
+def test_periodic_checks_report_knn_accuracy_when_the_heldout_split_has_labels(tiny_config_dict, tiny_image_folder):
+    """With class folders in both splits, each check adds the weighted k-NN top-1 of the held-out CLS features
+    against the training ones; the last one equals a hand-computed vote (numpy) on the final weights."""
+    from PIL import Image as PILImage
+
+    for i, cls in enumerate(["cats", "dogs", "cats", "dogs"]):  # a labelled held-out split
+        (tiny_image_folder / "val" / cls).mkdir(parents=True, exist_ok=True)
+        PILImage.new("RGB", (40, 36), (200, 40 * i, 30) if cls == "cats" else (20, 40 * i, 220)).save(
+            tiny_image_folder / "val" / cls / f"{cls}{i}.png"
+        )
+    result = _run(tiny_config_dict)
+    checks = [r for r in _records(result.metrics) if "heldout_loss" in r]
+    assert [r["epoch"] for r in checks] == [1, 2] and all("knn_top1" in r and "knn_top5" in r for r in checks)
+
+    from anymae.core import load_model
+    from anymae.core.config import from_dict
+    from anymae.plugins import get_registry
+
+    model = load_model(result.checkpoint).eval()
+    image = get_registry().modality("image")
+    data = from_dict(image.data_config, tiny_config_dict["data"], "data")
+    tok = from_dict(image.tokenizer_config, tiny_config_dict["model"]["tokenizer"], "model.tokenizer")
+    features = {}
+    for split in ("train", "heldout"):
+        dataset = image.build_labelled_dataset(data, tok, split=split, augment=None)
+        x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+        with torch.no_grad():
+            cls = model.encode(x)[:, 0].numpy().astype(np.float64)  # CLS after the final norm
+        features[split] = (cls / np.linalg.norm(cls, axis=1, keepdims=True), [dataset[i][1] for i in range(len(x))])
+    (bank, bank_labels), (queries, labels) = features["train"], features["heldout"]
+    correct = 0
+    for query, label in zip(queries, labels, strict=True):
+        sims = bank @ query
+        votes = np.zeros(2)
+        for j in np.argsort(-sims)[:20]:  # k = 20 is more than the 8 training images: all of them vote
+            votes[bank_labels[j]] += np.exp(sims[j] / 0.07)
+        correct += int(votes.argmax() == label)
+    assert checks[-1]["knn_top1"] == pytest.approx(100.0 * correct / len(labels))

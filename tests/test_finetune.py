@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -365,7 +366,7 @@ def test_sigterm_stops_a_finetune_inside_an_epoch_and_the_resumed_run_is_exact(
     def args(runs: Path) -> list[str]:
         overrides = _classify_overrides(tiny_image_folder, runs)
         return ["finetune", "demo_image_finetune", f"finetune.checkpoint={pretrained}", *overrides, "train.epochs=2",
-                "train.batch_size=2", "--no-progress"]  # fmt: skip
+                "train.batch_size=2", "train.log_every_steps=1", "--no-progress"]  # fmt: skip
 
     assert main(args(tmp_path / "a")) == 0
     real_all_sum, calls = trainer.all_sum, []
@@ -383,7 +384,14 @@ def test_sigterm_stops_a_finetune_inside_an_epoch_and_the_resumed_run_is_exact(
     progress = saved["progress"]
     assert (progress["epoch"], progress["batch"], progress["step"], len(progress["epoch_losses"])) == (0, 3, 3, 3)
     monkeypatch.setattr(trainer, "all_sum", real_all_sum)
+    started = time.time()
     assert main([*args(tmp_path / "b"), "--resume", "auto"]) == 0
+    rows = [
+        json.loads(line) for line in (tmp_path / "b" / "demo_image_finetune" / "metrics.jsonl").read_text().splitlines()
+    ]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == list(range(1, 9))  # 2 epochs of 4 steps, each logged once
+    assert next(r["step"] for r in rows if "loss" in r and r["time"] >= started) == 4  # resumed after step 3
     assert "epoch 1, batch 4 of 2 epochs" in capsys.readouterr().out
     a = read_checkpoint(tmp_path / "a" / "demo_image_finetune" / "checkpoint-last.pt")
     b = read_checkpoint(tmp_path / "b" / "demo_image_finetune" / "checkpoint-last.pt")

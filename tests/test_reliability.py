@@ -135,9 +135,21 @@ def _launch(workdir: Path, config: Path, *args: str, ranks: int = 1, timeout: fl
 
 
 def _step_losses(run_dir: Path) -> dict[int, float]:
-    """Per-step loss from metrics.jsonl; a step logged twice (before a kill and after resume) keeps the last."""
+    """Per-step loss from metrics.jsonl, where every step appears exactly once (a resumed run drops the rows
+    written after its checkpoint before it logs those steps again)."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert len(steps) == len(set(steps)), steps
     return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def _assert_resumed_after(run_dir: Path, started: float, step: int) -> None:
+    """The rows written by the run resumed at time ``started`` begin at ``step`` + 1: it continued from the
+    checkpoint of step ``step``, not from an older one (whose resume would give the same final bytes)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    before = [r["step"] for r in records if "loss" in r and r["time"] < started]
+    after = [r["step"] for r in records if "loss" in r and r["time"] >= started]
+    assert before == list(range(1, step + 1)) and after[0] == step + 1, (before, after)
 
 
 def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -178,8 +190,10 @@ def test_sigkill_mid_epoch_then_resume_auto_is_bit_exact(workdir, uninterrupted,
         "checkpoint-step00000002.pt",
         "checkpoint-step00000006.pt",
     ]
+    started = time.time()
     assert [rc for rc, _ in _launch(workdir, config, "--resume", "auto", ranks=ranks)] == [0] * ranks
     _assert_same_run(uninterrupted[ranks], run_dir)
+    _assert_resumed_after(run_dir, started, 6)
 
 
 def test_two_ranks_match_one_process_with_the_same_global_batch(uninterrupted):
@@ -209,8 +223,10 @@ def test_sigterm_on_one_rank_checkpoints_every_rank_at_the_next_step_and_the_req
     assert "--resume auto" in results[0][1]
     run_dir = workdir / "runs" / "term"
     assert (run_dir / "checkpoint-step00000006.pt").is_file()
+    started = time.time()
     assert [rc for rc, _ in _launch(workdir, config, "--resume", "auto", ranks=2)] == [0, 0]
     _assert_same_run(uninterrupted[2], run_dir)
+    _assert_resumed_after(run_dir, started, 6)
 
 
 def test_nan_loss_on_one_rank_stops_every_rank_naming_the_step_and_checkpoint(workdir):
