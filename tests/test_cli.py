@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -13,6 +14,59 @@ from PIL import Image
 from anymae.core.cli import main
 
 HEADER, PAD = 18, 4  # the reconstruction grid's title strip and cell padding (modalities/image/visualize.py)
+FILL = (127, 127, 127)  # removed patches in the "masked" column: grey 0.5, as uint8(0.5 * 255)
+
+
+def expected_input(path: Path, size: int) -> np.ndarray:
+    """The image as the model sees it, in uint8, from PIL alone: the evaluation transform's shorter side to
+    size / 0.875 (bicubic; torchvision truncates the longer side), centre crop (torchvision rounds the offsets)."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        w, h = image.size
+        short = int(size / 0.875)
+        new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        image = image.resize((new_w, new_h), Image.BICUBIC)
+        left, top = round((new_w - size) / 2), round((new_h - size) / 2)
+        return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def image_grid_panels(path: Path, first_original: np.ndarray, *, rows: int) -> np.ndarray:
+    """The (rows, 4, H, W, 3) uint8 panels of an image reconstruction grid, read at the inputs' resolution.
+
+    Columns by the documented layout (four square cells, ``PAD`` around each); the first row's top is where
+    column 0 shows ``first_original`` best, so title or caption strips above or below the rows do not matter.
+    """
+    figure = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+    size = first_original.shape[0]
+    cell = (figure.shape[1] - PAD) // 4 - PAD
+    zoom = cell // size
+    assert zoom * size == cell, (figure.shape, size)
+
+    def panel(top: int, column: int) -> np.ndarray:
+        left = PAD + column * (cell + PAD)
+        return figure[top : top + cell : zoom, left : left + cell : zoom]  # nearest zoom: every zoom-th pixel
+
+    tops = range(figure.shape[0] - rows * (cell + PAD) + 1)
+    top = min(tops, key=lambda y: np.abs(panel(y, 0) - first_original).mean())
+    return np.stack([[panel(top + r * (cell + PAD), c) for c in range(4)] for r in range(rows)])
+
+
+def assert_masked_panel_shows_kept_patches_and_fill(panels: np.ndarray, *, patch: int, removed: int) -> None:
+    """Each row's "masked" column: every patch is either exactly the input's (column 0) or all ``FILL``, with
+    ``removed`` filled; "reconstruction + visible" (column 3) is the input on kept patches and the
+    reconstruction (column 2) on removed ones."""
+    for original, masked, recon, pasted in panels:
+        filled = 0
+        for y in range(0, original.shape[0], patch):
+            for x in range(0, original.shape[1], patch):
+                cut = np.s_[y : y + patch, x : x + patch]
+                if (masked[cut] == FILL).all():
+                    filled += 1
+                    assert np.array_equal(pasted[cut], recon[cut]), (y, x)
+                else:
+                    assert np.array_equal(masked[cut], original[cut]), (y, x)
+                    assert np.array_equal(pasted[cut], original[cut]), (y, x)
+        assert filled == removed
 
 
 def _error_line(stderr: str, command: str) -> str:
@@ -87,6 +141,14 @@ def test_visualize_writes_two_rows_of_four_columns(trained_checkpoint, tiny_imag
     assert main(["visualize", str(trained_checkpoint), inputs[0], "-o", str(one)]) == 0
     with Image.open(one) as figure:
         assert figure.size == (width, height - int(cell))
+
+    # Content: column 0 is each input as the model sees it (PIL's bicubic may differ from torchvision's by a
+    # level here and there); 32 px images of 8 px patches at mask ratio 0.75 remove 16 - int(16 * 0.25) = 12.
+    originals = [expected_input(Path(p), 32) for p in inputs]
+    panels = image_grid_panels(out, originals[0], rows=2)
+    for row, original in zip(panels, originals, strict=True):
+        assert np.abs(row[0] - original).max() <= 2 and np.abs(row[0] - original).mean() < 0.5
+    assert_masked_panel_shows_kept_patches_and_fill(panels, patch=8, removed=12)
 
 
 def test_visualize_corrupt_image_is_a_one_line_error_exit_1(trained_checkpoint, tmp_path, capsys):
