@@ -28,6 +28,9 @@ class Modality(ABC):
     name: ClassVar[str]
     tokenizer_config: ClassVar[type]
     data_config: ClassVar[type]
+    # True when ``render_reconstruction`` takes ``caption``; a modality written before captions leaves it False
+    # and is called without one (issue 22).
+    draws_caption: ClassVar[bool] = False
 
     @abstractmethod
     def build_tokenizer(self, config: Any, *, embed_dim: int) -> Tokenizer:
@@ -67,11 +70,15 @@ class Modality(ABC):
         tokenizer: Tokenizer,
         data: Any,
         path: str | Path,
+        caption: str = "",
     ) -> Path:
         """Write a figure of inputs (N, ...), predictions (N, L, P) and mask (N, L) to ``path``.
 
         ``pred`` holds patch values: the core has already mapped it back from the target space (e.g. a
-        norm-pix prediction is de-normalized with each true patch's mean and std)."""
+        norm-pix prediction de-normalized with each true patch's mean and std, or with ``anymae visualize
+        --raw-stats`` the visible patches' average ones). ``caption`` says which: a line the figure must show
+        when it is not empty (:func:`anymae.core.figures.add_caption` draws one under a PIL image). It is
+        passed only to a modality that sets ``draws_caption = True``."""
 
     def device_transform(self, data: Any, tokenizer: Any, *, device: torch.device) -> Any:
         """The end of the pre-training input pipeline, run on the training device (optional; ``None``, the

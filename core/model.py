@@ -96,9 +96,29 @@ class MaskedAutoencoder(nn.Module):
         """x -> target (N, L, P): the tokenizer's patches through the model's target (e.g. norm-pix)."""
         return self.target(self.tokenizer.patchify(x), tokenizer=self.tokenizer)
 
-    def pred_to_pixels(self, x: Tensor, pred: Tensor) -> Tensor:
-        """A prediction (N, L, P) in target space -> patch values, with the true patches' statistics."""
-        return self.target.to_pixels(pred, self.tokenizer.patchify(x), tokenizer=self.tokenizer)
+    def pred_to_pixels(self, x: Tensor, pred: Tensor, mask: Tensor | None = None) -> Tensor:
+        """A prediction (N, L, P) in target space -> patch values (N, L, P).
+
+        Without ``mask`` every token is mapped back with its own true patch's statistics (the MAE paper's
+        figures, VideoMAE's visualization). With ``mask (N, L)``, 1 = removed, removed tokens are mapped back
+        from the visible patches only: once with each visible patch as the reference, averaged. For a target
+        that de-normalizes as ``pred * std + mean`` (norm-pix, VideoMAE's per-channel target) that is the
+        visible patches' average mean and std, so the result never reads a removed patch (issue 22).
+        """
+        patches = self.tokenizer.patchify(x)  # (N, L, P)
+        true_stats = self.target.to_pixels(pred, patches, tokenizer=self.tokenizer)
+        if mask is None:
+            return true_stats
+        num_visible = int((mask[0] == 0).sum())  # every row keeps the same count
+        if num_visible == 0:
+            raise ValueError("mask removes every token: no visible patch to take statistics from")
+        visible_ids = torch.argsort(mask, dim=1, stable=True)[:, :num_visible]  # (N, L_vis), kept (0) first
+        visible = gather_tokens(patches, visible_ids)  # (N, L_vis, P)
+        visible_stats = torch.zeros_like(true_stats)  # (N, L, P)
+        for j in range(num_visible):
+            reference = visible[:, j : j + 1].expand_as(patches)  # visible patch j in every position
+            visible_stats += self.target.to_pixels(pred, reference, tokenizer=self.tokenizer) / num_visible
+        return torch.where(mask.bool().unsqueeze(-1), visible_stats, true_stats)
 
     def forward_loss(self, x: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
         """Mean over removed tokens of the per-token MSE between pred (N, L, P) and the target."""

@@ -104,6 +104,7 @@ class AudioDataConfig:
 
 class AudioModality(Modality):
     name = "audio"
+    draws_caption = True
     tokenizer_config = AudioTokenizerConfig
     data_config = AudioDataConfig
 
@@ -200,8 +201,9 @@ class AudioModality(Modality):
         tokenizer: Any,
         data: AudioDataConfig,
         path: str | Path,
+        caption: str = "",
     ) -> Path:
-        return save_spectrogram_figure(inputs, pred, mask, tokenizer=tokenizer, path=path)
+        return save_spectrogram_figure(inputs, pred, mask, tokenizer=tokenizer, path=path, caption=caption)
 
 
 def _settings(data: AudioDataConfig, tokenizer: AudioTokenizerConfig) -> FeatureSettings:

@@ -2,7 +2,8 @@
 reconstruction with the visible patches pasted back (the MAE paper's Figure 2, one row per panel), with axes.
 
 Drawn with PIL (no plotting library): time runs left to right in seconds (10 ms per frame), mel bins bottom
-to top; the rows of one clip share one colour scale (the original's range), removed patches are grey.
+to top; the rows of one clip share one colour scale (the range of its visible values, so that a figure drawn
+from the visible patches alone never depends on the removed ones), removed patches are grey.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from anymae.core.figures import add_caption
 from anymae.core.tokenizer import Tokenizer
 
 from .features import FRAME_SHIFT_MS
@@ -42,9 +44,10 @@ def _tick_step(total: float, target: int = 8) -> float:
 
 @torch.no_grad()
 def save_spectrogram_figure(
-    inputs: Tensor, pred: Tensor, mask: Tensor, *, tokenizer: Tokenizer, path: str | Path
+    inputs: Tensor, pred: Tensor, mask: Tensor, *, tokenizer: Tokenizer, path: str | Path, caption: str = ""
 ) -> Path:
-    """inputs (N, 1, T, F), pred (N, L, P) in patch values, mask (N, L) 1 = removed -> a PNG at ``path``."""
+    """inputs (N, 1, T, F), pred (N, L, P) in patch values, mask (N, L) 1 = removed -> a PNG at ``path``, with
+    the ``caption`` line (how the removed patches were drawn, see :mod:`anymae.core.figures`) at the bottom."""
     recon = tokenizer.unpatchify(pred.float().cpu())  # (N, 1, T, F)
     removed = tokenizer.unpatchify(mask.float().cpu()[..., None].expand(-1, -1, tokenizer.patch_dim))  # (N, 1, T, F)
     inputs = inputs.float().cpu()
@@ -61,8 +64,9 @@ def save_spectrogram_figure(
     t_step = _tick_step(seconds)
     f_step = _tick_step(bins, target=4)
     for k in range(n):
-        low, high = inputs[k, 0].min().item(), inputs[k, 0].max().item()
         hole = removed[k, 0].bool()
+        visible = inputs[k, 0][~hole]
+        low, high = visible.min().item(), visible.max().item()
         pasted = torch.where(hole, recon[k, 0], inputs[k, 0])
         panels = (inputs[k, 0], inputs[k, 0].masked_fill(hole, float("nan")), recon[k, 0], pasted)
         y0 = top + k * clip_h
@@ -91,5 +95,5 @@ def save_spectrogram_figure(
         draw.text((2, y0), "mel bin", fill="black")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
+    add_caption(canvas, caption).save(out)
     return out

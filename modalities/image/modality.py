@@ -120,6 +120,7 @@ class ImageDataConfig:
 
 class ImageModality(Modality):
     name = "image"
+    draws_caption = True
     tokenizer_config = ImageTokenizerConfig
     data_config = ImageDataConfig
 
@@ -226,11 +227,12 @@ class ImageModality(Modality):
         tokenizer: Any,
         data: ImageDataConfig,
         path: str | Path,
+        caption: str = "",
     ) -> Path:
         columns = reconstruction_images(inputs, pred, mask, tokenizer=tokenizer)
         removed = tokenizer.unpatchify(mask[..., None].expand(-1, -1, tokenizer.patch_dim).float())
         return save_reconstruction_grid(
-            columns, removed, mean=data.mean, std=data.std, rgb_bands=data.rgb_bands, path=path
+            columns, removed, mean=data.mean, std=data.std, rgb_bands=data.rgb_bands, path=path, caption=caption
         )
 
 

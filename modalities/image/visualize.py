@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from anymae.core.figures import add_caption
 from anymae.core.tokenizer import Tokenizer
 
 __all__ = ["reconstruction_images", "save_reconstruction_grid"]
@@ -62,9 +63,11 @@ def save_reconstruction_grid(
     path: str | Path,
     min_side: int = 192,
     rgb_bands: Sequence[int] | None = None,
+    caption: str = "",
 ) -> Path:
     """Write rows of (original, masked, reconstruction, pasted) as one PNG; removed patches are grey.
-    ``rgb_bands``: the bands drawn as R, G, B (or one as grey), see :func:`_to_uint8`."""
+    ``rgb_bands``: the bands drawn as R, G, B (or one as grey), see :func:`_to_uint8`. ``caption``: a line
+    under the rows saying how the removed patches were drawn (see :mod:`anymae.core.figures`)."""
     originals, masked, recon, pasted = columns
     n, _, h, w = originals.shape
     zoom = max(1, -(-min_side // max(h, w)))  # small demo crops are enlarged (nearest) to be visible
@@ -83,5 +86,5 @@ def save_reconstruction_grid(
             canvas.paste(tile, (pad + c * (cell_w + pad), header + pad + i * (cell_h + pad)))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
+    add_caption(canvas, caption).save(out)
     return out

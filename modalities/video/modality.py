@@ -115,6 +115,7 @@ class VideoDataConfig:
 
 class VideoModality(Modality):
     name = "video"
+    draws_caption = True
     tokenizer_config = VideoTokenizerConfig
     data_config = VideoDataConfig
 
@@ -259,9 +260,10 @@ class VideoModality(Modality):
         tokenizer: Any,
         data: VideoDataConfig,
         path: str | Path,
+        caption: str = "",
     ) -> Path:
         """The PNG grid at ``path``, and beside it (same name) an animated GIF and an H.264 MP4."""
-        kwargs = {"tokenizer": tokenizer, "mean": data.mean, "std": data.std}
+        kwargs = {"tokenizer": tokenizer, "mean": data.mean, "std": data.std, "caption": caption}
         for suffix in (".gif", ".mp4"):
             save_reconstruction_movie(inputs, pred, mask, path=Path(path).with_suffix(suffix), **kwargs)
         return save_reconstruction_grid(inputs, pred, mask, path=path, **kwargs)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from anymae.core.figures import add_caption, caption_strip
 from anymae.core.tokenizer import Tokenizer
 
 __all__ = ["reconstruction_clips", "save_reconstruction_grid", "save_reconstruction_movie"]
@@ -65,8 +66,10 @@ def save_reconstruction_grid(
     std: Sequence[float],
     path: str | Path,
     min_side: int = 64,
+    caption: str = "",
 ) -> Path:
-    """One PNG: for every sample three rows (original, masked, reconstruction), one column per frame."""
+    """One PNG: for every sample three rows (original, masked, reconstruction), one column per frame; a
+    ``caption`` line (how the removed patches were drawn, see :mod:`anymae.core.figures`) under the rows."""
     rows = [row for sample in _rows(inputs, pred, mask, tokenizer, mean, std) for row in sample]
     t, h, w, _ = rows[0].shape
     zoom = max(1, -(-min_side // max(h, w)))
@@ -81,7 +84,7 @@ def save_reconstruction_grid(
             canvas.paste(tile, (label + pad + f * (cell_w + pad), y))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
+    add_caption(canvas, caption).save(out)
     return out
 
 
@@ -96,14 +99,17 @@ def save_reconstruction_movie(
     path: str | Path,
     fps: float = 4,
     min_side: int = 96,
+    caption: str = "",
 ) -> Path:
     """An animated GIF (``.gif``) or an H.264 MP4 (``.mp4``), by ``path``'s suffix: each frame shows original |
-    masked | reconstruction, one sample per line."""
+    masked | reconstruction, one sample per line, and the ``caption`` under them."""
     samples = _rows(inputs, pred, mask, tokenizer, mean, std)
     lines = [np.concatenate(sample, axis=2) for sample in samples]  # (T, H, 3W, 3) per sample
     movie = np.concatenate(lines, axis=1)  # (T, N*H, 3W, 3)
     zoom = max(1, -(-min_side // max(movie.shape[1:3])))
     movie = movie.repeat(zoom, axis=1).repeat(zoom, axis=2)
+    strip = caption_strip(caption, movie.shape[2])  # (h, W, 3), h = 0 without a caption
+    movie = np.concatenate([movie, np.broadcast_to(strip, (movie.shape[0], *strip.shape))], axis=1)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".mp4":

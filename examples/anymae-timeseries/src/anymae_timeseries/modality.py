@@ -57,6 +57,7 @@ class TimeSeriesDataConfig:
 
 class TimeSeriesModality(Modality):
     name = "timeseries"
+    draws_caption = True
     tokenizer_config = TimeSeriesTokenizerConfig
     data_config = TimeSeriesDataConfig
 
@@ -98,9 +99,12 @@ class TimeSeriesModality(Modality):
         tokenizer: Any,
         data: TimeSeriesDataConfig,
         path: str | Path,
+        caption: str = "",
     ) -> Path:
         recon = reconstruct(pred, tokenizer=tokenizer)
-        return save_reconstruction_plot(inputs, recon, mask, patch_size=tokenizer.patch_size, path=path)
+        return save_reconstruction_plot(
+            inputs, recon, mask, patch_size=tokenizer.patch_size, path=path, caption=caption
+        )
 
 
 def _load_all(data: TimeSeriesDataConfig, tokenizer: TimeSeriesTokenizerConfig) -> list[Tensor]:

@@ -8,6 +8,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from anymae.core.figures import add_caption
+
 from .tokenizer import PatchTokenizer1d
 
 __all__ = ["reconstruct", "save_reconstruction_plot"]
@@ -22,9 +24,17 @@ def reconstruct(pred: Tensor, *, tokenizer: PatchTokenizer1d) -> Tensor:
 
 
 def save_reconstruction_plot(
-    inputs: Tensor, recon: Tensor, mask: Tensor, *, patch_size: int, path: str | Path, width: int = 512
+    inputs: Tensor,
+    recon: Tensor,
+    mask: Tensor,
+    *,
+    patch_size: int,
+    path: str | Path,
+    width: int = 512,
+    caption: str = "",
 ) -> Path:
-    """inputs, recon (N, C, T), mask (N, L) with 1 = removed -> a PNG of N*C panels."""
+    """inputs, recon (N, C, T), mask (N, L) with 1 = removed -> a PNG of N*C panels, the ``caption`` line (how
+    the removed spans were drawn) at the bottom."""
     n, c, t = inputs.shape
     step = max(1, width // t)  # pixels per time step
     canvas = Image.new("RGB", (t * step + 2 * PAD, HEADER + n * c * (PANEL_H + PAD) + PAD), "white")
@@ -51,5 +61,5 @@ def save_reconstruction_plot(
                 draw.line([(PAD + s * step, y(float(rec[s]))) for s in span], fill=(220, 30, 30), width=2)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
+    add_caption(canvas, caption).save(out)
     return out
