@@ -11,8 +11,10 @@ from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from plugin_fixtures import (
     BROKEN_PLUGIN_SOURCE,
     TOYSEQ_PLUGIN_SOURCE,
@@ -241,8 +243,18 @@ def test_third_party_modality_pretrains_and_reloads_with_the_same_loss(toyseq_di
     mask = torch.zeros(x.shape[0], model.tokenizer.num_tokens, dtype=torch.bool)
     mask[:, 1::2] = True
     with torch.no_grad():
-        loss, _, _ = model(x, mask=mask)
+        loss, pred, _ = model(x, mask=mask)
     assert loss.item() == pytest.approx(result.heldout_loss, rel=1e-5)
+
+    # The figure shows what the core handed the plugin's renderer: the first figure_samples held-out series
+    # (channel 0) over the final model's predictions for them, scaled together to 0..255 and truncated to uint8
+    # (tests/plugin_fixtures.py).
+    k = cfg.train.figure_samples
+    rows = torch.cat([x[:k, 0], model.tokenizer.unpatchify(pred[:k])[:, 0]]).double()  # (2k, T)
+    expected = (rows - rows.min()) / (rows.max() - rows.min() + 1e-6) * 255
+    figure = torch.from_numpy(np.asarray(Image.open(result.figure))).double()
+    assert figure.shape == (2 * k, cfg.model.tokenizer.length)
+    assert (figure - expected.floor()).abs().max().item() <= 1  # float32 vs float64 at a truncation edge
 
     # A second model built from the config with the checkpoint's weights agrees exactly.
     rebuilt = build_model(cfg.model, registry=registry).eval()
