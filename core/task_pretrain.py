@@ -19,6 +19,7 @@ from .build import build_model
 from .config import Config, ConfigError, config_to_dict
 from .data import DataError, SafeDataset
 from .distributed import DistContext, gather_full_state, run_then_teardown, setup
+from .figures import render_figure
 from .knn import knn_accuracy
 from .loading import CHECKPOINT_FORMAT
 from .loss import masked_mse, patch_mean_baseline
@@ -218,15 +219,9 @@ def evaluate_heldout(
         weight += count
         if i == 0 and cfg.train.figure_samples > 0:
             k = cfg.train.figure_samples
-            figure = modality.render_reconstruction(
-                inputs=x[:k].cpu(),
-                pred=model.pred_to_pixels(x[:k], pred[:k].float()).cpu(),
-                mask=mask[:k].cpu(),
-                tokenizer=model.tokenizer.cpu(),
-                data=cfg.data,
-                path=path,
-            )
-            model.tokenizer.to(device)
+            # Drawn as the paper does (each removed patch de-normalized with its true statistics), captioned so.
+            figure, _ = render_figure(modality, model, inputs=x[:k], pred=pred[:k], mask=mask[:k], data=cfg.data,
+                                      path=path)  # fmt: skip
     return loss_sum / weight, base_sum / weight, figure
 
 

@@ -87,7 +87,7 @@ class RandomWindows(Dataset):
 
     def __getitem__(self, index: int) -> Tensor:
         s = self.series[index % len(self.series)]
-        # Seeded through torch's global RNG, which the engine seeds (and each DataLoader worker derives).
+        # Seeded through torch's global RNG, which the training loop seeds (and each DataLoader worker derives).
         start = int(torch.randint(0, s.shape[1] - self.length + 1, ()))
         return s[:, start : start + self.length]  # (C, T)
 
