@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_plugins import plugin_rows
 
 from anymae.core.cli import main
@@ -95,4 +96,40 @@ def test_timeseries_demo_pretrains_and_visualizes_from_the_cli(examples_site, tm
     out = tmp_path / "out.png"
     proc = _run_cli(examples_site, "visualize", str(run / "checkpoint-0001.pt"), str(series), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert out.is_file()
+    assert_plot_shows_the_series_and_its_removed_spans(out, np.load(series).T[:, :128], patch=8, removed=8)
+
+
+def assert_plot_shows_the_series_and_its_removed_spans(path: Path, series: np.ndarray, *, patch: int, removed: int):
+    """The time-series figure of one sample (channels (C, T), before standardization): per channel a panel at
+    the plugin's documented layout, where every patch's span is grey (removed) or white (kept), the same spans
+    in every channel and ``removed`` of them; the black line is the standardized series everywhere, the red
+    reconstruction is drawn on removed spans only."""
+    from anymae_timeseries.visualize import HEADER, PAD, PANEL_H
+
+    figure = np.asarray(Image.open(path).convert("RGB"))
+    channels, steps = series.shape
+    step = (figure.shape[1] - 2 * PAD) // steps  # pixels per time step
+    # standardized with the whole file's statistics (the plugin's load_inputs), std unbiased as torch's
+    x = (series - series.mean(1, keepdims=True)) / (series.std(1, ddof=1, keepdims=True) + 1e-6)
+    colour = lambda block, rgb: (block == rgb).all(axis=-1)  # noqa: E731
+    spans = []
+    for ch in range(channels):
+        top = HEADER + ch * (PANEL_H + PAD)
+        inside = figure[top + 1 : top + PANEL_H - 1]
+        grey = []
+        for k in range(steps // patch):
+            # 2 px off each edge: the red line (width 2) may start a pixel left of its span
+            block = inside[:, PAD + k * patch * step + 2 : PAD + (k + 1) * patch * step - 2]
+            is_grey, is_white = colour(block, (205, 205, 205)).mean(), colour(block, (255, 255, 255)).mean()
+            assert max(is_grey, is_white) > 0.5, (ch, k)  # a span is one or the other
+            grey.append(is_grey > 0.5)
+            assert colour(block, (0, 0, 0)).any(), (ch, k)  # the series is drawn on every span
+            assert colour(block, (220, 30, 30)).any() == grey[-1], (ch, k)  # reconstruction on removed spans only
+        spans.append(grey)
+        lo, scale = x[ch].min(), (PANEL_H - 4) / (x[ch].max() - x[ch].min())
+        for s in range(steps):  # each sample point of the black line sits at the value's height (+-1 px)
+            y = round(top + PANEL_H - 2 - (x[ch, s] - lo) * scale)
+            near = figure[y - 1 : y + 2, PAD + s * step]
+            drawn_over = grey[s // patch] and colour(near, (220, 30, 30)).any()  # red is drawn after black
+            assert colour(near, (0, 0, 0)).any() or drawn_over, (ch, s)
+    assert all(grey == spans[0] for grey in spans) and sum(spans[0]) == removed
