@@ -398,3 +398,25 @@ def test_sigterm_stops_a_finetune_inside_an_epoch_and_the_resumed_run_is_exact(
     assert a["eval"] == b["eval"]
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+def test_finetune_gradient_accumulation_matches_a_larger_batch(tmp_path: Path, tiny_image_folder: Path) -> None:
+    """accum_iter=2 x batch 2 makes the same updates as accum_iter=1 x batch 4 (the same samples, seeded alike;
+    no mixup, drop path or erasing, which draw per batch): the one loop's accumulation in fine-tuning."""
+    pretrained = _save_pretrained(tmp_path / "pre.pt")
+    _add_labelled_val(tiny_image_folder)
+    plain = ["finetune.mixup=0", "finetune.cutmix=0", "finetune.drop_path=0", "finetune.reprob=0", "train.epochs=2",
+             "finetune.auto_augment=null", "finetune.label_smoothing=0", "optim.warmup_epochs=0"]  # fmt: skip
+    weights = {}
+    for name, batch, accum in (("big", 4, 1), ("accum", 2, 2)):
+        common = _classify_overrides(tiny_image_folder, tmp_path / name)
+        argv = ["finetune", "demo_image_finetune", f"finetune.checkpoint={pretrained}", *common, *plain,
+                f"train.batch_size={batch}", f"train.accum_iter={accum}", "optim.lr=1e-3", "--no-progress"]  # fmt: skip
+        assert main(argv) == 0
+        weights[name] = read_checkpoint(tmp_path / name / "demo_image_finetune" / "checkpoint-last.pt")["model"]
+    moved = 0
+    initial = read_checkpoint(tmp_path / "pre.pt")["model"]
+    for key, value in weights["big"].items():
+        torch.testing.assert_close(weights["accum"][key], value, rtol=1e-4, atol=1e-6, msg=key)
+        moved += key in initial and not torch.equal(value, initial[key])
+    assert moved > 10  # the encoder was fine-tuned, not only the head
