@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from anymae.core.cli import main
+from anymae.core.masking import random_masking, sample_mask
 
 HEADER, PAD = 18, 4  # the reconstruction grid's title strip and cell padding (modalities/image/visualize.py)
 FILL = (127, 127, 127)  # removed patches in the "masked" column: grey 0.5, as uint8(0.5 * 255)
@@ -51,22 +52,21 @@ def image_grid_panels(path: Path, first_original: np.ndarray, *, rows: int) -> n
     return np.stack([[panel(top + r * (cell + PAD), c) for c in range(4)] for r in range(rows)])
 
 
-def assert_masked_panel_shows_kept_patches_and_fill(panels: np.ndarray, *, patch: int, removed: int) -> None:
-    """Each row's "masked" column: every patch is either exactly the input's (column 0) or all ``FILL``, with
-    ``removed`` filled; "reconstruction + visible" (column 3) is the input on kept patches and the
+def assert_masked_panel_shows_kept_patches_and_fill(panels: np.ndarray, removed: torch.Tensor, *, patch: int) -> None:
+    """Each row's "masked" column: the patches ``removed`` (rows, L) marks are all ``FILL``, the others exactly
+    the input's (column 0); "reconstruction + visible" (column 3) is the input on kept patches and the
     reconstruction (column 2) on removed ones."""
-    for original, masked, recon, pasted in panels:
-        filled = 0
-        for y in range(0, original.shape[0], patch):
-            for x in range(0, original.shape[1], patch):
-                cut = np.s_[y : y + patch, x : x + patch]
-                if (masked[cut] == FILL).all():
-                    filled += 1
-                    assert np.array_equal(pasted[cut], recon[cut]), (y, x)
-                else:
-                    assert np.array_equal(masked[cut], original[cut]), (y, x)
-                    assert np.array_equal(pasted[cut], original[cut]), (y, x)
-        assert filled == removed
+    for (original, masked, recon, pasted), row_removed in zip(panels, removed, strict=True):
+        grid_w = original.shape[1] // patch
+        for k, is_removed in enumerate(row_removed.tolist()):
+            y, x = (k // grid_w) * patch, (k % grid_w) * patch  # tokens in row-major order
+            cut = np.s_[y : y + patch, x : x + patch]
+            if is_removed:
+                assert (masked[cut] == FILL).all(), k
+                assert np.array_equal(pasted[cut], recon[cut]), k
+            else:
+                assert np.array_equal(masked[cut], original[cut]), k
+                assert np.array_equal(pasted[cut], original[cut]), k
 
 
 def _error_line(stderr: str, command: str) -> str:
@@ -143,12 +143,88 @@ def test_visualize_writes_two_rows_of_four_columns(trained_checkpoint, tiny_imag
         assert figure.size == (width, height - int(cell))
 
     # Content: column 0 is each input as the model sees it (PIL's bicubic may differ from torchvision's by a
-    # level here and there); 32 px images of 8 px patches at mask ratio 0.75 remove 16 - int(16 * 0.25) = 12.
+    # level here and there). The removed patches are the model's: visualize draws its masks from the model's
+    # masking seeded by --seed 0; 32 px images of 8 px patches at mask ratio 0.75 remove 16 - int(16 * 0.25) = 12.
     originals = [expected_input(Path(p), 32) for p in inputs]
     panels = image_grid_panels(out, originals[0], rows=2)
     for row, original in zip(panels, originals, strict=True):
         assert np.abs(row[0] - original).max() <= 2 and np.abs(row[0] - original).mean() < 0.5
-    assert_masked_panel_shows_kept_patches_and_fill(panels, patch=8, removed=12)
+    removed = sample_mask(random_masking, batch=2, grid=(4, 4), mask_ratio=0.75, device=torch.device("cpu"),
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert removed.sum(1).tolist() == [12, 12]
+    assert_masked_panel_shows_kept_patches_and_fill(panels, removed, patch=8)
+
+
+VIDEO_LABEL, VIDEO_PAD, VIDEO_FILL = 96, 2, 128  # the video grid's label column, padding and grey (video/visualize.py)
+
+
+def video_grid_rows(path: Path, *, samples: int, frames: int, size: int, patch: int) -> np.ndarray:
+    """The (samples, 3 rows, T, H, W, 3) cells of a video reconstruction grid (rows original / masked /
+    reconstruction, one column per frame), read at the clips' resolution.
+
+    Columns by the documented layout (label column, ``VIDEO_PAD`` around each cell). Rows are found where the
+    layout holds: the first offset at which every sample's second row is a masked copy of its first (each
+    ``patch`` x ``patch`` patch of every frame either equal to it or all fill, both kinds present), so strips
+    above or below the grid do not matter; a figure with no such offset fails.
+    """
+    figure = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+    cell = (figure.shape[1] - VIDEO_LABEL - VIDEO_PAD) // frames - VIDEO_PAD
+    zoom, step = cell // size, cell + VIDEO_PAD
+    assert zoom * size == cell, (figure.shape, size)
+
+    def row(top: int) -> np.ndarray:  # (T, H, W, 3)
+        lefts = [VIDEO_LABEL + VIDEO_PAD + f * step for f in range(frames)]
+        return np.stack([figure[top : top + cell : zoom, x : x + cell : zoom] for x in lefts])
+
+    def patches(pixels: np.ndarray) -> np.ndarray:  # (T, H, W) -> (T, L_spatial, p * p)
+        g = size // patch
+        return pixels.reshape(frames, g, patch, g, patch).transpose(0, 1, 3, 2, 4).reshape(frames, g * g, -1)
+
+    def masked_copy(original: np.ndarray, masked: np.ndarray) -> bool:
+        same, filled = patches((masked == original).all(-1)).all(-1), patches((masked == VIDEO_FILL).all(-1)).all(-1)
+        return bool((same | filled).all() and same.any() and filled.any())
+
+    def holds(top: int) -> bool:
+        return all(masked_copy(row(top + 3 * i * step), row(top + (3 * i + 1) * step)) for i in range(samples))
+
+    tops = [y for y in range(figure.shape[0] - 3 * samples * step + 1) if holds(y)]
+    assert tops, f"{path}: no offset where each masked row is its original with whole patches filled"
+    return np.stack([[row(tops[0] + (3 * i + r) * step) for r in range(3)] for i in range(samples)])
+
+
+def test_visualize_video_shows_kept_tubes_of_the_input_and_grey_removed_ones(tmp_path, capsys):
+    from anymae.core.build import build_model
+    from anymae.core.checkpoint import write_checkpoint
+    from anymae.core.config import resolve_model_config
+    from anymae.modalities.video.decode import write_video
+
+    raw = {"modality": "video", "tokenizer": {"num_frames": 4, "img_size": 32, "patch_size": 8, "tubelet_size": 2},
+           "masking": "tube", "mask_ratio": 0.75, "embed_dim": 32, "depth": 1, "num_heads": 2,
+           "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2}  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(resolve_model_config(raw))
+    checkpoint = write_checkpoint({"format": "anymae", "config": model.config, "model": model.state_dict()},
+                                  tmp_path / "video.pt")  # fmt: skip
+    rng = np.random.default_rng(0)
+    clip = write_video(tmp_path / "clip.mp4", rng.integers(0, 256, size=(40, 48, 64, 3), dtype=np.uint8), fps=10)
+    out = tmp_path / "video.png"
+    assert main(["visualize", str(checkpoint), str(clip), str(clip), "-o", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+
+    # Each masked row is its original row with whole 8 x 8 patches filled (found by video_grid_rows); tube
+    # masking removes the same spatial positions in every frame: 16 - int(16 * 0.25) = 12 of the 16, and they
+    # are the ones the model removed (visualize draws its masks from the model's masking, seeded by --seed 0).
+    removed = sample_mask(model.masking, batch=2, grid=(2, 4, 4), mask_ratio=0.75, device=torch.device("cpu"),
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    rows = video_grid_rows(out, samples=2, frames=4, size=32, patch=8)
+    for (original, masked, _), tubes in zip(rows, removed, strict=True):  # (T, H, W, 3) each, (2 * 16,)
+        filled = (masked == VIDEO_FILL).all(-1)  # (T, H, W)
+        assert np.array_equal(masked[~filled], original[~filled])  # kept pixels are the input's
+        assert (filled == filled[:1]).all() and filled[0].sum() == 12 * 8 * 8
+        expected = tubes.view(2, 4, 4)[0].repeat_interleave(8, 0).repeat_interleave(8, 1).numpy()  # (H, W)
+        assert np.array_equal(filled[0], expected)
+    # The original row is the clip as the model sees it: not the fill, and the same for the same file.
+    assert np.array_equal(rows[0, 0], rows[1, 0]) and not (rows[0, 0] == VIDEO_FILL).all(-1).any()
 
 
 def test_visualize_corrupt_image_is_a_one_line_error_exit_1(trained_checkpoint, tmp_path, capsys):
