@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .adapt import make_pos_embed_learned, transfer_weights
 from .build import build_encoder, set_fused_attn
 from .config import config_to_dict, resolve_model_config
 from .encoder import MaskedEncoder
@@ -101,12 +102,17 @@ def build_classifier(
     drop_path: float = 0.0,
     head_init_std: float = 2e-5,
     tokenizer_overrides: dict[str, Any] | None = None,
+    init_bands: tuple[int, ...] | None = None,
     token_masking: str | None = None,
     token_mask_ratio: float = 0.0,
     registry: Any = None,
 ) -> Classifier:
     """A :class:`Classifier` whose tokenizer and encoder weights are ``pretrained``'s; ``token_masking`` names
-    a registered masking strategy used in training mode (see :class:`Classifier`)."""
+    a registered masking strategy used in training mode (see :class:`Classifier`).
+
+    ``tokenizer_overrides`` may change the input size, the channel count and the patch size: the weights are
+    adapted (:func:`anymae.core.adapt.transfer_weights`; ``init_bands`` picks the checkpoint's channel for each
+    input channel), the adaptations printed and kept in ``config["init"]``."""
     if registry is None:
         from anymae.plugins import get_registry
 
@@ -114,10 +120,16 @@ def build_classifier(
     model_raw = copy.deepcopy(pretrained.config["model"])
     model_raw["tokenizer"] = {**config_to_dict(model_raw.get("tokenizer") or {}), **(tokenizer_overrides or {})}
     cfg = resolve_model_config(model_raw, registry)
-    # Position tables are recomputed for the (possibly new) grid.
+    # Fixed position tables are recomputed for the (possibly new) grid; a learned one is resized.
     tokenizer, encoder = build_encoder(cfg, registry=registry, drop_path_rate=drop_path)
-    _copy_weights(pretrained.tokenizer, tokenizer, "tokenizer")
-    _copy_weights(pretrained.encoder, encoder, "encoder")
+    if isinstance(pretrained.encoder.pos_embed, nn.Parameter):
+        make_pos_embed_learned(encoder)
+    report = transfer_weights(
+        pretrained, nn.ModuleDict({"tokenizer": tokenizer, "encoder": encoder}), source_name="the pre-trained model",
+        bands=init_bands, drop=("decoder.",),
+    )  # fmt: skip
+    if report.changed and _is_main_process():
+        print("classifier from the pre-trained model: " + "; ".join(report.lines()[1:]), flush=True)
     set_fused_attn(encoder, cfg.fused_attn)
     config = {
         "model": config_to_dict(cfg),
@@ -129,6 +141,7 @@ def build_classifier(
             "token_masking": token_masking,
             "token_mask_ratio": token_mask_ratio,
         },
+        **({"init": {k: v for k, v in report.as_dict().items() if k != "loaded"}} if report.changed else {}),
     }
     return Classifier(
         tokenizer=tokenizer,
@@ -176,23 +189,8 @@ def classifier_from_config(config: dict[str, Any], registry: Any = None) -> Clas
     )
 
 
-def _copy_weights(source: nn.Module, target: nn.Module, what: str) -> None:
-    """Copy every persistent tensor of ``source`` into ``target``; the two must have the same keys and shapes."""
-    from .checkpoint import CheckpointError
-
-    theirs, ours = source.state_dict(), target.state_dict()
-    if set(theirs) != set(ours):
-        raise CheckpointError(
-            f"pre-trained {what} keys differ from the classifier's: missing {sorted(set(ours) - set(theirs))[:8]}, "
-            f"unexpected {sorted(set(theirs) - set(ours))[:8]}"
-        )
-    for key, value in theirs.items():
-        if value.shape != ours[key].shape:
-            raise CheckpointError(
-                f"pre-trained {what}.{key} has shape {tuple(value.shape)} but the classifier needs "
-                f"{tuple(ours[key].shape)} (a different patch size or channel count cannot be fine-tuned)"
-            )
-    target.load_state_dict(theirs)
+def _is_main_process() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 # --- parameter groups --------------------------------------------------------------------------------

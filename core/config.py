@@ -95,8 +95,14 @@ class ModelConfig:
     decoder_mlp_ratio: float = 4.0
     qkv_bias: bool = True
     norm_eps: float = 1e-6  # official MAE; Hugging Face ViTMAE uses 1e-12
+    # pretrain: start from this checkpoint's weights (anything load_model reads), adapted to new channels, input
+    # size and patch size; optimizer, schedule and epochs start fresh (anymae.core.init_from, issue 16)
+    init_from: str | None = None
+    init_bands: tuple[int, ...] | None = None  # init_from: the file's input channel for each model channel
 
     def __post_init__(self) -> None:
+        if self.init_bands is not None and (self.init_from is None or not self.init_bands or min(self.init_bands) < 0):
+            raise ValueError(f"init_bands must be channel indices >= 0 of init_from's file, got {self.init_bands}")
         if self.norm_pix_loss and self.target not in ("pixels", "norm_pix"):
             raise ValueError(f"norm_pix_loss: true means target norm_pix, but target is {self.target!r}")
         if self.norm_pix_loss or self.target == "norm_pix":
@@ -212,6 +218,7 @@ class LinprobeConfig:
     global_pool: bool = False  # official linear probe: the CLS token after the final LayerNorm
     tokenizer: dict[str, Any] = field(default_factory=dict)  # overrides of the checkpoint's model.tokenizer
     eval_crop_pct: float = 0.875  # eval: resize the shorter side to size / crop_pct, centre crop
+    init_bands: tuple[int, ...] | None = None  # the checkpoint's input channel for each model channel (N -> M bands)
     view_reduce: Literal["logits", "softmax"] = "logits"  # multi-view eval: average logits, or softmax (VideoMAE)
     balanced_sampling: bool = False  # draw training items with the dataset's sample_weights() (AudioMAE AS-2M)
     epoch_samples: int | None = None  # balanced sampling: draws per epoch (AudioMAE: 200000); default: the set's size
@@ -227,6 +234,8 @@ class LinprobeConfig:
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
         lbfgs_only = {"l2": self.l2, "l2_val_fraction": self.l2_val_fraction, "max_iter": self.max_iter}
+        if self.init_bands is not None and (not self.init_bands or min(self.init_bands) < 0):
+            raise ValueError(f"init_bands must be channel indices >= 0 of the checkpoint, got {list(self.init_bands)}")
         sgd_only = {"balanced_sampling": self.balanced_sampling, "epoch_samples": self.epoch_samples}
         for key, value in (lbfgs_only if self.solver == "sgd" else sgd_only).items():
             if value not in (None, False):

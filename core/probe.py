@@ -261,6 +261,7 @@ def train_probe(cfg: ClassifyConfig, pretrained: Any, *, registry: Any = None, p
             head_bn=True,
             head_init_std=0.01,
             tokenizer_overrides=head.tokenizer,
+            init_bands=head.init_bands,
             registry=registry,
         )
         .to(device)

@@ -155,6 +155,7 @@ class ClassifyTask(Task):
             drop_path=head.drop_path if finetune else 0.0,
             head_init_std=head.head_init_std if finetune else 0.01,
             tokenizer_overrides=head.tokenizer,
+            init_bands=head.init_bands,
             token_masking=head.token_masking if finetune else None,
             token_mask_ratio=head.token_mask_ratio if finetune else 0.0,
             registry=registry,

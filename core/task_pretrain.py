@@ -20,6 +20,7 @@ from .config import Config, ConfigError, config_to_dict
 from .data import DataError, SafeDataset
 from .distributed import DistContext, gather_full_state, run_then_teardown, setup
 from .figures import render_figure
+from .init_from import init_model_from
 from .knn import knn_accuracy
 from .loading import CHECKPOINT_FORMAT
 from .loss import masked_mse, patch_mean_baseline
@@ -55,7 +56,7 @@ def pretrain(cfg: Config, *, resume: str | None = None, registry: Any = None, pr
     ctx, device = setup(cfg.train.device)
 
     def work() -> PretrainResult:
-        task = PretrainTask(cfg, registry=registry, ctx=ctx, device=device)
+        task = PretrainTask(cfg, registry=registry, ctx=ctx, device=device, resume=resume)
         return Trainer(task, cfg, ctx=ctx, device=device, progress=progress).run(resume)
 
     return run_then_teardown(ctx, work)
@@ -66,7 +67,9 @@ class PretrainTask(Task):
     checkpoint_format = CHECKPOINT_FORMAT
     has_decoder = True
 
-    def __init__(self, cfg: Config, *, registry: Any, ctx: DistContext, device: torch.device) -> None:
+    def __init__(
+        self, cfg: Config, *, registry: Any, ctx: DistContext, device: torch.device, resume: str | None = None
+    ) -> None:
         self.cfg, self.registry, self.ctx, self.device = cfg, registry, ctx, device
         self.fsdp = _use_fsdp(cfg, ctx)
         _check_step_in_backward(cfg, ctx)
@@ -80,6 +83,9 @@ class PretrainTask(Task):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.model: MaskedAutoencoder = build_model(cfg.model, registry=registry).to(device)
+        # model.init_from: a checkpoint's weights, adapted (issue 16); a resumed run restores its own instead.
+        self.init_report = None if resume else init_model_from(self.model, cfg.model, registry=registry,
+                                                               log=ctx.is_main)  # fmt: skip
         self.masker = SampleMasker(self.model.masking, self.model.tokenizer.grid, self.model.mask_ratio)
         # Items may stack S views of one file (VideoMAE's repeated sampling): S masks, flattened per step.
         self.views_per_item = int(getattr(self.train_set, "samples_per_item", 1))
@@ -157,7 +163,11 @@ class PretrainTask(Task):
         return Check(record, line, figure=figure)
 
     def payload(self) -> dict[str, Any]:
-        return {"format": CHECKPOINT_FORMAT, "format_version": 2, "config": config_to_dict(self.cfg)}
+        return {"format": CHECKPOINT_FORMAT, "format_version": 2, "config": config_to_dict(self.cfg),
+                "init_from": self.init_report}  # fmt: skip
+
+    def restore(self, payload: dict[str, Any], path: Path) -> None:
+        self.init_report = payload.get("init_from")  # what the run started from, kept in every checkpoint
 
     def result(self, trainer: Trainer) -> PretrainResult:
         loss, baseline = self.heldout if self.heldout is not None else (None, None)
