@@ -174,6 +174,7 @@ class TrainConfig:
     max_bad_fraction: float = 0.01  # stop cleanly when more than this fraction of samples fail to load
     eval_every_epochs: int = 1  # held-out check every N epochs and after the last (loss + figure, or accuracy)
     heldout_batches: int = 4  # batches of the held-out split for the masked-patch loss
+    knn: bool = True  # pretrain: each check also scores the features by k-NN when the data has labels
     figure_samples: int = 4  # held-out samples drawn in the reconstruction figure
 
     def __post_init__(self) -> None:
@@ -217,8 +218,8 @@ class LinprobeConfig:
     num_classes: int | None = None  # default: the number of classes found in the training split
     global_pool: bool = False  # official linear probe: the CLS token after the final LayerNorm
     tokenizer: dict[str, Any] = field(default_factory=dict)  # overrides of the checkpoint's model.tokenizer
-    eval_crop_pct: float = 0.875  # eval: resize the shorter side to size / crop_pct, centre crop
     init_bands: tuple[int, ...] | None = None  # the checkpoint's input channel for each model channel (N -> M bands)
+    eval_crop_pct: float = 0.875  # eval: resize the shorter side to size / crop_pct, centre crop
     view_reduce: Literal["logits", "softmax"] = "logits"  # multi-view eval: average logits, or softmax (VideoMAE)
     balanced_sampling: bool = False  # draw training items with the dataset's sample_weights() (AudioMAE AS-2M)
     epoch_samples: int | None = None  # balanced sampling: draws per epoch (AudioMAE: 200000); default: the set's size
@@ -233,9 +234,9 @@ class LinprobeConfig:
     def __post_init__(self) -> None:
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
-        lbfgs_only = {"l2": self.l2, "l2_val_fraction": self.l2_val_fraction, "max_iter": self.max_iter}
         if self.init_bands is not None and (not self.init_bands or min(self.init_bands) < 0):
             raise ValueError(f"init_bands must be channel indices >= 0 of the checkpoint, got {list(self.init_bands)}")
+        lbfgs_only = {"l2": self.l2, "l2_val_fraction": self.l2_val_fraction, "max_iter": self.max_iter}
         sgd_only = {"balanced_sampling": self.balanced_sampling, "epoch_samples": self.epoch_samples}
         for key, value in (lbfgs_only if self.solver == "sgd" else sgd_only).items():
             if value not in (None, False):
@@ -625,6 +626,7 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
         "train.heldout_batches": "pre-training's held-out masked-patch loss; classifiers evaluate the whole "
         "held-out split",
         "train.figure_samples": "pre-training's reconstruction figure; classifiers draw none",
+        "train.knn": "pre-training's k-NN check of the features; classifiers report their own accuracy",
     },
     "linprobe": {
         "train.checkpoint_encoder_blocks": "the linear probe's encoder is frozen, so it keeps no activations to "

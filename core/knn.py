@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .data import DataError
+from .evaluation import LabelledSafeDataset
 from .metrics import topk_correct
 from .model import MaskedAutoencoder
 
@@ -90,10 +91,13 @@ def compute_features(
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise DataError("the dataset has no items to compute features of")
     views = int(getattr(dataset, "num_views", 1))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # Unreadable items are replaced (with a warning naming the file) as in evaluation; the loader has its own
+    # generator, so a check inside a training run does not move the global RNG.
+    loader = DataLoader(LabelledSafeDataset(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        generator=torch.Generator())  # fmt: skip
     rows, labels = [], []
-    for x, y in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
-        x = x.to(device, non_blocking=True)
+    for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
+        x, y = batch["input"].to(device, non_blocking=True), batch["label"]
         if views > 1:
             n = x.shape[0]
             rows.append(features(x.flatten(0, 1)).float().view(n, views, -1).mean(dim=1).cpu())  # (N, D)

@@ -98,7 +98,7 @@ class PretrainTask(Task):
     def _knn_sets(self) -> tuple[Dataset, Dataset] | None:
         """The training and held-out splits with labels (class folders, label lists) for a k-NN check of the
         features in every periodic check; None when the data has none."""
-        if self.heldout_set is None:
+        if self.heldout_set is None or not self.cfg.train.knn:
             return None
         try:
             return tuple(  # type: ignore[return-value]

@@ -354,7 +354,7 @@ def test_pretrain_finetune_linprobe_eval_through_the_cli(tmp_path, capsys):
     finetuned = read_checkpoint(tmp_path / "cls" / "demo_audio_finetune" / "checkpoint-last.pt")
     assert finetuned["config"]["classes"] == ["Speech", "Music", "Dog"]
 
-    lp = ["linprobe", "demo_audio_linprobe", f"linprobe.checkpoint={pretrained}", *common]
+    lp = ["linprobe", "demo_audio_linprobe", "preset=lars", f"linprobe.checkpoint={pretrained}", *common]
     assert main([*lp, "--no-progress"]) == 0
     probe = tmp_path / "cls" / "demo_audio_linprobe" / "checkpoint-last.pt"
     capsys.readouterr()

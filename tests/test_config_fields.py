@@ -176,7 +176,8 @@ def test_every_train_and_optim_field_is_read_or_refused_by_classifiers(
 
     sections = {"train": TrainConfig, "optim": ClassifyOptimConfig}
     unread = {name for _, name in _unread_fields_are_refused(reads, sections, load)}
-    expected = {"distributed", "fsdp_reshard_after_forward", "heldout_batches", "figure_samples", "prefetch_factor"}
+    expected = {"distributed", "fsdp_reshard_after_forward", "heldout_batches", "figure_samples", "prefetch_factor",
+                "knn"}  # fmt: skip
     expected |= {"momentum", "trust_coeff"} if cfg.optim.optimizer == "adamw" else {"betas"}
     assert unread == expected
     # Read by the trainer's generic checks, and refused for classifiers when the config is read:

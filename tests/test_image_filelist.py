@@ -209,6 +209,7 @@ def test_linear_probe_from_file_lists_through_the_cli(tiny_image_folder, tmp_pat
     args = [
         "linprobe",
         "demo_image_linprobe",
+        "preset=lars",  # the SGD loop (the config's default solver is lbfgs)
         f"linprobe.checkpoint={pretrained}",
         f"data.root={tiny_image_folder}",
         "data.train_list=train.txt",

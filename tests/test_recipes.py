@@ -82,7 +82,12 @@ def test_demo_classify_configs_validate(name: str) -> None:
     mode = name.rsplit("_", 1)[1]
     cfg = load_classify_config(name, mode=mode)
     assert cfg.mode == mode and cfg.head.checkpoint.startswith("runs/demo_image/")
-    assert cfg.optim.optimizer == ("adamw" if mode == "finetune" else "lars")
+    if mode == "finetune":
+        assert cfg.optim.optimizer == "adamw"
+    else:  # the small-data solver by default, the paper's LARS recipe one preset away
+        assert cfg.head.solver == "lbfgs"
+        lars = load_classify_config(name, ["preset=lars"], mode=mode)
+        assert (lars.head.solver, lars.optim.optimizer) == ("sgd", "lars")
 
 
 def test_load_config_reads_classify_configs_and_pretrain_refuses_them(capsys: pytest.CaptureFixture) -> None:

@@ -326,7 +326,7 @@ def test_pretrain_finetune_linprobe_eval_on_videos_through_the_cli(tmp_path, cap
     assert seen == {False}
     assert "fc_norm.weight" in finetuned["model"]
 
-    assert main(["linprobe", "demo_video_linprobe", f"linprobe.checkpoint={pretrained}", *common]) == 0
+    assert main(["linprobe", "demo_video_linprobe", "preset=adamw", f"linprobe.checkpoint={pretrained}", *common]) == 0
     probe = runs / "demo_video_linprobe" / "checkpoint-best.pt"
     probed, original = read_checkpoint(probe)["model"], read_checkpoint(pretrained)["model"]
     for key, value in original.items():
