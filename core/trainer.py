@@ -19,6 +19,7 @@ import shutil
 import threading
 import time
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ class Check:
     figure: Path | None = None  # a figure file, shown in TensorBoard as an image
 
 
-class Task:
+class Task(ABC):
     """What one command trains. The trainer reads these attributes and calls these methods; the defaults
     here are those of a task without the option. A subclass sets every attribute in its ``__init__``."""
 
@@ -102,9 +103,9 @@ class Task:
     model: nn.Module  # the trained module, on the device, before DDP / FSDP wrapping
     train_set: Dataset
 
+    @abstractmethod
     def loader_dataset(self) -> Dataset:
         """The training set as the loader reads it, keyed ``(epoch, index)``: items are dicts with a ``"bad"``."""
-        raise NotImplementedError
 
     def collate(self) -> Any:
         """The loader's ``collate_fn`` (None: PyTorch's default)."""
@@ -118,30 +119,34 @@ class Task:
         """Draws per epoch with sample weights (None: the set's size)."""
         return None
 
+    @abstractmethod
     def optimizer(self, base_lr: float) -> torch.optim.Optimizer:
-        raise NotImplementedError
+        """The optimizer over the trained parameters at ``base_lr`` (groups may carry an ``lr_scale``)."""
 
     def train_mode(self, net: nn.Module) -> None:
         """Put the model in training mode at the start of an epoch."""
         net.train()
 
+    @abstractmethod
     def loss(self, net: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """The loss of one micro-batch (inside autocast) and its number of samples."""
-        raise NotImplementedError
 
+    @abstractmethod
     def check(self, trainer: Trainer, epoch: int) -> Check:
         """The periodic held-out check after ``epoch`` (0-based), called on every rank."""
-        raise NotImplementedError
 
+    @abstractmethod
     def payload(self) -> dict[str, Any]:
         """What a checkpoint holds besides the training state: ``format``, ``config`` and task extras."""
-        raise NotImplementedError
 
+    @abstractmethod
     def restore(self, payload: dict[str, Any], path: Path) -> None:
-        """Refuse a checkpoint of another kind of run, and take back the task's extras."""
+        """Refuse a checkpoint of another kind of run, and take back the task's extras (before the trainer
+        loads the model, optimizer and position)."""
 
+    @abstractmethod
     def result(self, trainer: Trainer) -> Any:
-        raise NotImplementedError
+        """What the command returns once the run is over (rank 0's view, broadcast where it matters)."""
 
 
 class Trainer:
