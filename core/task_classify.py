@@ -25,6 +25,7 @@ from .config import ClassifyConfig, config_to_dict, from_dict
 from .data import DataError
 from .distributed import DistContext, broadcast_object, run_then_teardown, setup
 from .evaluation import LabelledSafeDataset, evaluate, format_stats
+from .recipe_guard import warn_recipe_mismatch
 from .run import seed_everything
 from .trainer import Check, Task, Trainer
 
@@ -109,6 +110,7 @@ class ClassifyTask(Task):
         self.finetune = cfg.mode == "finetune"
         head = cfg.head
         self.train_set, self.eval_set = self._datasets(pretrained, registry)
+        warn_recipe_mismatch(cfg, len(self.train_set), world_size=ctx.world_size, main=ctx.is_main)
         self.multi_label = bool(getattr(self.train_set, "multi_label", False))
         self.num_classes = head.num_classes or len(self.train_set.classes)
         if self.num_classes < len(self.train_set.classes):
