@@ -199,9 +199,8 @@ def _classify(args: argparse.Namespace) -> int:
     from .task_classify import train_classifier
 
     cfg = load_classify_config(args.config, args.overrides, mode=args.command)
-    lbfgs = cfg.linprobe is not None and cfg.linprobe.solver == "lbfgs"
-    if lbfgs:  # refused keys fail before any work
-        from .probe import check_probe_config, train_probe
+    if cfg.linprobe is not None and cfg.linprobe.solver == "lbfgs":  # refused before the checkpoint is read
+        from .probe import check_probe_config
 
         check_probe_config(cfg, resume=args.resume)
     pretrained = load_model(cfg.head.checkpoint)
@@ -213,10 +212,7 @@ def _classify(args: argparse.Namespace) -> int:
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         print(f"anymae {args.command}: config {cfg.name!r}, from {cfg.head.checkpoint}")
-    if lbfgs:
-        result = train_probe(cfg, pretrained, progress=not args.no_progress)
-    else:
-        result = train_classifier(cfg, pretrained, progress=not args.no_progress, resume=args.resume)
+    result = train_classifier(cfg, pretrained, progress=not args.no_progress, resume=args.resume)
     if not main_process:
         return 0
     best = f"best mAP {result.best_map:.2f}%" if result.best_map is not None else f"best top-1 {result.best_acc1:.2f}%"

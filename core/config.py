@@ -642,10 +642,29 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
 }
 
 
+# train.* keys of the epoch loop, which linprobe.solver=lbfgs (one feature pass, a fit to convergence) has not.
+LBFGS_UNUSED_TRAIN = ("epochs", "accum_iter", "save_every_epochs", "save_every_steps", "keep_last", "on_nonfinite",
+                      "max_consecutive_skips", "log_every_steps", "eval_every_epochs", "compile", "persistent_workers",
+                      "malloc_mmap_threshold")  # fmt: skip
+
+
 def refuse_unsupported(cfg: ClassifyConfig, mode: str) -> None:
     """Raise :class:`ConfigError` naming the first field of ``cfg`` that ``anymae {mode}`` cannot honour."""
-    groups = ["classify", *(["linprobe"] if mode == "linprobe" else []), cfg.optim.optimizer]
     defaults = {"train": TrainConfig(), "optim": ClassifyOptimConfig()}
+    if mode == "linprobe" and cfg.head.solver == "lbfgs":
+        for f in dataclasses.fields(ClassifyOptimConfig):
+            if getattr(cfg.optim, f.name) != getattr(defaults["optim"], f.name):
+                raise ConfigError(
+                    f"config optim.{f.name}: linprobe.solver=lbfgs has no optimizer settings (it solves the logistic "
+                    "regression exactly); remove the optim section or use linprobe.solver=sgd"
+                )
+        for name in LBFGS_UNUSED_TRAIN:
+            if getattr(cfg.train, name) != getattr(defaults["train"], name):
+                raise ConfigError(
+                    f"config train.{name}: not used by linprobe.solver=lbfgs (features are computed once and the fit "
+                    "runs to convergence); remove it or use linprobe.solver=sgd"
+                )
+    groups = ["classify", *(["linprobe"] if mode == "linprobe" else []), cfg.optim.optimizer]
     for group in groups:
         for key, reason in UNSUPPORTED[group].items():
             section, name = key.split(".")

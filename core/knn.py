@@ -71,6 +71,8 @@ def compute_features(
     batch_size: int,
     device: torch.device,
     num_workers: int = 0,
+    pin_memory: bool = False,
+    max_bad_fraction: float = 1.0,
     progress: bool = False,
     desc: str = "features",
     multi_label: bool = False,
@@ -81,7 +83,9 @@ def compute_features(
 
     A dataset with ``num_views = V > 1`` (several evaluation views per item, inputs ``(V, ...)``) gives each
     item the mean of its V view features. A multi-label dataset (``multi_label = True``) is refused unless
-    ``multi_label`` says the caller scores multi-hot rows (k-NN's class vote does not)."""
+    ``multi_label`` says the caller scores multi-hot rows (k-NN's class vote does not). Unreadable items are
+    replaced by the next readable one with a warning naming the file; more than ``max_bad_fraction`` of them stop
+    it with :class:`DataError`."""
     if bool(getattr(dataset, "multi_label", False)) != multi_label:
         raise DataError(
             "k-NN needs single-label data; this dataset is multi-label (multi-hot rows)"
@@ -93,8 +97,14 @@ def compute_features(
     views = int(getattr(dataset, "num_views", 1))
     # Unreadable items are replaced (with a warning naming the file) as in evaluation; the loader has its own
     # generator, so a check inside a training run does not move the global RNG.
-    loader = DataLoader(LabelledSafeDataset(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        generator=torch.Generator())  # fmt: skip
+    loader = DataLoader(
+        LabelledSafeDataset(dataset, max_bad_fraction=max_bad_fraction),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory and device.type == "cuda",
+        generator=torch.Generator(),
+    )
     rows, labels = [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
         x, y = batch["input"].to(device, non_blocking=True), batch["label"]

@@ -20,7 +20,6 @@ The result is an ordinary classifier checkpoint (``checkpoint-best.pt`` = ``chec
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 
 from .checkpoint import write_checkpoint
 from .classify import Classifier, build_classifier
-from .config import ClassifyConfig, ClassifyOptimConfig, ConfigError, TrainConfig, config_to_dict, from_dict
+from .config import ClassifyConfig, ConfigError, config_to_dict, from_dict
 from .data import DataError
 from .distributed import resolve_device
 from .evaluation import evaluate, format_stats
@@ -58,20 +57,6 @@ DEFAULT_MAX_ITER = 1000
 BN_EPS = 1e-6  # the probe head's BatchNorm1d eps (official linear probe)
 SMALL_FIT = 2_000_000  # N x D of feature matrices fitted on one thread (see _one_thread_if_small)
 
-# train.* keys that only the epoch loop of solver sgd uses.
-_SGD_TRAIN_KEYS = (
-    "epochs",
-    "accum_iter",
-    "save_every_epochs",
-    "save_every_steps",
-    "keep_last",
-    "on_nonfinite",
-    "max_consecutive_skips",
-    "log_every_steps",
-    "eval_every_epochs",
-    "compile",
-)
-
 
 @dataclass
 class ProbeResult:
@@ -91,22 +76,8 @@ class ProbeResult:
 
 
 def check_probe_config(cfg: ClassifyConfig, *, resume: str | None = None) -> None:
-    """Refuse what solver lbfgs cannot honour, naming the key: any ``optim.*`` and the epoch loop's ``train.*``
-    keys set away from their defaults, ``--resume`` and several processes (``torchrun``)."""
-    default_optim = ClassifyOptimConfig()
-    for field in dataclasses.fields(ClassifyOptimConfig):
-        if getattr(cfg.optim, field.name) != getattr(default_optim, field.name):
-            raise ConfigError(
-                f"config optim.{field.name}: linprobe.solver=lbfgs has no optimizer settings (it solves the logistic "
-                "regression exactly); remove the optim section or use linprobe.solver=sgd"
-            )
-    default_train = TrainConfig()
-    for key in _SGD_TRAIN_KEYS:
-        if getattr(cfg.train, key) != getattr(default_train, key):
-            raise ConfigError(
-                f"config train.{key}: not used by linprobe.solver=lbfgs (features are computed once and the fit runs "
-                "to convergence); remove it or use linprobe.solver=sgd"
-            )
+    """Refuse what solver lbfgs cannot do at run time: ``--resume`` and several processes (``torchrun``). (Its
+    unused ``optim.*`` / ``train.*`` keys are refused when the config is read.)"""
     if resume:
         raise ConfigError("--resume: linprobe.solver=lbfgs has nothing to resume (a run takes one feature pass)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -286,6 +257,8 @@ def train_probe(cfg: ClassifyConfig, pretrained: Any, *, registry: Any = None, p
         batch_size=train.batch_size,
         device=device,
         num_workers=train.num_workers,
+        pin_memory=train.pin_memory,
+        max_bad_fraction=train.max_bad_fraction,
         progress=progress,
         desc="linprobe features",
         multi_label=multi_label,

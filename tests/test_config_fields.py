@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_finetune import _add_labelled_val, _classify_overrides
 
-from anymae.core import task_classify, task_pretrain, trainer
+from anymae.core import probe, task_classify, task_pretrain, trainer
 from anymae.core.config import (
     ClassifyOptimConfig,
     ConfigError,
@@ -50,18 +50,19 @@ class _Reads:
 
         obj.__class__ = Recording
 
+    def paused_copy(self, real: Any) -> Any:
+        def paused(cfg: Any) -> Any:
+            self.paused = True
+            try:
+                return real(cfg)
+            finally:
+                self.paused = False
+
+        return paused
+
     def patch_plain_copies(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        for module in (trainer, task_pretrain, task_classify):
-            real = module.config_to_dict
-
-            def paused(cfg: Any, real: Any = real) -> Any:
-                self.paused = True
-                try:
-                    return real(cfg)
-                finally:
-                    self.paused = False
-
-            monkeypatch.setattr(module, "config_to_dict", paused)
+        for module in (trainer, task_pretrain, task_classify, probe):
+            monkeypatch.setattr(module, "config_to_dict", self.paused_copy(module.config_to_dict))
 
 
 def _one_nan_loss(monkeypatch: pytest.MonkeyPatch, task_cls: type) -> dict[str, int]:
@@ -205,3 +206,33 @@ def test_compile_and_block_recomputation_apply_to_classifiers(tmp_path, tiny_ima
     wa = torch.load(a.last_checkpoint, weights_only=True)["model"]
     wb = torch.load(b.last_checkpoint, weights_only=True)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_every_train_and_optim_field_is_read_or_refused_by_the_lbfgs_probe(
+    tmp_path: Path, tiny_image_folder: Path, pretrain_raw, monkeypatch
+):
+    """linprobe.solver=lbfgs (features once, a fit to convergence) has no epochs and no optimizer: what it does
+    not read is refused when the config is read, through the Python API as through the CLI."""
+    pretrained = pretrain(resolve_config(json.loads(json.dumps(pretrain_raw))), progress=False).checkpoint
+    _add_labelled_val(tiny_image_folder)
+    common = [f"data.root={tiny_image_folder}", f"train.output_dir={tmp_path / 'cls'}", "train.device=cpu",
+              "train.num_workers=0", "train.batch_size=4", f"linprobe.checkpoint={pretrained}"]  # fmt: skip
+
+    def load(overrides):
+        return load_classify_config("demo_image_linprobe", [*common, *overrides], mode="linprobe")
+
+    cfg = load([])
+    assert cfg.linprobe.solver == "lbfgs"
+    reads = _Reads()
+    reads.patch_plain_copies(monkeypatch)
+    reads.watch("train", cfg.train)
+    reads.watch("optim", cfg.optim)
+    result = train_classifier(cfg, load_model(pretrained), progress=False)
+    assert result.best_checkpoint.is_file() and isinstance(result, probe.ProbeResult)
+    unread = {
+        f"{s}.{n}"
+        for s, n in _unread_fields_are_refused(reads, {"train": TrainConfig, "optim": ClassifyOptimConfig}, load)
+    }
+    assert {f"optim.{f.name}" for f in dataclasses.fields(ClassifyOptimConfig)} <= unread  # no optimizer at all
+    assert {"train.epochs", "train.eval_every_epochs", "train.compile"} <= unread
+    assert "train.batch_size" not in unread and "train.max_bad_fraction" not in unread
