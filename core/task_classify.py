@@ -50,7 +50,8 @@ class ClassifyResult:
 def train_classifier(
     cfg: ClassifyConfig, pretrained: Any, *, registry: Any = None, progress: bool = True, resume: str | None = None
 ) -> ClassifyResult:
-    """Fine-tune or linearly probe (``cfg.mode``) the pre-trained MAE ``pretrained`` on ``cfg.data``.
+    """Fine-tune or linearly probe (``cfg.mode``) the pre-trained MAE ``pretrained`` on ``cfg.data`` (a linear
+    probe with ``linprobe.solver: lbfgs`` is solved by :func:`anymae.core.probe.train_probe` instead).
 
     ``resume``: a checkpoint of this run, or "auto" for the newest one of runs/<name> (and its -N siblings); the
     run continues in that folder where the checkpoint left off, with the model, optimizer, GradScaler, best
@@ -59,6 +60,11 @@ def train_classifier(
         from anymae.plugins import get_registry
 
         registry = get_registry()
+    if cfg.linprobe is not None and cfg.linprobe.solver == "lbfgs":  # features once, a fit to convergence
+        from .probe import check_probe_config, train_probe
+
+        check_probe_config(cfg, resume=resume)
+        return train_probe(cfg, pretrained, registry=registry, progress=progress)
     ctx, device = setup(cfg.train.device)
 
     def work() -> ClassifyResult:
