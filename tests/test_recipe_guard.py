@@ -101,3 +101,28 @@ def test_finetune_prints_the_line_once(tmp_path: Path, capsys, warmup: int, prin
     # 16 images // 4 = 4 steps an epoch, x 2 epochs = 8; warm-up 1 of 2 epochs = 50%.
     expected = "recipe check: 8 optimizer steps (2 epochs x 4 steps of 16 items); warm-up 1 epochs = 50% of the run"
     assert [line.startswith(expected) for line in lines] == ([True] if printed else [])
+
+
+@pytest.mark.parametrize("recipe", ["finetune", "linprobe"])
+def test_image_data_hflip_false_turns_off_the_classifier_training_flip(tmp_path: Path, recipe: str) -> None:
+    """The small-data option for classes a mirror image changes: ``data.hflip: false`` (issue 21). A red-left /
+    blue-right image keeps red on the left in every crop without the flip; with it, some crops show it mirrored."""
+    import torch
+
+    from anymae.modalities.image.modality import ImageDataConfig, ImageModality, ImageTokenizerConfig
+
+    pixels = Image.new("RGB", (32, 32), (0, 0, 255))
+    pixels.paste((255, 0, 0), (0, 0, 16, 32))
+    for cls in ("a", "b"):  # classification needs two classes; item 0 is a/0.png
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        pixels.save(tmp_path / "train" / cls / "0.png")
+    augment = {"recipe": recipe, "auto_augment": None, "reprob": 0.0}
+    mirrored = {}
+    for hflip in (True, False):
+        data = ImageDataConfig(root=str(tmp_path), train_split="train", mean=(0, 0, 0), std=(1, 1, 1), hflip=hflip)
+        tok = ImageTokenizerConfig(img_size=16, patch_size=8, in_chans=3)
+        dataset = ImageModality().build_labelled_dataset(data, tok, split="train", augment=augment)
+        torch.manual_seed(0)
+        redness = [(lambda x: x[0] - x[2])(dataset[0][0]) for _ in range(40)]  # R - B per pixel, (16, 16)
+        mirrored[hflip] = sum(bool(r[:, 0].mean() < r[:, -1].mean() - 0.5) for r in redness)
+    assert mirrored[False] == 0 and mirrored[True] > 0

@@ -37,10 +37,16 @@ __all__ = [
 
 
 def finetune_transform(
-    size: tuple[int, int], *, augment: Mapping[str, Any], mean: Sequence[float], std: Sequence[float]
+    size: tuple[int, int],
+    *,
+    augment: Mapping[str, Any],
+    mean: Sequence[float],
+    std: Sequence[float],
+    hflip: bool = True,
 ):
-    """timm's ``create_transform`` as the official fine-tuning: RandomResizedCrop (bicubic) + flip +
-    RandAugment (``auto_augment``) + normalize + random erasing (``reprob``, ``remode``, ``recount``)."""
+    """timm's ``create_transform`` as the official fine-tuning: RandomResizedCrop (bicubic) + flip (unless
+    ``hflip`` is False) + RandAugment (``auto_augment``) + normalize + random erasing (``reprob``, ``remode``,
+    ``recount``)."""
     from timm.data import create_transform
 
     transform = create_transform(
@@ -49,6 +55,7 @@ def finetune_transform(
         color_jitter=None,  # the official fine-tuning passes None: RandAugment replaces colour jitter
         auto_augment=augment.get("auto_augment"),
         interpolation="bicubic",
+        hflip=0.5 if hflip else 0.0,
         re_prob=augment.get("reprob", 0.0),
         re_mode=augment.get("remode", "pixel"),
         re_count=augment.get("recount", 1),
@@ -81,7 +88,12 @@ def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
 
 
 def finetune_tensor_transform(
-    size: tuple[int, int], *, augment: Mapping[str, Any], mean: Sequence[float], std: Sequence[float]
+    size: tuple[int, int],
+    *,
+    augment: Mapping[str, Any],
+    mean: Sequence[float],
+    std: Sequence[float],
+    hflip: bool = True,
 ) -> Any:
     """:func:`finetune_transform` for float tensors ``(C, H, W)`` of any band count: timm's training crop
     (RandomResizedCrop scale 0.08-1, ratio 3/4-4/3, bicubic) + flip + normalize + random erasing."""
@@ -91,7 +103,7 @@ def finetune_tensor_transform(
         return _RefuseAutoAugment(augment["auto_augment"])
     steps = [
         transforms.RandomResizedCrop(size, interpolation=InterpolationMode.BICUBIC),
-        transforms.RandomHorizontalFlip(),
+        transforms.RandomHorizontalFlip(0.5 if hflip else 0.0),
         transforms.Normalize(mean, std),
     ]
     if augment.get("reprob", 0.0) > 0:
@@ -122,13 +134,15 @@ class PilOrTensor:
         return self.pil(image) if isinstance(image, Image.Image) else self.tensor(image)
 
 
-def linprobe_transform(size: tuple[int, int], *, mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
+def linprobe_transform(
+    size: tuple[int, int], *, mean: Sequence[float], std: Sequence[float], hflip: bool = True
+) -> transforms.Compose:
     """The official linear probe's training transform: RandomResizedCrop (default scale 0.08-1, bicubic) + flip
-    (PIL images or float tensors)."""
+    (unless ``hflip`` is False) (PIL images or float tensors)."""
     return transforms.Compose(
         [
             transforms.RandomResizedCrop(size, interpolation=InterpolationMode.BICUBIC),
-            transforms.RandomHorizontalFlip(),
+            transforms.RandomHorizontalFlip(0.5 if hflip else 0.0),
             AsTensor(),
             transforms.Normalize(mean, std),
         ]

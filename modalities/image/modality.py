@@ -85,7 +85,7 @@ class ImageDataConfig:
     classes_file: str | None = None  # class names, line i naming label i of the lists (default: "0".."K-1")
     decode: Literal["cpu", "gpu"] = "cpu"  # gpu: workers read bytes, the training device decodes and augments
     scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop scale (paper: 0.2-1.0)
-    hflip: bool = True
+    hflip: bool = True  # random flips in pre-training, fine-tuning and probing (false where a flip changes the class)
     mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN  # one per band, after scaling (anymae image-stats measures them)
     std: tuple[float, ...] = IMAGENET_DEFAULT_STD
     repeats: int = 1  # list every file this many times per epoch (for tiny datasets)
@@ -194,7 +194,7 @@ class ImageModality(Modality):
         if augment is None:
             transform = classification_eval_transform(tokenizer.size, mean=data.mean, std=data.std, crop_pct=crop_pct)
         elif augment.get("recipe") == "linprobe":
-            transform = linprobe_transform(tokenizer.size, mean=data.mean, std=data.std)
+            transform = linprobe_transform(tokenizer.size, mean=data.mean, std=data.std, hflip=data.hflip)
         else:
             if augment.get("auto_augment") and not reader.photographs:
                 raise DataError(
@@ -202,9 +202,10 @@ class ImageModality(Modality):
                     f"images, and these are read at full precision ({_why_full_precision(data, tokenizer)}); "
                     "set finetune.auto_augment=null"
                 )
+            common = {"augment": augment, "mean": data.mean, "std": data.std, "hflip": data.hflip}
             transform = PilOrTensor(
-                pil=finetune_transform(tokenizer.size, augment=augment, mean=data.mean, std=data.std),
-                tensor=finetune_tensor_transform(tokenizer.size, augment=augment, mean=data.mean, std=data.std),
+                pil=finetune_transform(tokenizer.size, **common),
+                tensor=finetune_tensor_transform(tokenizer.size, **common),
             )
         classes = _class_names(data, root)
         samples = _labelled_samples(data, root, split=split, classes=classes)
