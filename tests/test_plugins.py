@@ -252,7 +252,7 @@ def test_third_party_modality_pretrains_and_reloads_with_the_same_loss(toyseq_di
     k = cfg.train.figure_samples
     rows = torch.cat([x[:k, 0], model.tokenizer.unpatchify(pred[:k])[:, 0]]).double()  # (2k, T)
     expected = (rows - rows.min()) / (rows.max() - rows.min() + 1e-6) * 255
-    figure = torch.from_numpy(np.asarray(Image.open(result.figure))).double()
+    figure = torch.from_numpy(np.array(Image.open(result.figure))).double()
     assert figure.shape == (2 * k, cfg.model.tokenizer.length)
     assert (figure - expected.floor()).abs().max().item() <= 1  # float32 vs float64 at a truncation edge
 
