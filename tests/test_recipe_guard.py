@@ -126,3 +126,30 @@ def test_image_data_hflip_false_turns_off_the_classifier_training_flip(tmp_path:
         redness = [(lambda x: x[0] - x[2])(dataset[0][0]) for _ in range(40)]  # R - B per pixel, (16, 16)
         mirrored[hflip] = sum(bool(r[:, 0].mean() < r[:, -1].mean() - 0.5) for r in redness)
     assert mirrored[False] == 0 and mirrored[True] > 0
+
+
+@pytest.mark.parametrize("recipe", ["finetune", "linprobe"])
+def test_image_data_classify_scale_sets_the_training_crop(tmp_path: Path, recipe: str) -> None:
+    """``data.classify_scale`` is the RandomResizedCrop area range of classifier training (official 0.08-1): at
+    (1, 1) of a square image every crop is the whole image, so the sample is the file's pixels / 255 exactly
+    (no flip, no RandAugment, no erasing); at the default some crops are smaller."""
+    import numpy as np
+    import torch
+
+    from anymae.modalities.image.modality import ImageDataConfig, ImageModality, ImageTokenizerConfig
+
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        Image.fromarray(pixels).save(tmp_path / "train" / cls / "0.png")
+    expected = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+    augment = {"recipe": recipe, "auto_augment": None, "reprob": 0.0}
+    tok = ImageTokenizerConfig(img_size=16, patch_size=8, in_chans=3)
+    whole = {}
+    for scale in ((1.0, 1.0), None):
+        extra = {} if scale is None else {"classify_scale": scale}
+        data = ImageDataConfig(root=str(tmp_path), mean=(0, 0, 0), std=(1, 1, 1), hflip=False, **extra)
+        dataset = ImageModality().build_labelled_dataset(data, tok, split="train", augment=augment)
+        torch.manual_seed(0)
+        whole[scale] = sum(torch.allclose(dataset[0][0], expected, atol=1e-6) for _ in range(20))
+    assert whole[(1.0, 1.0)] == 20 and whole[None] < 20

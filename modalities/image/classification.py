@@ -43,6 +43,7 @@ def finetune_transform(
     mean: Sequence[float],
     std: Sequence[float],
     hflip: bool = True,
+    scale: tuple[float, float] = (0.08, 1.0),
 ):
     """timm's ``create_transform`` as the official fine-tuning: RandomResizedCrop (bicubic) + flip (unless
     ``hflip`` is False) + RandAugment (``auto_augment``) + normalize + random erasing (``reprob``, ``remode``,
@@ -55,6 +56,7 @@ def finetune_transform(
         color_jitter=None,  # the official fine-tuning passes None: RandAugment replaces colour jitter
         auto_augment=augment.get("auto_augment"),
         interpolation="bicubic",
+        scale=tuple(scale),
         hflip=0.5 if hflip else 0.0,
         re_prob=augment.get("reprob", 0.0),
         re_mode=augment.get("remode", "pixel"),
@@ -94,6 +96,7 @@ def finetune_tensor_transform(
     mean: Sequence[float],
     std: Sequence[float],
     hflip: bool = True,
+    scale: tuple[float, float] = (0.08, 1.0),
 ) -> Any:
     """:func:`finetune_transform` for float tensors ``(C, H, W)`` of any band count: timm's training crop
     (RandomResizedCrop scale 0.08-1, ratio 3/4-4/3, bicubic) + flip + normalize + random erasing."""
@@ -102,7 +105,7 @@ def finetune_tensor_transform(
     if augment.get("auto_augment"):
         return _RefuseAutoAugment(augment["auto_augment"])
     steps = [
-        transforms.RandomResizedCrop(size, interpolation=InterpolationMode.BICUBIC),
+        transforms.RandomResizedCrop(size, scale=tuple(scale), interpolation=InterpolationMode.BICUBIC),
         transforms.RandomHorizontalFlip(0.5 if hflip else 0.0),
         transforms.Normalize(mean, std),
     ]
@@ -135,13 +138,18 @@ class PilOrTensor:
 
 
 def linprobe_transform(
-    size: tuple[int, int], *, mean: Sequence[float], std: Sequence[float], hflip: bool = True
+    size: tuple[int, int],
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    hflip: bool = True,
+    scale: tuple[float, float] = (0.08, 1.0),
 ) -> transforms.Compose:
     """The official linear probe's training transform: RandomResizedCrop (default scale 0.08-1, bicubic) + flip
     (unless ``hflip`` is False) (PIL images or float tensors)."""
     return transforms.Compose(
         [
-            transforms.RandomResizedCrop(size, interpolation=InterpolationMode.BICUBIC),
+            transforms.RandomResizedCrop(size, scale=tuple(scale), interpolation=InterpolationMode.BICUBIC),
             transforms.RandomHorizontalFlip(0.5 if hflip else 0.0),
             AsTensor(),
             transforms.Normalize(mean, std),

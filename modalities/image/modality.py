@@ -85,6 +85,7 @@ class ImageDataConfig:
     classes_file: str | None = None  # class names, line i naming label i of the lists (default: "0".."K-1")
     decode: Literal["cpu", "gpu"] = "cpu"  # gpu: workers read bytes, the training device decodes and augments
     scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop scale (paper: 0.2-1.0)
+    classify_scale: tuple[float, float] = (0.08, 1.0)  # ... of fine-tuning and probe training (official: 0.08-1)
     hflip: bool = True  # random flips in pre-training, fine-tuning and probing (false where a flip changes the class)
     mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN  # one per band, after scaling (anymae image-stats measures them)
     std: tuple[float, ...] = IMAGENET_DEFAULT_STD
@@ -96,6 +97,8 @@ class ImageDataConfig:
     rgb_bands: tuple[int, ...] | None = None  # figure bands as R, G, B (or one, grey); default: first 3 (or grey)
 
     def __post_init__(self) -> None:
+        if not 0 < self.classify_scale[0] <= self.classify_scale[1] <= 1:
+            raise ValueError(f"classify_scale must satisfy 0 < min <= max <= 1, got {self.classify_scale}")
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
         if len(self.mean) != len(self.std):
@@ -194,7 +197,9 @@ class ImageModality(Modality):
         if augment is None:
             transform = classification_eval_transform(tokenizer.size, mean=data.mean, std=data.std, crop_pct=crop_pct)
         elif augment.get("recipe") == "linprobe":
-            transform = linprobe_transform(tokenizer.size, mean=data.mean, std=data.std, hflip=data.hflip)
+            transform = linprobe_transform(
+                tokenizer.size, mean=data.mean, std=data.std, hflip=data.hflip, scale=data.classify_scale
+            )
         else:
             if augment.get("auto_augment") and not reader.photographs:
                 raise DataError(
@@ -202,7 +207,8 @@ class ImageModality(Modality):
                     f"images, and these are read at full precision ({_why_full_precision(data, tokenizer)}); "
                     "set finetune.auto_augment=null"
                 )
-            common = {"augment": augment, "mean": data.mean, "std": data.std, "hflip": data.hflip}
+            common = {"augment": augment, "mean": data.mean, "std": data.std, "hflip": data.hflip,
+                      "scale": data.classify_scale}  # fmt: skip
             transform = PilOrTensor(
                 pil=finetune_transform(tokenizer.size, **common),
                 tensor=finetune_tensor_transform(tokenizer.size, **common),
