@@ -97,16 +97,19 @@ class PretrainTask(Task):
 
     def _knn_sets(self) -> tuple[Dataset, Dataset] | None:
         """The training and held-out splits with labels (class folders, label lists) for a k-NN check of the
-        features in every periodic check; None when the data has none."""
+        features in every periodic check; None when the data has none, or several labels per item."""
         if self.heldout_set is None or not self.cfg.train.knn:
             return None
         try:
-            return tuple(  # type: ignore[return-value]
+            sets = tuple(
                 self.modality.build_labelled_dataset(self.cfg.data, self.cfg.model.tokenizer, split=split, augment=None)
                 for split in ("train", "heldout")
             )
         except DataError:  # unlabelled data: the checks report the held-out loss only
             return None
+        if bool(getattr(sets[0], "multi_label", False)):  # k-NN's class vote needs one label per item
+            return None
+        return sets  # type: ignore[return-value]
 
     def loader_dataset(self) -> Dataset:
         return SafeDataset(
