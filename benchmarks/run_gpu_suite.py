@@ -5,7 +5,8 @@
 3. end-to-end ViT-B/16 from JPEG files: CPU decode (anymae's loader) and nvJPEG decode on the GPU;
 4. the data pipeline alone (per-worker CPU decode rates and the GPU decoder's rate);
 5. compute-only VideoMAE-B (16x224, tube 0.9) and AudioMAE-B (1024x128, 0.8, local decoder) in bf16, against anymae
-   with every option off (the issues' GPU checks for video and audio).
+   with every option off (the issues' GPU checks for video and audio);
+6. the tests marked ``slow`` (torch.compile against eager), which the default test command leaves out.
 
     python -m benchmarks.run_gpu_suite --results benchmarks/RESULTS.md
     python -m benchmarks.run_gpu_suite --quick --results /tmp/r.md   # dry path: tiny sizes, runs on a CPU
@@ -14,11 +15,22 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from . import data, e2e, step
+
+
+def slow_tests(argv: list[str]) -> int:
+    """``pytest -m slow`` in a fresh process (the compile tests; ``argv`` is ignored: they write no results)."""
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "slow", str(root / "tests")], cwd=root
+    ).returncode
 
 
 def plan(quick: bool, memory: bool) -> list[tuple[str, object, list[str]]]:
@@ -90,6 +102,7 @@ def plan(quick: bool, memory: bool) -> list[tuple[str, object, list[str]]]:
             step.main,
             ["--arch", "audiomae_b", "--batch", "64", "--variants", "anymae,optimized+bf16", *common],
         ),
+        ("slow tests", slow_tests, []),
     ]
 
 
