@@ -259,7 +259,7 @@ def _reference_runner(name: str, arch: str, *, device: torch.device, mask_ratio:
 
 
 def _anymae_runner(name: str, arch: str, options: dict[str, Any], *, device: torch.device, mask_ratio: float) -> Runner:
-    """anymae's model and step as ``anymae pretrain`` runs them (core/trainer.py, core/task_pretrain.py), with ``options`` set."""
+    """anymae's model and step as ``anymae pretrain`` runs them (core/task_pretrain.py), with ``options`` set."""
     from anymae.core.build import build_model, checkpoint_decoder_blocks, checkpoint_encoder_blocks, compile_blocks
     from anymae.core.config import OptimConfig, TrainConfig, from_dict, resolve_model_config
     from anymae.core.optim import param_groups_weight_decay, step_in_backward
