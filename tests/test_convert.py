@@ -275,6 +275,7 @@ def test_anymae_eval_runs_on_an_imported_fine_tuned_checkpoint_with_timm_accurac
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
     import transformers  # the test extra: a missing install fails here instead of skipping
+
     config = transformers.ViTMAEConfig(
         hidden_size=64,
         num_hidden_layers=2,
