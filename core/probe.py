@@ -24,7 +24,6 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +40,7 @@ from .knn import compute_features
 from .loading import CLASSIFIER_FORMAT
 from .metrics import mean_average_precision, topk_correct
 from .run import MetricsWriter, new_run_dir, seed_everything
+from .task_classify import ClassifyResult
 
 __all__ = [
     "DEFAULT_L2_GRID",
@@ -58,21 +58,12 @@ BN_EPS = 1e-6  # the probe head's BatchNorm1d eps (official linear probe)
 SMALL_FIT = 2_000_000  # N x D of feature matrices fitted on one thread (see _one_thread_if_small)
 
 
-@dataclass
-class ProbeResult:
-    """What ``anymae linprobe`` reports (the fields of the SGD loop's result, plus the solver's)."""
+@dataclass(kw_only=True)
+class ProbeResult(ClassifyResult):
+    """What ``anymae linprobe`` reports: the SGD loop's result, plus the solver's L2 strength and training score."""
 
-    run_dir: Path
-    best_checkpoint: Path
-    last_checkpoint: Path
-    best_acc1: float
-    last_acc1: float
-    last_acc5: float
-    metrics: Path
     l2: float
     train_acc1: float
-    best_map: float | None = None
-    last_map: float | None = None
 
 
 def check_probe_config(cfg: ClassifyConfig, *, resume: str | None = None) -> None:
