@@ -55,6 +55,20 @@ def make_image(seed: int, *, size: tuple[int, int] = (IMAGE_W, IMAGE_H), mode: s
     return image.convert(mode)
 
 
+def tiny_mae(**model: Any) -> Any:
+    """A one-block image MAE (16 px, patch 8, width 16) at a fixed random init, in eval mode; ``model`` overrides
+    any model key (``modality``, ``tokenizer``, ``cls_token``, ...)."""
+    import torch
+
+    from anymae.core.build import build_model
+    from anymae.core.config import resolve_model_config
+
+    cfg = {"tokenizer": {"img_size": 16, "patch_size": 8}, "embed_dim": 16, "depth": 1, "num_heads": 2,
+           "decoder_embed_dim": 8, "decoder_depth": 1, "decoder_num_heads": 2, **model}  # fmt: skip
+    torch.manual_seed(0)
+    return build_model(resolve_model_config(cfg)).eval()
+
+
 def write_image(path: Path, image: Image.Image) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

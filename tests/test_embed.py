@@ -9,30 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_mae
 from PIL import Image
 
-from anymae.core.build import build_model
 from anymae.core.checkpoint import export_safetensors
 from anymae.core.cli import main
-from anymae.core.config import resolve_model_config
 from anymae.core.data import DataError
 from anymae.core.embed import embed_files, read_embeddings
 
 
 def _model(**model: object):
-    cfg = resolve_model_config(
-        {
-            "embed_dim": 16,
-            "depth": 1,
-            "num_heads": 2,
-            "decoder_embed_dim": 8,
-            "decoder_depth": 1,
-            "decoder_num_heads": 2,
-            **model,
-        }
-    )
-    torch.manual_seed(0)
-    return build_model(cfg).eval()
+    return tiny_mae(**model)
 
 
 def _images(folder: Path, count: int) -> list[Path]:

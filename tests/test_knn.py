@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_mae
 from PIL import Image
 from torch.utils.data import Dataset
 
-from anymae.core.build import build_model
 from anymae.core.checkpoint import export_safetensors
 from anymae.core.cli import main
-from anymae.core.config import resolve_model_config
 from anymae.core.data import DataError
 from anymae.core.knn import extract_features, knn_accuracy, knn_classify
 
@@ -103,20 +102,7 @@ class _Labelled(Dataset):
 
 
 def _tiny_model(cls_token: bool = True):
-    cfg = resolve_model_config(
-        {
-            "tokenizer": {"img_size": 16, "patch_size": 8},
-            "embed_dim": 16,
-            "depth": 1,
-            "num_heads": 2,
-            "decoder_embed_dim": 8,
-            "decoder_depth": 1,
-            "decoder_num_heads": 2,
-            "cls_token": cls_token,
-        }
-    )
-    torch.manual_seed(0)
-    return build_model(cfg).eval()
+    return tiny_mae(cls_token=cls_token)
 
 
 @pytest.mark.parametrize("pool", ["cls", "mean"])

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_mae
 from PIL import Image
 
-from anymae.core.build import build_model
 from anymae.core.checkpoint import export_safetensors, read_checkpoint
 from anymae.core.cli import main
-from anymae.core.config import ConfigError, load_classify_config, resolve_model_config
+from anymae.core.config import ConfigError, load_classify_config
 from anymae.core.probe import fit_logistic_regression, select_l2
 
 
@@ -115,19 +115,7 @@ def _crops_folder(root: Path, *, train: int, heldout: int) -> Path:
 
 
 def _random_mae(path: Path) -> Path:
-    cfg = resolve_model_config(
-        {
-            "tokenizer": {"img_size": 16, "patch_size": 8},
-            "embed_dim": 16,
-            "depth": 1,
-            "num_heads": 2,
-            "decoder_embed_dim": 8,
-            "decoder_depth": 1,
-            "decoder_num_heads": 2,
-        }
-    )
-    torch.manual_seed(0)
-    return export_safetensors(build_model(cfg), path)
+    return export_safetensors(tiny_mae(), path)
 
 
 def _probe_args(checkpoint: Path, root: Path, runs: Path) -> list[str]:
