@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from anymae.core.data import BadSampleError, DataError
+from anymae.core.files import find_files, under_root
 
 from .decode import crop_waveform, load_waveform, roll_mag_augment
 from .features import features, samples_for_frames
@@ -81,7 +82,7 @@ class FeatureSettings:
 
 def find_audio(folder: Path) -> list[Path]:
     """Every audio file below ``folder``, sorted for a deterministic order."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    return find_files(folder, AUDIO_EXTENSIONS)
 
 
 def read_folder(folder: Path) -> ClipList:
@@ -137,7 +138,7 @@ def read_audioset_json(
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "wav" not in entry:
             raise DataError(f"{path}: entry {i} has no 'wav' key: {entry!r}")
-        files.append(_resolve(entry["wav"], base or path.parent))
+        files.append(under_root(entry["wav"], base or path.parent))
         if index is not None:
             positives = set()
             for mid in filter(None, str(entry.get("labels", "")).split(",")):
@@ -193,7 +194,7 @@ def _read_pairs(path: Path, rows: list[tuple[int, list[str]]], base: Path) -> Cl
         pairs.append(parts)
     classes = sorted({label for _, label in pairs})
     lookup = {name: i for i, name in enumerate(classes)}
-    return ClipList([_resolve(p, base) for p, _ in pairs], [lookup[label] for _, label in pairs], classes)
+    return ClipList([under_root(p, base) for p, _ in pairs], [lookup[label] for _, label in pairs], classes)
 
 
 def _read_table(path: Path, header: list[str], rows: list[tuple[int, list[str]]], base: Path) -> ClipList:
@@ -218,7 +219,7 @@ def _read_table(path: Path, header: list[str], rows: list[tuple[int, list[str]]]
             folds = [int(r["fold"]) for r in records]
         except ValueError as exc:
             raise DataError(f"{path}: the fold column must hold integers: {exc}") from None
-    files = [_resolve(r[header[0]], base) for r in records]
+    files = [under_root(r[header[0]], base) for r in records]
     return ClipList(files, [lookup[n] for n in names], classes, folds)
 
 
@@ -278,11 +279,6 @@ def _subset(clips: ClipList, chosen: list[int]) -> ClipList:
         clips.classes,
         None if clips.folds is None else [clips.folds[i] for i in chosen],
     )
-
-
-def _resolve(name: str, base: Path) -> Path:
-    path = Path(name).expanduser()
-    return path if path.is_absolute() else base / path
 
 
 class AudioClips(Dataset):

@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from anymae.core.data import DataError
+from anymae.core.files import resolve_data_root, under_root
 from anymae.core.modality import Modality
 from anymae.plugins import hookimpl
 
@@ -19,7 +20,7 @@ from .classification import Augmentation, LabelledClips, is_multi_hot
 from .data import AudioClips, ClipList, FeatureSettings, read_clip_list, select_folds, without_files
 from .decode import SAMPLE_RATE
 from .decoder import LocalDecoder
-from .demo import BUILTIN_DEMO_ROOT, resolve_root
+from .demo import DEMO_ROOTS
 from .features import AUDIOSET_MEAN, AUDIOSET_STD
 from .interop import AudioMAEFormat
 from .masking import STRATEGIES
@@ -217,23 +218,13 @@ def _settings(data: AudioDataConfig, tokenizer: AudioTokenizerConfig) -> Feature
 
 
 def _root(data: AudioDataConfig) -> Path:
-    if not data.root:
-        raise DataError(f"data.root is required: a folder holding {data.train_split}, or {BUILTIN_DEMO_ROOT!r}")
-    root = resolve_root(data.root)
-    if not root.is_dir():
-        raise DataError(f"data.root: folder {root} does not exist")
-    return root
-
-
-def _under(root: Path, name: str) -> Path:
-    path = Path(name).expanduser()
-    return path if path.is_absolute() else root / path
+    return resolve_data_root(data.root, holds=data.train_split, builtin=DEMO_ROOTS)
 
 
 def _clips(root: Path, split: str, data: AudioDataConfig, *, key: str) -> ClipList:
-    source = _under(root, split)
-    label_csv = None if data.label_csv is None else _under(root, data.label_csv)
-    base = None if data.audio_dir is None else _under(root, data.audio_dir)
+    source = under_root(split)
+    label_csv = None if data.label_csv is None else under_root(data.label_csv)
+    base = None if data.audio_dir is None else under_root(data.audio_dir)
     if not source.exists():
         raise DataError(f"{key}: {source} does not exist")
     try:

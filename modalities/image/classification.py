@@ -22,16 +22,14 @@ from torchvision.transforms import InterpolationMode
 
 from anymae.core.data import BadSampleError, DataError
 
-from .data import IMAGE_EXTENSIONS, AsTensor, ImageReader, find_images
+from .data import AsTensor, ImageReader
 
 __all__ = [
     "LabelledImages",
     "PilOrTensor",
-    "class_folder_names",
     "classification_eval_transform",
     "finetune_tensor_transform",
     "finetune_transform",
-    "folder_samples",
     "linprobe_transform",
 ]
 
@@ -172,36 +170,10 @@ def classification_eval_transform(
     )
 
 
-def class_folder_names(folder: Path) -> list[str]:
-    """The sorted class sub-folder names of ``folder`` (torchvision ImageFolder's numbering); at least two."""
-    if not folder.is_dir():
-        raise DataError(f"labelled split: folder {folder} does not exist")
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if len(found) < 2:
-        raise DataError(
-            f"{folder} needs at least 2 class sub-folders (folder/<class>/<image>) for classification, "
-            f"found {len(found)}: {found}"
-        )
-    return found
-
-
-def folder_samples(folder: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
-    """``folder/<class>/<file>`` -> [(file, index of class in ``classes``)]: the training split's ``classes``,
-    so every split shares one numbering."""
-    found = class_folder_names(folder)
-    unknown = sorted(set(found) - set(classes))
-    if unknown:
-        raise DataError(f"{folder} has class folders {unknown} that the training split does not have")
-    index = {name: i for i, name in enumerate(classes)}
-    samples = [(f, index[c]) for c in found for f in find_images(folder / c)]
-    if not samples:
-        raise DataError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) in the class folders of {folder}")
-    return samples
-
-
 class LabelledImages(Dataset):
     """``(file, class index)`` samples -> ``(image (C, H, W), class index)``; ``classes`` names the indices
-    (the same list for every split): class folders (:func:`folder_samples`) or a file list (``data.train_list``)."""
+    (the same list for every split): class folders or a file list (``data.train_list``), read with
+    :mod:`anymae.core.files`."""
 
     def __init__(
         self, samples: Sequence[tuple[Path, int]], *, transform: Any, reader: ImageReader, classes: Sequence[str]

@@ -42,6 +42,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tf
 
 from anymae.core.data import BadSampleError, DataError
+from anymae.core.files import find_files
 
 __all__ = [
     "ARRAY_EXTENSIONS",
@@ -50,6 +51,7 @@ __all__ = [
     "AsTensor",
     "ImageFiles",
     "ImageReader",
+    "demo_photos_root",
     "eval_transform",
     "find_images",
     "full_precision_format",
@@ -57,7 +59,6 @@ __all__ = [
     "load_image",
     "pretrain_transform",
     "read_bands",
-    "resolve_root",
     "scale_values",
 ]
 
@@ -69,16 +70,14 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NPZ_IMAGE_KEY = "image"  # the array of an .npz that holds several
 
 
-def resolve_root(root: str) -> Path:
-    """``builtin:demo_photos`` -> the packaged folder; anything else is a filesystem path."""
-    if root == BUILTIN_DEMO_ROOT:
-        return Path(__file__).parent / "demo_photos"
-    return Path(root).expanduser()
+def demo_photos_root() -> Path:
+    """The photographs shipped inside the package (``data.root: builtin:demo_photos``)."""
+    return Path(__file__).parent / "demo_photos"
 
 
 def find_images(folder: Path) -> list[Path]:
     """Every image file below ``folder`` (class sub-folders or flat), sorted for a deterministic order."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return find_files(folder, IMAGE_EXTENSIONS)
 
 
 def load_image(path: Path, in_chans: int) -> Image.Image:

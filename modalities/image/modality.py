@@ -14,17 +14,25 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
 from anymae.core.data import DataError
+from anymae.core.files import (
+    ListedFile,
+    check_channel_stats,
+    class_folder_samples,
+    class_folders,
+    read_classes_file,
+    read_file_list,
+    resolve_data_file,
+    resolve_data_root,
+)
 from anymae.core.modality import Modality
 from anymae.plugins import hookimpl
 
 from .classification import (
     LabelledImages,
     PilOrTensor,
-    class_folder_names,
     classification_eval_transform,
     finetune_tensor_transform,
     finetune_transform,
-    folder_samples,
     linprobe_transform,
 )
 from .data import (
@@ -32,13 +40,12 @@ from .data import (
     IMAGE_EXTENSIONS,
     ImageFiles,
     ImageReader,
+    demo_photos_root,
     eval_transform,
     find_images,
     pretrain_transform,
-    resolve_root,
 )
 from .device_decode import DeviceDecode, EncodedImageFiles
-from .filelist import read_class_names, read_file_list, resolve_list_path
 from .stats import ImageStatsCommand
 from .tokenizer import PatchTokenizer2d
 from .visualize import reconstruction_images, save_reconstruction_grid
@@ -75,7 +82,7 @@ class ImageTokenizerConfig:
 @dataclass
 class ImageDataConfig:
     """``data`` for images: an ImageNet-style folder (``root/train/<class>/*.jpg``), a flat one, or file lists
-    (``train_list``: lines ``relative/path [label]``, see :mod:`~anymae.modalities.image.filelist`)."""
+    (``train_list``: lines ``relative/path [label]``, see :mod:`~anymae.core.files`)."""
 
     root: str = ""  # "builtin:demo_photos" is the set of photographs shipped with anymae
     train_split: str = "train"
@@ -244,12 +251,7 @@ class ImageModality(Modality):
 
 
 def _root(data: ImageDataConfig) -> Path:
-    if not data.root:
-        raise DataError(f"data.root is required: a folder holding {data.train_split}/, or {BUILTIN_DEMO_ROOT!r}")
-    root = resolve_root(data.root)
-    if not root.is_dir():
-        raise DataError(f"data.root: folder {root} does not exist")
-    return root
+    return resolve_data_root(data.root, holds=f"{data.train_split}/", builtin={BUILTIN_DEMO_ROOT: demo_photos_root})
 
 
 def _files(folder: Path) -> list[Path]:
@@ -259,9 +261,9 @@ def _files(folder: Path) -> list[Path]:
     return files
 
 
-def _listed(data: ImageDataConfig, root: Path, key: str, **options: Any) -> list[tuple[Path, int | None]]:
+def _listed(data: ImageDataConfig, root: Path, key: str, **options: Any) -> list[ListedFile]:
     """The (file, label) lines of the list file ``data.<key>``."""
-    return read_file_list(resolve_list_path(getattr(data, key), root, key=key), root, **options)
+    return read_file_list(resolve_data_file(getattr(data, key), root, key=key), root, what="image", **options)
 
 
 def _train_files(data: ImageDataConfig, root: Path) -> list[Path]:
@@ -292,9 +294,9 @@ def _class_names(data: ImageDataConfig, root: Path) -> list[str]:
                 "data.classes_file names the labels of data.train_list; with class folders the folder names are "
                 "the classes (set data.train_list, or remove data.classes_file)"
             )
-        return class_folder_names(root / data.train_split)
+        return class_folders(root / data.train_split)
     if data.classes_file is not None:
-        return read_class_names(resolve_list_path(data.classes_file, root, key="classes_file"))
+        return read_classes_file(resolve_data_file(data.classes_file, root, key="classes_file"))
     labels = [label for _, label in _listed(data, root, "train_list", labelled=True, check_files=False)]
     if max(labels) < 1:
         raise DataError("data.train_list: every label is 0; classification needs at least 2 classes")
@@ -305,7 +307,7 @@ def _labelled_samples(data: ImageDataConfig, root: Path, *, split: str, classes:
     """``split``'s (file, class index) pairs: from its list file, else from its class folders."""
     key = f"{split}_list"
     if getattr(data, key) is not None:
-        return _listed(data, root, key, labelled=True, num_classes=len(classes))  # type: ignore[return-value]
+        return _listed(data, root, key, labelled=True, classes=classes)  # type: ignore[return-value]
     folder = data.train_split if split == "train" else data.heldout_split
     if folder is None:
         raise DataError("data.heldout_split is null: no labelled heldout split (or set data.heldout_list)")
@@ -314,17 +316,13 @@ def _labelled_samples(data: ImageDataConfig, root: Path, *, split: str, classes:
             f"data.train_list gives the classes as numbers 0..{len(classes) - 1}; give the held-out images as a "
             "list too (data.heldout_list)"
         )
-    return folder_samples(root / folder, classes)
+    return class_folder_samples(root / folder, classes, extensions=IMAGE_EXTENSIONS)
 
 
 def _check_bands(data: ImageDataConfig, tokenizer: ImageTokenizerConfig) -> None:
     """The data keys that must agree with ``model.tokenizer.in_chans``, checked before any file is read."""
     chans = tokenizer.in_chans
-    if len(data.mean) != chans:
-        raise DataError(
-            f"data.mean/std have {len(data.mean)} values for {chans} channels (in_chans); "
-            "`anymae image-stats FOLDER` measures one per band"
-        )
+    check_channel_stats(data.mean, data.std, chans, hint="; `anymae image-stats FOLDER` measures one per band")
     if data.bands is not None and len(data.bands) != chans:
         raise DataError(f"data.bands selects {len(data.bands)} bands, but model.tokenizer.in_chans={chans}")
     if data.rgb_bands is not None and max(data.rgb_bands) >= chans:

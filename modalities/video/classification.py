@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from anymae.core.data import BadSampleError, DataError
+from anymae.core.files import class_folder_samples, class_folders, read_classes_file
 
 from .data import read_list
 from .decode import VIDEO_EXTENSIONS, read_clips_at
@@ -45,30 +46,28 @@ __all__ = [
 def split_classes(root: Path, split: str, *, classes_file: Path | None = None) -> list[str]:
     """The class names of a labelled data set, in index order, read from its training split.
 
-    ``classes_file``: one name per line. Else a ``<split>.csv`` list (integer labels) has classes ``"0"`` ..
-    ``str(K - 1)`` with K = its largest label + 1, and a ``<split>/`` folder the sorted names of its class
-    sub-folders (torchvision ImageFolder's convention).
+    ``classes_file``: one name per line (:func:`~anymae.core.files.read_classes_file`). Else a ``<split>.csv``
+    list (integer labels) has classes ``"0"`` .. ``str(K - 1)`` with K = its largest label + 1, and a
+    ``<split>/`` folder the sorted names of its class sub-folders (torchvision ImageFolder's convention).
     """
     if classes_file is not None:
-        if not classes_file.is_file():
-            raise DataError(f"data.classes_file: {classes_file} does not exist")
-        names = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
-        if len(names) < 2 or len(set(names)) != len(names):
-            raise DataError(f"data.classes_file {classes_file} must list at least 2 distinct names, one a line")
-        return names
+        return read_classes_file(classes_file)
     csv = root / f"{split}.csv"
     if csv.is_file():
-        labels = [label for _, label in _read_labelled_csv(csv, root)]
+        labels = [label for _, label in _read_labelled_csv(csv, root, named=None)]
         return [str(i) for i in range(max(labels) + 1)]
-    return _class_folders(root / split, at_least=2)
+    if not (root / split).is_dir():
+        raise DataError(f"labelled split: neither {csv} nor the folder {root / split} exists")
+    return class_folders(root / split, at_least=2)
 
 
-def labelled_items(root: Path, split: str, classes: list[str]) -> list[tuple[Path, int]]:
-    """``(file, class index)`` of ``split``: ``<split>.csv`` lines ``path label`` (0 <= label < len(classes)) or
-    the files under ``<split>/<class>/`` (every class folder must be one of ``classes``; loose files are ignored)."""
+def labelled_items(root: Path, split: str, classes: list[str], *, named: bool = False) -> list[tuple[Path, int]]:
+    """``(file, class index)`` of ``split``: ``<split>.csv`` lines ``path label`` (0 <= label < len(classes);
+    ``named``: the classes come from a classes file, so labels may also be class names) or the files under
+    ``<split>/<class>/`` (every class folder must be one of ``classes``; loose files are ignored)."""
     csv = root / f"{split}.csv"
     if csv.is_file():
-        items = _read_labelled_csv(csv, root)
+        items = _read_labelled_csv(csv, root, named=classes if named else None)
         bad = [(p, label) for p, label in items if label >= len(classes)]
         if bad:
             raise DataError(
@@ -77,41 +76,20 @@ def labelled_items(root: Path, split: str, classes: list[str]) -> list[tuple[Pat
             )
         return items
     folder = root / split
-    found = _class_folders(folder, at_least=1)  # a held-out split may lack some classes
-    unknown = sorted(set(found) - set(classes))
-    if unknown:
-        raise DataError(f"{folder} has class folders {unknown[:10]} that are not among the classes {classes[:10]}")
-    index = {name: i for i, name in enumerate(classes)}
-    items = [(f, index[c]) for c in found for f in _video_files(folder / c)]
-    if not items:
-        raise DataError(f"no video files ({' '.join(VIDEO_EXTENSIONS)}) in the class folders of {folder}")
-    return items
+    if not folder.is_dir():
+        raise DataError(f"labelled split: neither {csv} nor the folder {folder} exists")
+    # at_least=1: a held-out split may lack some classes
+    return class_folder_samples(folder, classes, extensions=VIDEO_EXTENSIONS, at_least=1)
 
 
-def _read_labelled_csv(csv: Path, root: Path) -> list[tuple[Path, int]]:
-    items = read_list(csv, root)
-    if not items:
-        raise DataError(f"{csv} lists no videos")
-    unlabelled = [p for p, label in items if label < 0]
+def _read_labelled_csv(csv: Path, root: Path, *, named: Sequence[str] | None) -> list[tuple[Path, int]]:
+    """The list's (file, label) lines, every one labelled. ``named``: the class names of a classes file, which
+    labels may use (and which bound them); otherwise the classes are numbered by the labels themselves."""
+    items = read_list(csv, root, classes=named)
+    unlabelled = [p for p, label in items if label is None]
     if unlabelled:
         raise DataError(f"{csv}: {unlabelled[0]} has no integer label (lines 'path label', label >= 0)")
-    return items
-
-
-def _class_folders(folder: Path, *, at_least: int) -> list[str]:
-    if not folder.is_dir():
-        raise DataError(f"labelled split: neither {folder}.csv nor the folder {folder} exists")
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if len(found) < at_least:
-        raise DataError(
-            f"{folder} needs at least {at_least} class sub-folder(s) (<split>/<class>/<video>) for classification, "
-            f"found {len(found)}: {found}"
-        )
-    return found
-
-
-def _video_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    return items  # type: ignore[return-value]
 
 
 # --- transforms ----------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Video datasets: a VideoMAE-style CSV list, a folder per class, or a flat folder of video files.
 
-A split named ``train`` is ``<root>/train.csv`` when that file exists (lines ``path label``, space separated,
-paths relative to ``root`` unless absolute: the VideoMAE / MAE-ST convention), else the folder
-``<root>/train/`` searched recursively (class sub-folders or flat).
+A split named ``train`` is ``<root>/train.csv`` when that file exists (lines ``path [label]``, the list syntax
+of :mod:`anymae.core.files`: ``#`` comments, labels by index or class name, paths relative to ``root``
+unless absolute, the VideoMAE / MAE-ST convention), else the folder ``<root>/train/`` searched recursively
+(class sub-folders or flat).
 """
 
 from __future__ import annotations
@@ -17,43 +18,34 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from anymae.core.data import BadSampleError, DataError
+from anymae.core.files import ListedFile, find_files, read_file_list
 
 from .decode import VIDEO_EXTENSIONS, read_clips
 
 __all__ = ["VideoClips", "find_split", "read_list"]
 
 
-def read_list(csv: Path, root: Path) -> list[tuple[Path, int]]:
-    """``path label`` lines -> [(file, label)]; a line without a label gets -1; blank lines are skipped."""
-    items = []
-    for line in csv.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        head, _, tail = line.rpartition(" ")
-        path, label = (head, int(tail)) if head and tail.lstrip("-").isdigit() else (line, -1)
-        file = Path(path).expanduser()
-        items.append((file if file.is_absolute() else root / file, label))
-    return items
+def read_list(csv: Path, root: Path, *, classes: Sequence[str] | None = None) -> list[ListedFile]:
+    """A split's list (``path [label]`` lines, the syntax of :mod:`anymae.core.files`; paths may contain
+    blanks, as in VideoMAE's lists) -> [(file, class index or None)]. ``classes``: names the labels may use.
+    Files are not checked here: an unreadable video is a bad sample, counted and replaced."""
+    return read_file_list(csv, root, classes=classes, check_files=False, spaces_in_paths=True, what="video")
 
 
-def find_split(root: Path, split: str) -> list[tuple[Path, int]]:
-    """The files of ``split`` under ``root`` with labels (class folder index, or -1 for flat folders)."""
+def find_split(root: Path, split: str) -> list[ListedFile]:
+    """The files of ``split`` under ``root`` with labels (class folder index, or None for flat folders)."""
     csv = root / f"{split}.csv"
     if csv.is_file():
-        items = read_list(csv, root)
-        if not items:
-            raise DataError(f"{csv} lists no videos")
-        return items
+        return read_list(csv, root)
     folder = root / split
     if not folder.is_dir():
         raise FileNotFoundError(f"neither {csv} nor the folder {folder} exists")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    files = find_files(folder, VIDEO_EXTENSIONS)
     if not files:
         raise DataError(f"no video files ({' '.join(VIDEO_EXTENSIONS)}) under {folder}")
     classes = sorted({p.parent for p in files if p.parent != folder})
     index = {c: i for i, c in enumerate(classes)}
-    return [(p, index.get(p.parent, -1)) for p in files]
+    return [(p, index.get(p.parent)) for p in files]
 
 
 class VideoClips(Dataset):

@@ -15,17 +15,18 @@ apart needs motion, not appearance; a horizontal flip swaps ``left`` and ``right
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from anymae.core.files import generate_once
+
 from .decode import write_video
 
 __all__ = [
     "BUILTIN_DEMO_ROOT",
+    "DEMO_ROOTS",
     "MOTION_DEMO_ROOT",
     "demo_motion_root",
     "demo_videos_root",
@@ -108,23 +109,8 @@ def _cache() -> Path:
     return Path(os.environ.get("ANYMAE_CACHE", Path.home() / ".cache" / "anymae")).expanduser()
 
 
-def _generate_once(root: Path, write: Callable[[Path], None]) -> Path:
-    """``root`` when it holds ``train/`` and ``heldout/``; else ``write(staging)`` into a temporary folder
-    renamed into place, so a half-written set is never used and concurrent first runs agree."""
-    if (root / "train").is_dir() and (root / "heldout").is_dir():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
-        write(staging)
-        try:
-            staging.rename(root)
-        except OSError:  # another process finished first: use its copy
-            if not (root / "train").is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+def _complete(root: Path) -> bool:
+    return (root / "train").is_dir() and (root / "heldout").is_dir()
 
 
 def _write_unlabelled(staging: Path) -> None:
@@ -157,18 +143,17 @@ def _random_object(rng: np.random.Generator, h: int, w: int) -> dict:
 
 def demo_videos_root() -> Path:
     """The cached unlabelled demo set, generated on first call."""
-    return _generate_once(_cache() / f"demo_videos-{VERSION}", _write_unlabelled)
+    return generate_once(_cache() / f"demo_videos-{VERSION}", _write_unlabelled, complete=_complete)
 
 
 def demo_motion_root() -> Path:
     """The cached labelled motion demo set (``train/<class>/``, ``heldout/<class>/``), generated on first call."""
-    return _generate_once(_cache() / f"demo_motion-{MOTION_VERSION}", _write_motion)
+    return generate_once(_cache() / f"demo_motion-{MOTION_VERSION}", _write_motion, complete=_complete)
 
 
 def resolve_root(root: str) -> Path:
     """``builtin:demo_videos`` / ``builtin:demo_motion`` -> the generated cache folder; anything else is a path."""
-    if root == BUILTIN_DEMO_ROOT:
-        return demo_videos_root()
-    if root == MOTION_DEMO_ROOT:
-        return demo_motion_root()
-    return Path(root).expanduser()
+    return DEMO_ROOTS[root]() if root in DEMO_ROOTS else Path(root).expanduser()
+
+
+DEMO_ROOTS: dict[str, Callable[[], Path]] = {BUILTIN_DEMO_ROOT: demo_videos_root, MOTION_DEMO_ROOT: demo_motion_root}

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from anymae.core.data import DataError
+from anymae.core.files import check_channel_stats, resolve_data_file, resolve_data_root
 from anymae.core.modality import Modality
 from anymae.plugins import hookimpl
 
@@ -22,7 +23,7 @@ from .classification import LabelledVideos, clip_transform, eval_transform, labe
 from .data import VideoClips, find_split
 from .decode import read_clips
 from .decoder import videomae_decoder
-from .demo import resolve_root
+from .demo import DEMO_ROOTS
 from .interop import VideoMAEFormat
 from .masking import tube_masking
 from .sampling import FRAME_SAMPLERS
@@ -132,11 +133,7 @@ class VideoModality(Modality):
 
     def build_dataset(self, data: VideoDataConfig, tokenizer: VideoTokenizerConfig, *, split: str) -> Dataset | None:
         _check_channels(data, tokenizer)
-        if not data.root:
-            raise DataError(f"data.root is required: a folder holding {data.train_split}/ or {data.train_split}.csv")
-        root = resolve_root(data.root)
-        if not root.is_dir():
-            raise DataError(f"data.root: folder {root} does not exist")
+        root = _root(data)
         if split == "train":
             try:
                 items = find_split(root, data.train_split)
@@ -182,11 +179,7 @@ class VideoModality(Modality):
         ("finetune" or "linprobe"), or (``augment=None``) VideoMAE's test views, ``data.test_num_segment`` x
         ``data.test_num_crop`` per video, shorter side resized to ``max(img_size) / crop_pct``."""
         _check_channels(data, tokenizer)
-        if not data.root:
-            raise DataError(f"data.root is required: a folder holding {data.train_split}/ or {data.train_split}.csv")
-        root = resolve_root(data.root)
-        if not root.is_dir():
-            raise DataError(f"data.root: folder {root} does not exist")
+        root = _root(data)
         splits = {"train": data.train_split, "heldout": data.heldout_split}
         if split not in splits:
             raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
@@ -194,11 +187,10 @@ class VideoModality(Modality):
             raise DataError(f"data.heldout_split is null: no labelled {split} split")
         classes_file = None
         if data.classes_file:
-            classes_file = Path(data.classes_file).expanduser()
-            classes_file = classes_file if classes_file.is_absolute() else root / classes_file
+            classes_file = resolve_data_file(data.classes_file, root, key="classes_file")
         # One class numbering for every split: the training split's (or the classes file's).
         classes = split_classes(root, data.train_split, classes_file=classes_file)
-        items = labelled_items(root, splits[split], classes)
+        items = labelled_items(root, splits[split], classes, named=classes_file is not None)
         common = {"mean": data.mean, "std": data.std, "in_chans": tokenizer.in_chans}
         if augment is None:
             transform = eval_transform(tokenizer.size, crop_pct=crop_pct, num_crops=data.test_num_crop, **common)
@@ -293,13 +285,16 @@ def _eval_transform(
     return eval_clip(frames, size, mean=data.mean, std=data.std, in_chans=in_chans)
 
 
+def _root(data: VideoDataConfig) -> Path:
+    return resolve_data_root(data.root, holds=f"{data.train_split}/ or {data.train_split}.csv", builtin=DEMO_ROOTS)
+
+
 def _check_channels(data: VideoDataConfig, tokenizer: VideoTokenizerConfig) -> None:
     if tokenizer.in_chans not in (1, 3):
         raise DataError(
             f"model.tokenizer.in_chans={tokenizer.in_chans}: video files decode to 1 (grey) or 3 (RGB) channels"
         )
-    if len(data.mean) != tokenizer.in_chans:
-        raise DataError(f"data.mean/std have {len(data.mean)} values for {tokenizer.in_chans} channels (in_chans)")
+    check_channel_stats(data.mean, data.std, tokenizer.in_chans)
 
 
 @hookimpl
