@@ -165,20 +165,8 @@ def classifier_from_config(config: dict[str, Any], registry: Any = None) -> Clas
         registry = get_registry()
     cfg = resolve_model_config(config["model"], registry)
     head = dict(config["classifier"])
-    shell = MaskedAutoencoder(
-        tokenizer=registry.modality(cfg.modality).build_tokenizer(cfg.tokenizer, embed_dim=cfg.embed_dim),
-        encoder=MaskedEncoder(
-            embed_dim=cfg.embed_dim,
-            depth=cfg.depth,
-            num_heads=cfg.num_heads,
-            mlp_ratio=cfg.mlp_ratio,
-            qkv_bias=cfg.qkv_bias,
-            pos_table=torch.zeros(1, cfg.embed_dim),
-            cls_token=cfg.cls_token,
-        ),
-        decoder=None,
-        config={"model": config_to_dict(cfg)},
-    )
+    tokenizer, encoder = build_encoder(cfg, registry=registry)
+    shell = MaskedAutoencoder(tokenizer=tokenizer, encoder=encoder, decoder=None, config={"model": config_to_dict(cfg)})
     return build_classifier(
         shell,
         num_classes=head["num_classes"],

@@ -123,6 +123,14 @@ class ModelConfig:
             )
 
 
+def _check_lr_schedule(cfg: OptimConfig | ClassifyOptimConfig) -> None:
+    """The value checks both optimizer sections share: the lr rule, the schedule and the decay."""
+    if cfg.blr <= 0 or (cfg.lr is not None and cfg.lr <= 0):
+        raise ValueError("blr and lr must be positive")
+    if cfg.warmup_epochs < 0 or cfg.min_lr < 0 or cfg.weight_decay < 0:
+        raise ValueError("warmup_epochs, min_lr and weight_decay must be >= 0")
+
+
 @dataclass
 class OptimConfig:
     """AdamW with the paper's pre-training values (reference section 2)."""
@@ -137,10 +145,7 @@ class OptimConfig:
     step_in_backward: bool = False  # update each parameter inside backward and free its gradient (less memory)
 
     def __post_init__(self) -> None:
-        if self.blr <= 0 or (self.lr is not None and self.lr <= 0):
-            raise ValueError("blr and lr must be positive")
-        if self.warmup_epochs < 0 or self.min_lr < 0 or self.weight_decay < 0:
-            raise ValueError("warmup_epochs, min_lr and weight_decay must be >= 0")
+        _check_lr_schedule(self)
 
 
 @dataclass
@@ -306,10 +311,7 @@ class ClassifyOptimConfig:
     warmup_epochs: float = 5
 
     def __post_init__(self) -> None:
-        if self.blr <= 0 or (self.lr is not None and self.lr <= 0):
-            raise ValueError("blr and lr must be positive")
-        if self.warmup_epochs < 0 or self.min_lr < 0 or self.weight_decay < 0:
-            raise ValueError("warmup_epochs, min_lr and weight_decay must be >= 0")
+        _check_lr_schedule(self)
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""The MAE decoder: one shared mask token, unshuffle, its own fixed positions, a per-patch prediction head."""
+"""The MAE decoder: one shared mask token, unshuffle, its own fixed positions, a per-patch prediction head.
+
+:class:`MaskTokenDecoder` is the part every mask-token decoder shares (the core's ``global`` one here, and
+plugins' decoders such as VideoMAE's and AudioMAE's); a decoder says only where positions go and what blocks
+it runs.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,53 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from .encoder import LAYER_NORM
+from .encoder import LAYER_NORM, fixed_positions, vit_blocks
 from .masking import gather_tokens, unshuffle_with_mask_tokens
-from .pos_embed import with_cls_slot
 
-__all__ = ["MaskedDecoder"]
+__all__ = ["MaskTokenDecoder", "MaskedDecoder"]
 
 
-class MaskedDecoder(nn.Module):
+class MaskTokenDecoder(nn.Module):
+    """Linear D -> D_dec (``embed``), one shared learned ``mask_token`` for every removed token, unshuffle to
+    grid order, :meth:`forward_blocks` (positions and blocks), LayerNorm (``norm``), Linear D_dec -> P (``pred``).
+
+    A subclass calls ``super().__init__`` first, then sets ``blocks``, ``norm`` and ``pred`` in that order, and
+    implements :meth:`forward_blocks`. The order fixes the random draws made while building and the checkpoint
+    key order, which released weights and the parity tests depend on. ``pos_embed`` is the subclass's fixed
+    position buffer, in the layout it reads.
+    """
+
+    blocks: nn.ModuleList
+    norm: nn.Module
+    pred: nn.Module
+
+    def __init__(
+        self, *, in_dim: int, embed_dim: int, pos_embed: Tensor, num_prefix: int, embed_bias: bool = True
+    ) -> None:
+        super().__init__()
+        self.num_prefix = num_prefix
+        self.embed = nn.Linear(in_dim, embed_dim, bias=embed_bias)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.register_buffer("pos_embed", pos_embed, persistent=False)
+
+    def forward_blocks(self, prefix: Tensor, body: Tensor) -> Tensor:
+        """prefix (N, num_prefix, D_dec), body (N, L, D_dec) in grid order -> (N, L, D_dec): positions added,
+        the blocks run, the prefix dropped."""
+        raise NotImplementedError
+
+    def forward(self, latent: Tensor, ids_restore: Tensor, select: Tensor | None = None) -> Tensor:
+        """latent: (N, num_prefix + L_vis, D), ids_restore: (N, L) -> pred (N, L, P) in the original token
+        order, or (N, L_sel, P) for the token ids ``select`` (N, L_sel): the head runs on those only."""
+        k = self.num_prefix
+        x = self.embed(latent)  # (N, k + L_vis, D_dec)
+        body = unshuffle_with_mask_tokens(x[:, k:], self.mask_token, ids_restore)  # (N, L, D_dec), grid order
+        x = self.forward_blocks(x[:, :k], body)  # (N, L, D_dec)
+        if select is not None:
+            x = gather_tokens(x, select)  # (N, L_sel, D_dec)
+        return self.pred(self.norm(x))
+
+
+class MaskedDecoder(MaskTokenDecoder):
     """Linear D -> D_dec, mask tokens, unshuffle, positions, blocks, LayerNorm, Linear D_dec -> P.
 
     ``num_prefix`` is the number of prefix (CLS) tokens the encoder puts first: 1 for MAE, 0 for VideoMAE.
@@ -36,39 +80,26 @@ class MaskedDecoder(nn.Module):
         qkv_bias: bool = True,
         num_prefix: int = 1,
     ) -> None:
-        super().__init__()
-        if pos_table.shape[1] != embed_dim:
-            raise ValueError(f"position table width {pos_table.shape[1]} != decoder width {embed_dim}")
+        table = fixed_positions(pos_table, width=embed_dim, cls_slot=bool(num_prefix), part="decoder")
         if num_prefix not in (0, 1):
             raise ValueError(f"num_prefix must be 0 or 1, got {num_prefix}")
-        self.num_prefix = num_prefix
-        self.embed = nn.Linear(in_dim, embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        table = with_cls_slot(pos_table) if num_prefix else pos_table[None]
-        self.register_buffer("pos_embed", table, persistent=False)  # (1, num_prefix + L, D_dec)
-        self.blocks = nn.ModuleList(
-            block_fn(
-                dim=embed_dim,
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                norm_layer=norm_layer,
-            )
-            for _ in range(depth)
+        # (1, num_prefix + L, D_dec): the official layout, with the CLS row
+        super().__init__(in_dim=in_dim, embed_dim=embed_dim, pos_embed=table, num_prefix=num_prefix)
+        self.blocks = vit_blocks(
+            block_fn,
+            depth=depth,
+            dim=embed_dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            norm_layer=norm_layer,
         )
         self.norm = norm_layer(embed_dim)
         self.pred = nn.Linear(embed_dim, out_dim)
 
-    def forward(self, latent: Tensor, ids_restore: Tensor, select: Tensor | None = None) -> Tensor:
-        """latent: (N, num_prefix + L_vis, D), ids_restore: (N, L) -> pred (N, L, P) in the original token
-        order, or (N, L_sel, P) for the token ids ``select`` (N, L_sel): the head runs on those only."""
-        k = self.num_prefix
-        x = self.embed(latent)  # (N, k + L_vis, D_dec)
-        body = unshuffle_with_mask_tokens(x[:, k:], self.mask_token, ids_restore)  # (N, L, D_dec), grid order
-        x = torch.cat([x[:, :k], body], dim=1) + self.pos_embed  # (N, k + L, D_dec)
+    def forward_blocks(self, prefix: Tensor, body: Tensor) -> Tensor:
+        """prefix (N, k, D_dec), body (N, L, D_dec) -> (N, L, D_dec); the prefix's position is the zero CLS row."""
+        x = torch.cat([prefix, body], dim=1) + self.pos_embed  # (N, k + L, D_dec)
         for block in self.blocks:
             x = block(x)
-        x = x[:, k:]  # drop the prefix: (N, L, D_dec)
-        if select is not None:
-            x = gather_tokens(x, select)  # (N, L_sel, D_dec)
-        return self.pred(self.norm(x))
+        return x[:, self.num_prefix :]  # drop the prefix: (N, L, D_dec)

@@ -12,10 +12,42 @@ from torch import Tensor, nn
 from .masking import gather_tokens
 from .pos_embed import with_cls_slot
 
-__all__ = ["LAYER_NORM", "MaskedEncoder"]
+__all__ = ["LAYER_NORM", "MaskedEncoder", "fixed_positions", "vit_blocks"]
 
 # Official MAE blocks use LayerNorm eps 1e-6 (timm's default is 1e-5).
 LAYER_NORM = partial(nn.LayerNorm, eps=1e-6)
+
+
+def fixed_positions(pos_table: Tensor, *, width: int, cls_slot: bool, part: str) -> Tensor:
+    """The tokenizer's table (L, D) as a position buffer (1, [1 +] L, D), with the official all-zero CLS row
+    when ``cls_slot``. Fails when D is not the ``part``'s (encoder's, decoder's) ``width``."""
+    if pos_table.shape[1] != width:
+        raise ValueError(f"position table width {pos_table.shape[1]} != {part} width {width}")
+    return with_cls_slot(pos_table) if cls_slot else pos_table[None]
+
+
+def vit_blocks(
+    block_fn: Callable[..., nn.Module],
+    *,
+    depth: int,
+    dim: int,
+    num_heads: int,
+    mlp_ratio: float,
+    qkv_bias: bool,
+    norm_layer: Callable[[int], nn.Module],
+    drop_path_rate: float | None = None,
+) -> nn.ModuleList:
+    """``depth`` transformer blocks ``block_fn(dim=, num_heads=, mlp_ratio=, qkv_bias=, norm_layer=)``.
+
+    With ``drop_path_rate`` (the encoder's stochastic depth) block ``i`` also gets ``drop_path`` rising
+    linearly from 0 to the rate, as the official fine-tuning; without it ``drop_path`` is not passed.
+    """
+    make = partial(
+        block_fn, dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, norm_layer=norm_layer
+    )
+    if drop_path_rate is None:
+        return nn.ModuleList(make() for _ in range(depth))
+    return nn.ModuleList(make(drop_path=rate) for rate in torch.linspace(0, drop_path_rate, depth).tolist())
 
 
 class MaskedEncoder(nn.Module):
@@ -39,25 +71,21 @@ class MaskedEncoder(nn.Module):
         cls_token: bool = True,
     ) -> None:
         super().__init__()
-        if pos_table.shape[1] != embed_dim:
-            raise ValueError(f"position table width {pos_table.shape[1]} != encoder width {embed_dim}")
+        # Fixed, recomputed from the grid: derived data is not stored in checkpoints.
+        table = fixed_positions(pos_table, width=embed_dim, cls_slot=cls_token, part="encoder")
         self.embed_dim = embed_dim
         self.num_prefix = int(cls_token)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
-        # Fixed, recomputed from the grid: derived data is not stored in checkpoints.
-        table = with_cls_slot(pos_table) if cls_token else pos_table[None]
         self.register_buffer("pos_embed", table, persistent=False)  # (1, num_prefix + L, D)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList(
-            block_fn(
-                dim=embed_dim,
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                drop_path=rates[i],
-                norm_layer=norm_layer,
-            )
-            for i in range(depth)
+        self.blocks = vit_blocks(
+            block_fn,
+            depth=depth,
+            dim=embed_dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            norm_layer=norm_layer,
+            drop_path_rate=drop_path_rate,
         )
         self.norm = norm_layer(embed_dim)
 

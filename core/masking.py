@@ -41,13 +41,17 @@ class MaskingStrategy(Protocol):
     ) -> tuple[Tensor, int]: ...
 
 
-def keep_count(num_tokens: int, mask_ratio: float) -> int:
-    """``int(L * (1 - mask_ratio))``: 49 of 196 at 0.75, as the official code rounds."""
+def keep_count(num_tokens: int, mask_ratio: float, *, name: str = "mask_ratio", unit: str = "token") -> int:
+    """``int(L * (1 - mask_ratio))``: 49 of 196 at 0.75, as the official code rounds.
+
+    Fails unless ``0 <= mask_ratio < 1`` and at least one is kept; ``name`` (the ratio's config key) and
+    ``unit`` (what is counted, e.g. ``"time row"`` for a strategy that masks along one axis) word the errors.
+    """
     if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        raise ValueError(f"{name} must be in [0, 1), got {mask_ratio}")
     len_keep = int(num_tokens * (1 - mask_ratio))
     if len_keep < 1:
-        raise ValueError(f"mask_ratio {mask_ratio} keeps no token of {num_tokens}")
+        raise ValueError(f"{name} {mask_ratio} keeps no {unit} of {num_tokens}")
     return len_keep
 
 

@@ -1,39 +1,9 @@
 """The anymae plugin system: pluggy hook specifications, the entry-point loader and the registry."""
 
-from .hookspecs import (
-    anymae_register_checkpoint_formats,
-    anymae_register_commands,
-    anymae_register_decoders,
-    anymae_register_masking,
-    anymae_register_modalities,
-    anymae_register_targets,
-)
-from .manager import (
-    ENTRY_POINT_GROUP,
-    DuplicateNameError,
-    PluginError,
-    PluginInfo,
-    Registry,
-    get_registry,
-    hookimpl,
-    load_registry,
-    reset_registry,
-)
+# Each module's ``__all__`` is the one list of its public names; this package re-exports them.
+from . import hookspecs, manager
+from .hookspecs import *  # noqa: F403
+from .manager import *  # noqa: F403
 
-__all__ = [
-    "ENTRY_POINT_GROUP",
-    "DuplicateNameError",
-    "PluginError",
-    "PluginInfo",
-    "Registry",
-    "anymae_register_checkpoint_formats",
-    "anymae_register_commands",
-    "anymae_register_decoders",
-    "anymae_register_masking",
-    "anymae_register_modalities",
-    "anymae_register_targets",
-    "get_registry",
-    "hookimpl",
-    "load_registry",
-    "reset_registry",
-]
+# The hook specifications (not pluggy's marker or the project name) and everything the loader exports.
+__all__ = [*(name for name in hookspecs.__all__ if name.startswith("anymae_register_")), *manager.__all__]

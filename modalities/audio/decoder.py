@@ -25,7 +25,7 @@ import torch
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-from anymae.core.masking import gather_tokens, unshuffle_with_mask_tokens
+from anymae.core.decoder import MaskTokenDecoder
 
 __all__ = ["LocalDecoder", "SwinBlock", "WindowAttention", "shift_attention_mask", "window_merge", "window_partition"]
 
@@ -174,7 +174,7 @@ class SwinBlock(nn.Module):
         return x + self.norm2(self.mlp(x))
 
 
-class LocalDecoder(nn.Module):
+class LocalDecoder(MaskTokenDecoder):
     """Linear D -> D_dec, mask tokens, unshuffle, positions, drop the prefix, Swin blocks, LayerNorm, Linear -> P."""
 
     def __init__(
@@ -196,7 +196,6 @@ class LocalDecoder(nn.Module):
         meta_hidden_dim: int = 384,
         meta_dropout: float = 0.1,
     ) -> None:
-        super().__init__()
         if len(grid) != 2:
             raise ValueError(f"the local decoder needs a 2-D token grid, got grid {tuple(grid)}")
         if tuple(pos_table.shape) != (grid[0] * grid[1], embed_dim):
@@ -206,11 +205,9 @@ class LocalDecoder(nn.Module):
         window, shift = tuple(window_size), tuple(shift_size)
         if len(window) != 2 or len(shift) != 2:
             raise ValueError(f"window_size and shift_size need two values, got {window_size} and {shift_size}")
+        # (1, L, D_dec): no CLS row, the prefix never reaches the blocks
+        super().__init__(in_dim=in_dim, embed_dim=embed_dim, pos_embed=pos_table[None].clone(), num_prefix=num_prefix)
         self.grid = (int(grid[0]), int(grid[1]))
-        self.num_prefix = num_prefix
-        self.embed = nn.Linear(in_dim, embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.register_buffer("pos_embed", pos_table[None].clone(), persistent=False)  # (1, L, D_dec)
         self.blocks = nn.ModuleList(
             SwinBlock(
                 dim=embed_dim,
@@ -229,13 +226,9 @@ class LocalDecoder(nn.Module):
         self.norm = norm_layer(embed_dim)
         self.pred = nn.Linear(embed_dim, out_dim)
 
-    def forward(self, latent: Tensor, ids_restore: Tensor, select: Tensor | None = None) -> Tensor:
-        """latent (N, prefix + L_vis, D), ids_restore (N, L) -> pred (N, L, P), or (N, L_sel, P) for ``select``."""
-        x = self.embed(latent)[:, self.num_prefix :]  # (N, L_vis, D_dec); the prefix never reaches the blocks
-        x = unshuffle_with_mask_tokens(x, self.mask_token, ids_restore)  # (N, L, D_dec), grid order
-        x = x + self.pos_embed
+    def forward_blocks(self, prefix: Tensor, body: Tensor) -> Tensor:
+        """prefix (N, k, D_dec) unused, body (N, L, D_dec) in grid order -> (N, L, D_dec)."""
+        x = body + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        if select is not None:
-            x = gather_tokens(x, select)  # (N, L_sel, D_dec)
-        return self.pred(self.norm(x))
+        return x

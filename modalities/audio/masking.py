@@ -21,20 +21,19 @@ Other (p_t, p_f) pairs, e.g. the official ``mask_2d`` defaults (0.7, 0.3), come 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor
+
+from anymae.core.masking import keep_count
 
 __all__ = ["STRATEGIES", "time_frequency_mask", "time_frequency_masking"]
 
 
 def _axis_keep(size: int, prob: float, name: str) -> int:
-    if not 0.0 <= prob < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {prob}")
-    keep = int(size * (1 - prob))
-    if keep < 1:
-        raise ValueError(f"{name}={prob} keeps none of the {size} {name.split('_')[1]} positions")
-    return keep
+    """How many of the ``size`` time rows (``mask_t_prob``) or frequency columns (``mask_f_prob``) are kept."""
+    return keep_count(size, prob, name=name, unit=f"{name.split('_')[1]} position")
 
 
 def time_frequency_mask(
@@ -68,34 +67,7 @@ def time_frequency_mask(
 
 def time_frequency_masking(*, mask_t_prob: float, mask_f_prob: float) -> Callable[..., tuple[Tensor, int]]:
     """A masking strategy with fixed per-axis probabilities (its ``mask_ratio`` argument is ignored)."""
-
-    def strategy(
-        *,
-        batch: int,
-        grid: tuple[int, ...],
-        mask_ratio: float,
-        device: torch.device,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, int]:
-        return _strategy(batch, grid, mask_t_prob, mask_f_prob, device, generator)
-
-    return strategy
-
-
-def _strategy(
-    batch: int,
-    grid: tuple[int, ...],
-    mask_t_prob: float,
-    mask_f_prob: float,
-    device: torch.device,
-    generator: torch.Generator | None,
-) -> tuple[Tensor, int]:
-    removed = time_frequency_mask(
-        batch=batch, grid=grid, mask_t_prob=mask_t_prob, mask_f_prob=mask_f_prob, device=device, generator=generator
-    )
-    len_keep = _axis_keep(grid[0], mask_t_prob, "mask_t_prob") * _axis_keep(grid[1], mask_f_prob, "mask_f_prob")
-    # 0/1 noise + the core's stable argsort = kept tokens in index order, as the official id2res sort.
-    return removed, len_keep
+    return partial(_time_and_frequency, mask_t_prob=mask_t_prob, mask_f_prob=mask_f_prob)
 
 
 def _time_and_frequency(
@@ -104,7 +76,7 @@ def _time_and_frequency(
     grid: tuple[int, ...],
     mask_ratio: float,
     device: torch.device,
-    generator=None,
+    generator: torch.Generator | None = None,
     mask_t_prob: float | None = None,
     mask_f_prob: float | None = None,
 ) -> tuple[Tensor, int]:
@@ -112,17 +84,26 @@ def _time_and_frequency(
     when given (``model.masking_options``: e.g. the official ``mask_2d`` defaults 0.7 / 0.3)."""
     p_t = mask_ratio if mask_t_prob is None else mask_t_prob
     p_f = mask_ratio if mask_f_prob is None else mask_f_prob
-    return _strategy(batch, grid, p_t, p_f, device, generator)
+    removed = time_frequency_mask(
+        batch=batch, grid=grid, mask_t_prob=p_t, mask_f_prob=p_f, device=device, generator=generator
+    )
+    len_keep = _axis_keep(grid[0], p_t, "mask_t_prob") * _axis_keep(grid[1], p_f, "mask_f_prob")
+    # 0/1 noise + the core's stable argsort = kept tokens in index order, as the official id2res sort.
+    return removed, len_keep
 
 
 def _time(*, batch: int, grid: tuple[int, ...], mask_ratio: float, device: torch.device, generator=None):
     """Whole time rows removed at ``mask_ratio``."""
-    return _strategy(batch, grid, mask_ratio, 0.0, device, generator)
+    return _time_and_frequency(
+        batch=batch, grid=grid, mask_ratio=mask_ratio, device=device, generator=generator, mask_f_prob=0.0
+    )
 
 
 def _frequency(*, batch: int, grid: tuple[int, ...], mask_ratio: float, device: torch.device, generator=None):
     """Whole frequency columns removed at ``mask_ratio``."""
-    return _strategy(batch, grid, 0.0, mask_ratio, device, generator)
+    return _time_and_frequency(
+        batch=batch, grid=grid, mask_ratio=mask_ratio, device=device, generator=generator, mask_t_prob=0.0
+    )
 
 
 STRATEGIES: dict[str, Callable[..., tuple[Tensor, int]]] = {

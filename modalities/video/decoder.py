@@ -17,13 +17,18 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from anymae.core.masking import gather_tokens, unshuffle_with_mask_tokens
+from anymae.core.decoder import MaskTokenDecoder
+from anymae.core.encoder import fixed_positions, vit_blocks
 
 __all__ = ["VideoMAEDecoder", "videomae_decoder"]
 
 
-class VideoMAEDecoder(nn.Module):
-    """Linear D -> D_dec (no bias), mask tokens, unshuffle, positions, blocks, LayerNorm, head D_dec -> P."""
+class VideoMAEDecoder(MaskTokenDecoder):
+    """Linear D -> D_dec (no bias), mask tokens, unshuffle, positions, blocks, LayerNorm, head D_dec -> P.
+
+    The class is the ``videomae`` decoder builder; options ``head_norm_eps`` (default: the blocks' eps) and
+    ``learned_pos``.
+    """
 
     def __init__(
         self,
@@ -42,13 +47,9 @@ class VideoMAEDecoder(nn.Module):
         head_norm_eps: float | None = None,
         learned_pos: bool = False,
     ) -> None:
-        super().__init__()
-        if pos_table.shape[1] != embed_dim:
-            raise ValueError(f"position table width {pos_table.shape[1]} != decoder width {embed_dim}")
-        self.num_prefix = num_prefix
-        self.embed = nn.Linear(in_dim, embed_dim, bias=False)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.register_buffer("pos_embed", pos_table[None].clone(), persistent=False)  # (1, L, D_dec)
+        # (1, L, D_dec): no CLS row, prefix tokens carry no position
+        table = fixed_positions(pos_table, width=embed_dim, cls_slot=False, part="decoder").clone()
+        super().__init__(in_dim=in_dim, embed_dim=embed_dim, pos_embed=table, num_prefix=num_prefix, embed_bias=False)
         self.grid = tuple(grid)
         if learned_pos:
             if len(self.grid) != 3:
@@ -59,9 +60,14 @@ class VideoMAEDecoder(nn.Module):
             nn.init.trunc_normal_(self.pos_embed_spatial, std=0.02)  # MAE-ST's init
             nn.init.trunc_normal_(self.pos_embed_temporal, std=0.02)
         self.learned_pos = learned_pos
-        self.blocks = nn.ModuleList(
-            Block(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, norm_layer=norm_layer)
-            for _ in range(depth)
+        self.blocks = vit_blocks(
+            Block,
+            depth=depth,
+            dim=embed_dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            norm_layer=norm_layer,
         )
         self.norm = norm_layer(embed_dim) if head_norm_eps is None else nn.LayerNorm(embed_dim, eps=head_norm_eps)
         self.pred = nn.Linear(embed_dim, out_dim)
@@ -74,50 +80,13 @@ class VideoMAEDecoder(nn.Module):
         learned = self.pos_embed_temporal.repeat_interleave(h * w, dim=1) + self.pos_embed_spatial.repeat(1, t, 1)
         return self.pos_embed + learned
 
-    def forward(self, latent: Tensor, ids_restore: Tensor, select: Tensor | None = None) -> Tensor:
-        """latent (N, num_prefix + L_vis, D), ids_restore (N, L) -> pred (N, L, P) in grid order, or
-        (N, L_sel, P) for the token ids ``select`` (N, L_sel) (VideoMAE's head on masked tokens)."""
-        k = self.num_prefix
-        x = self.embed(latent)  # (N, k + L_vis, D_dec)
-        body = unshuffle_with_mask_tokens(x[:, k:], self.mask_token, ids_restore)  # (N, L, D_dec)
-        x = torch.cat([x[:, :k], body + self.positions()], dim=1)  # prefix tokens carry no position
+    def forward_blocks(self, prefix: Tensor, body: Tensor) -> Tensor:
+        """prefix (N, k, D_dec), body (N, L, D_dec) -> (N, L, D_dec)."""
+        x = torch.cat([prefix, body + self.positions()], dim=1)  # prefix tokens carry no position
         for block in self.blocks:
             x = block(x)
-        x = x[:, k:]  # (N, L, D_dec)
-        if select is not None:
-            x = gather_tokens(x, select)  # (N, L_sel, D_dec)
-        return self.pred(self.norm(x))
+        return x[:, self.num_prefix :]  # (N, L, D_dec)
 
 
-def videomae_decoder(
-    *,
-    in_dim: int,
-    embed_dim: int,
-    depth: int,
-    num_heads: int,
-    mlp_ratio: float,
-    qkv_bias: bool,
-    out_dim: int,
-    pos_table: Tensor,
-    norm_layer: Callable[[int], nn.Module],
-    grid: tuple[int, ...],
-    num_prefix: int,
-    head_norm_eps: float | None = None,
-    learned_pos: bool = False,
-) -> VideoMAEDecoder:
-    """The ``videomae`` decoder builder; options ``head_norm_eps`` (default: the blocks' eps) and ``learned_pos``."""
-    return VideoMAEDecoder(
-        in_dim=in_dim,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
-        qkv_bias=qkv_bias,
-        out_dim=out_dim,
-        pos_table=pos_table,
-        norm_layer=norm_layer,
-        grid=grid,
-        num_prefix=num_prefix,
-        head_norm_eps=head_norm_eps,
-        learned_pos=learned_pos,
-    )
+# The builder is the class itself (as AudioMAE's ``local``); this name stays for code that imports it.
+videomae_decoder = VideoMAEDecoder
