@@ -15,13 +15,24 @@ import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["BadSampleError", "DataError", "EpochSampler", "SafeDataset", "sample_seed", "seeded"]
+__all__ = [
+    "BadSampleError",
+    "DataError",
+    "DatasetTraits",
+    "DatasetWithTraits",
+    "EpochSampler",
+    "SafeDataset",
+    "dataset_traits",
+    "sample_seed",
+    "seeded",
+]
 
 
 class DataError(RuntimeError):
@@ -30,6 +41,36 @@ class DataError(RuntimeError):
 
 class BadSampleError(RuntimeError):
     """One sample could not be read or decoded; the message names the file."""
+
+
+@dataclass(frozen=True)
+class DatasetTraits:
+    """What a dataset declares about its items beyond ``len`` and ``[]``; the defaults are a plain dataset.
+
+    ``classes``: class names in index order (labelled datasets; the same for every split).
+    ``multi_label``: labels are float ``(K,)`` multi-hot rows (BCE loss and mAP) instead of class indices.
+    ``num_views``: V > 1 evaluation views per item, inputs ``(V, ...)`` whose scores are merged.
+    ``samples_per_item``: S > 1 training samples stacked per item, inputs ``(S, ...)`` folded into the batch
+    (VideoMAE's repeated sampling / augmentation; the label is repeated).
+    ``sample_weights``: returns one weight per item, for class-balanced sampling (``balanced_sampling``).
+    """
+
+    classes: tuple[str, ...] = ()
+    multi_label: bool = False
+    num_views: int = 1
+    samples_per_item: int = 1
+    sample_weights: Callable[[], Sequence[float]] | None = None
+
+
+class DatasetWithTraits(Dataset):
+    """A dataset that declares its :class:`DatasetTraits` (as an attribute or a property named ``traits``)."""
+
+    traits: DatasetTraits = DatasetTraits()
+
+
+def dataset_traits(dataset: Dataset) -> DatasetTraits:
+    """``dataset``'s declared traits; a dataset that declares none (any torch ``Dataset``) has the defaults."""
+    return dataset.traits if isinstance(dataset, DatasetWithTraits) else DatasetTraits()
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -55,7 +96,7 @@ def seeded(seed: int) -> Iterator[None]:
         np.random.set_state(np_state)
 
 
-class SafeDataset(Dataset):
+class SafeDataset(DatasetWithTraits):
     """Wraps a modality's dataset: seeded samples, masks drawn with them, unreadable items replaced.
 
     ``dataset[key]`` for ``key = (epoch, index)`` (or a plain ``index``, epoch 0) returns
@@ -83,6 +124,11 @@ class SafeDataset(Dataset):
         self.seed = seed
         self.mask_fn = mask_fn
         self.bad: dict[int, str] = {}  # index -> reason, in this process (each worker knows its own)
+
+    @property
+    def traits(self) -> DatasetTraits:
+        """The wrapped dataset's traits."""
+        return dataset_traits(self.dataset)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .classify import Classifier
-from .data import DataError, SafeDataset, sample_seed, seeded
+from .data import DataError, SafeDataset, dataset_traits, sample_seed, seeded
 from .distributed import DistContext, all_sum
 from .metrics import mean_average_precision, topk_correct
 
@@ -89,12 +89,14 @@ def evaluate(
     """Top-1 / top-5 accuracy (%) and the mean loss over every sample of ``dataset``, each counted once:
     rank r takes samples r, r + W, ... and the counts are summed over ranks.
 
-    A dataset with ``num_views = V > 1`` yields ``(V, ...)`` inputs whose V scores are merged
-    (:func:`view_scores`, ``view_reduce``). A ``multi_label`` dataset (multi-hot labels) adds ``"map"``, the
-    mean average precision (%) over all samples of all ranks, and its loss is the binary cross-entropy;
-    top-k then counts a sample when one of its k best classes is a positive."""
+    A dataset whose traits (:class:`~anymae.core.data.DatasetTraits`) declare ``num_views = V > 1`` yields
+    ``(V, ...)`` inputs whose V scores are merged (:func:`view_scores`, ``view_reduce``). A ``multi_label``
+    dataset (multi-hot labels) adds ``"map"``, the mean average precision (%) over all samples of all ranks,
+    and its loss is the binary cross-entropy; top-k then counts a sample when one of its k best classes is a
+    positive."""
     ctx = ctx or DistContext()
-    views, multi_label = int(getattr(dataset, "num_views", 1)), bool(getattr(dataset, "multi_label", False))
+    traits = dataset_traits(dataset)
+    views, multi_label = traits.num_views, traits.multi_label
     was_training = model.training
     model.eval()
     shard = Subset(LabelledSafeDataset(dataset), list(range(ctx.rank, len(dataset), ctx.world_size)))

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .data import DataError
+from .data import DataError, dataset_traits
 from .evaluation import LabelledSafeDataset
 from .metrics import topk_correct
 from .model import MaskedAutoencoder
@@ -81,12 +81,13 @@ def compute_features(
     (features (M, D) float32 on the CPU, labels (M,) int64, or (M, K) float32 multi-hot rows with
     ``multi_label``).
 
-    A dataset with ``num_views = V > 1`` (several evaluation views per item, inputs ``(V, ...)``) gives each
-    item the mean of its V view features. A multi-label dataset (``multi_label = True``) is refused unless
-    ``multi_label`` says the caller scores multi-hot rows (k-NN's class vote does not). Unreadable items are
-    replaced by the next readable one with a warning naming the file; more than ``max_bad_fraction`` of them stop
-    it with :class:`DataError`."""
-    if bool(getattr(dataset, "multi_label", False)) != multi_label:
+    A dataset whose traits declare ``num_views = V > 1`` (several evaluation views per item, inputs
+    ``(V, ...)``) gives each item the mean of its V view features. A multi-label dataset (traits
+    ``multi_label``) is refused unless ``multi_label`` says the caller scores multi-hot rows (k-NN's class vote
+    does not). Unreadable items are replaced by the next readable one with a warning naming the file; more than
+    ``max_bad_fraction`` of them stop it with :class:`DataError`."""
+    traits = dataset_traits(dataset)
+    if traits.multi_label != multi_label:
         raise DataError(
             "k-NN needs single-label data; this dataset is multi-label (multi-hot rows)"
             if not multi_label
@@ -94,7 +95,7 @@ def compute_features(
         )
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise DataError("the dataset has no items to compute features of")
-    views = int(getattr(dataset, "num_views", 1))
+    views = traits.num_views
     # Unreadable items are replaced (with a warning naming the file) as in evaluation; the loader has its own
     # generator, so a check inside a training run does not move the global RNG.
     loader = DataLoader(
@@ -226,8 +227,8 @@ def knn_accuracy(
         progress=progress,
         desc="k-NN query features",
     )
-    classes = getattr(train_set, "classes", None)
-    num_classes = max(len(classes) if classes else 0, int(train_y.max()) + 1, int(query_y.max()) + 1)
+    classes = dataset_traits(train_set).classes
+    num_classes = max(len(classes), int(train_y.max()) + 1, int(query_y.max()) + 1)
     scores = knn_classify(train_x, train_y, query_x, k=k, temperature=temperature, num_classes=num_classes)
     top1, top5 = topk_correct(scores, query_y)
     n = query_y.shape[0]

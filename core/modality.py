@@ -106,10 +106,12 @@ class Modality(ABC):
         resize-then-centre-crop ratio), else the training augmentation: a mapping with ``recipe``
         ("finetune" or "linprobe") and the fine-tuning options (``auto_augment``, ``reprob``, ...).
 
-        Optional dataset attributes switch on more of the classifier loop: ``multi_label = True`` (labels are
-        float ``(K,)`` multi-hot rows: BCE loss and mAP), ``num_views = V`` (evaluation inputs ``(V, ...)``,
-        their scores merged), ``samples_per_item = S`` (training inputs ``(S, ...)``, folded into the batch
-        with the label repeated) and ``sample_weights()`` (for ``balanced_sampling``).
+        The dataset declares its :class:`~anymae.core.data.DatasetTraits` (subclass
+        :class:`~anymae.core.data.DatasetWithTraits`); they switch on more of the classifier loop: ``classes``,
+        ``multi_label`` (labels are float ``(K,)`` multi-hot rows: BCE loss and mAP), ``num_views = V``
+        (evaluation inputs ``(V, ...)``, their scores merged), ``samples_per_item = S`` (training inputs
+        ``(S, ...)``, folded into the batch with the label repeated) and ``sample_weights`` (for
+        ``balanced_sampling``).
 
         The default raises :class:`~anymae.core.data.DataError`: the modality has no labelled data.
         """

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .checkpoint import write_checkpoint
 from .classify import Classifier, build_classifier
 from .config import ClassifyConfig, ConfigError, config_to_dict, from_dict
-from .data import DataError
+from .data import DataError, dataset_traits
 from .distributed import resolve_device
 from .evaluation import evaluate, format_stats
 from .knn import compute_features
@@ -207,7 +207,7 @@ def train_probe(cfg: ClassifyConfig, pretrained: Any, *, registry: Any = None, p
     crop = {"crop_pct": head.eval_crop_pct}
     train_set = modality.build_labelled_dataset(cfg.data, tok_cfg, split="train", augment=None, **crop)
     eval_set = modality.build_labelled_dataset(cfg.data, tok_cfg, split="heldout", augment=None, **crop)
-    multi_label = bool(getattr(train_set, "multi_label", False))
+    multi_label = dataset_traits(train_set).multi_label
     num_classes = head.num_classes or len(train_set.classes)
     if num_classes < len(train_set.classes):
         raise DataError(

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from .checkpoint import CheckpointError
 from .classify import Classifier, build_classifier, param_groups_lars, param_groups_layer_decay
 from .config import ClassifyConfig, config_to_dict, from_dict
-from .data import DataError
+from .data import DataError, dataset_traits
 from .distributed import DistContext, broadcast_object, run_then_teardown, setup
 from .evaluation import LabelledSafeDataset, evaluate, format_stats
 from .recipe_guard import warn_recipe_mismatch
@@ -117,7 +117,8 @@ class ClassifyTask(Task):
         head = cfg.head
         self.train_set, self.eval_set = self._datasets(pretrained, registry)
         warn_recipe_mismatch(cfg, len(self.train_set), world_size=ctx.world_size, main=ctx.is_main)
-        self.multi_label = bool(getattr(self.train_set, "multi_label", False))
+        traits = dataset_traits(self.train_set)
+        self.multi_label = traits.multi_label
         self.num_classes = head.num_classes or len(self.train_set.classes)
         if self.num_classes < len(self.train_set.classes):
             raise DataError(
@@ -128,7 +129,7 @@ class ClassifyTask(Task):
         seed_everything(cfg.train.seed)
         self.model: Classifier = self._build_model(pretrained, registry).to(device)
         # Items may stack S augmentations of one file (VideoMAE's --num_sample): every one is a sample of the step.
-        self.views_per_item = int(getattr(self.train_set, "samples_per_item", 1))
+        self.views_per_item = traits.samples_per_item
         self.mixup = self._mixup()
         self.criterion = self._criterion()
         self.key = "map" if self.multi_label else "acc1"  # the model-selection metric
@@ -181,7 +182,7 @@ class ClassifyTask(Task):
         """The training set's ``sample_weights()`` when ``balanced_sampling`` is on, else None."""
         if not self.cfg.head.balanced_sampling:
             return None
-        weights = getattr(self.train_set, "sample_weights", None)
+        weights = dataset_traits(self.train_set).sample_weights
         if weights is None:
             raise DataError(
                 f"{self.cfg.mode}.balanced_sampling: the {self.cfg.head.modality} training set has no "

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .build import build_model
 from .config import Config, ConfigError, config_to_dict
-from .data import DataError, SafeDataset
+from .data import DataError, SafeDataset, dataset_traits
 from .distributed import DistContext, gather_full_state, run_then_teardown, setup
 from .figures import render_figure
 from .init_from import init_model_from
@@ -88,7 +88,7 @@ class PretrainTask(Task):
                                                                log=ctx.is_main)  # fmt: skip
         self.masker = SampleMasker(self.model.masking, self.model.tokenizer.grid, self.model.mask_ratio)
         # Items may stack S views of one file (VideoMAE's repeated sampling): S masks, flattened per step.
-        self.views_per_item = int(getattr(self.train_set, "samples_per_item", 1))
+        self.views_per_item = dataset_traits(self.train_set).samples_per_item
         # Optional end of the input pipeline on the device (e.g. images with data.decode=gpu): its collate runs
         # in the workers, the transform itself in the step.
         self.device_transform = self.modality.device_transform(cfg.data, cfg.model.tokenizer, device=device)
@@ -107,7 +107,7 @@ class PretrainTask(Task):
             )
         except DataError:  # unlabelled data: the checks report the held-out loss only
             return None
-        if bool(getattr(sets[0], "multi_label", False)):  # k-NN's class vote needs one label per item
+        if dataset_traits(sets[0]).multi_label:  # k-NN's class vote needs one label per item
             return None
         return sets  # type: ignore[return-value]
 

@@ -11,12 +11,11 @@ import pytest
 import torch
 from timm.data import Mixup
 from torch import nn
-from torch.utils.data import Dataset
 
 from anymae.core.build import build_model
 from anymae.core.classify import build_classifier
 from anymae.core.config import resolve_model_config
-from anymae.core.data import DataError, EpochSampler
+from anymae.core.data import DataError, DatasetTraits, DatasetWithTraits, EpochSampler
 from anymae.core.evaluation import evaluate, view_scores
 from anymae.core.metrics import average_precision, mean_average_precision, topk_correct
 from anymae.core.task_classify import FrameMixup, MultiLabelMixup
@@ -116,10 +115,10 @@ def test_multi_label_mixup_mixes_inputs_and_targets_with_one_lambda() -> None:
 
 
 # --- multi-view, multi-label evaluation -----------------------------------------------------------------------
-class _Views(Dataset):
+class _Views(DatasetWithTraits):
     """Items (V, 2) with multi-hot labels over 3 classes."""
 
-    multi_label, num_views, classes = True, 3, ["a", "b", "c"]
+    traits = DatasetTraits(classes=("a", "b", "c"), multi_label=True, num_views=3)
 
     def __init__(self) -> None:
         g = torch.Generator().manual_seed(0)

@@ -12,11 +12,10 @@ import pytest
 import torch
 from conftest import tiny_mae
 from PIL import Image
-from torch.utils.data import Dataset
 
 from anymae.core.checkpoint import export_safetensors
 from anymae.core.cli import main
-from anymae.core.data import DataError
+from anymae.core.data import DataError, DatasetTraits, DatasetWithTraits
 from anymae.core.knn import extract_features, knn_accuracy, knn_classify
 
 
@@ -90,9 +89,10 @@ def test_bad_arguments_name_what_is_wrong() -> None:
         knn_classify(torch.zeros(3, 4), torch.zeros(3, dtype=torch.long), torch.zeros(2, 4), k=0)
 
 
-class _Labelled(Dataset):
+class _Labelled(DatasetWithTraits):
     def __init__(self, x: torch.Tensor, y: list[int], *, multi_label: bool = False) -> None:
-        self.x, self.y, self.multi_label, self.classes = x, y, multi_label, ["a", "b"]
+        self.x, self.y = x, y
+        self.traits = DatasetTraits(classes=("a", "b"), multi_label=multi_label)
 
     def __len__(self) -> int:
         return len(self.y)

@@ -36,9 +36,8 @@ import torch
 import torch.nn.functional as F
 import torchaudio.transforms as TA
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from anymae.core.data import BadSampleError, DataError
+from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
 
 from .data import ClipList, FeatureSettings
 from .decode import crop_waveform, load_waveform, roll_mag_augment
@@ -109,7 +108,7 @@ def positive_classes(label: Any) -> tuple[int, ...]:
     return (int(label),)
 
 
-class LabelledClips(Dataset):
+class LabelledClips(DatasetWithTraits):
     """``(fbank input, label)`` items over a labelled :class:`ClipList`.
 
     ``multi_label``: labels are float rows ``(K,)`` (multi-hot, soft after mixup) and the core trains with BCE;
@@ -146,6 +145,15 @@ class LabelledClips(Dataset):
         self.settings, self.crop, self.augmentation, self.repeats = settings, crop, augmentation, repeats
         self.num_views = views
         self.num_samples = samples_for_frames(settings.target_length, settings.sample_rate)
+
+    @property
+    def traits(self) -> DatasetTraits:
+        return DatasetTraits(
+            classes=tuple(self.classes),
+            multi_label=self.multi_label,
+            num_views=self.num_views,
+            sample_weights=self.sample_weights,
+        )
 
     def __len__(self) -> int:
         return len(self.clips.files) * self.repeats

@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from anymae.core.data import BadSampleError, DataError
+from anymae.core.data import BadSampleError, DataError, DatasetWithTraits
 from anymae.core.files import find_files, under_root
 
 from .decode import crop_waveform, load_waveform, roll_mag_augment
@@ -281,7 +280,7 @@ def _subset(clips: ClipList, chosen: list[int]) -> ClipList:
     )
 
 
-class AudioClips(Dataset):
+class AudioClips(DatasetWithTraits):
     """Files -> fbank inputs (1, T, F), with their label when the list has labels.
 
     ``crop``: ``random`` for training, ``center``/``start`` for evaluation (see ``decode.crop_waveform``);

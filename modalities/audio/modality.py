@@ -222,9 +222,9 @@ def _root(data: AudioDataConfig) -> Path:
 
 
 def _clips(root: Path, split: str, data: AudioDataConfig, *, key: str) -> ClipList:
-    source = under_root(split)
-    label_csv = None if data.label_csv is None else under_root(data.label_csv)
-    base = None if data.audio_dir is None else under_root(data.audio_dir)
+    source = under_root(split, root)
+    label_csv = None if data.label_csv is None else under_root(data.label_csv, root)
+    base = None if data.audio_dir is None else under_root(data.audio_dir, root)
     if not source.exists():
         raise DataError(f"{key}: {source} does not exist")
     try:

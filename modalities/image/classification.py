@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from anymae.core.data import BadSampleError, DataError
+from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
 
 from .data import AsTensor, ImageReader
 
@@ -170,7 +169,7 @@ def classification_eval_transform(
     )
 
 
-class LabelledImages(Dataset):
+class LabelledImages(DatasetWithTraits):
     """``(file, class index)`` samples -> ``(image (C, H, W), class index)``; ``classes`` names the indices
     (the same list for every split): class folders or a file list (``data.train_list``), read with
     :mod:`anymae.core.files`."""
@@ -184,6 +183,10 @@ class LabelledImages(Dataset):
         self.classes = list(classes)
         self.transform = transform
         self.reader = reader
+
+    @property
+    def traits(self) -> DatasetTraits:
+        return DatasetTraits(classes=tuple(self.classes))
 
     def __len__(self) -> int:
         return len(self.samples)

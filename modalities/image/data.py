@@ -35,13 +35,12 @@ import tifffile
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_png
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tf
 
-from anymae.core.data import BadSampleError, DataError
+from anymae.core.data import BadSampleError, DataError, DatasetWithTraits
 from anymae.core.files import find_files
 
 __all__ = [
@@ -297,7 +296,7 @@ def eval_transform(
     )
 
 
-class ImageFiles(Dataset):
+class ImageFiles(DatasetWithTraits):
     """Image files -> normalized tensors (C, H, W); ``repeats`` > 1 lists every file that many times
     per epoch (each with its own random crop), which keeps tiny datasets from ending an epoch every step."""
 

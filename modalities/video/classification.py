@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 from torchvision import transforms
 
-from anymae.core.data import BadSampleError, DataError
+from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
 from anymae.core.files import class_folder_samples, class_folders, read_classes_file
 
 from .data import read_list
@@ -168,7 +167,7 @@ def eval_transform(
 
 
 # --- dataset -------------------------------------------------------------------------------------------------
-class LabelledVideos(Dataset):
+class LabelledVideos(DatasetWithTraits):
     """``(file, label)`` items -> ``(clip, label)``.
 
     Training (``train=True``): one random clip of ``sampler`` (VideoMAE's fine-tuning samplers, see
@@ -202,6 +201,12 @@ class LabelledVideos(Dataset):
         self.num_segments = 1 if train else num_segments
         self.num_views = 1 if train else num_segments * num_crops
         self.samples_per_item = num_sample if train else 1
+
+    @property
+    def traits(self) -> DatasetTraits:
+        return DatasetTraits(
+            classes=tuple(self.classes), num_views=self.num_views, samples_per_item=self.samples_per_item
+        )
 
     def __len__(self) -> int:
         return len(self.items)

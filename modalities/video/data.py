@@ -15,9 +15,8 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from anymae.core.data import BadSampleError, DataError
+from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
 from anymae.core.files import ListedFile, find_files, read_file_list
 
 from .decode import VIDEO_EXTENSIONS, read_clips
@@ -48,7 +47,7 @@ def find_split(root: Path, split: str) -> list[ListedFile]:
     return [(p, index.get(p.parent)) for p in files]
 
 
-class VideoClips(Dataset):
+class VideoClips(DatasetWithTraits):
     """Video files -> clips (C, T, H, W).
 
     ``mode="random"``: training, random clip starts; with ``num_clips`` > 1 one file read gives
@@ -81,6 +80,10 @@ class VideoClips(Dataset):
         """Clips stacked in one training item (``num_sample``): the trainer draws a mask for each and trains on
         N*S clips per batch of N items."""
         return self.num_clips if self.mode == "random" else 1
+
+    @property
+    def traits(self) -> DatasetTraits:
+        return DatasetTraits(samples_per_item=self.samples_per_item)
 
     def __len__(self) -> int:
         per_file = self.num_clips if self.mode == "uniform" else self.repeats
