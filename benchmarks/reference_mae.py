@@ -12,7 +12,7 @@ reference code runs:
   no ``torch.compile``.
 
 Parameter names follow the official checkpoint layout (reference section 5), so a state dict of this
-model loads into anymae through :func:`anymae.core.interop.from_official_mae` and back.
+model loads into anymae through :func:`anymae.modalities.image.interop.from_official_mae` and back.
 """
 
 from __future__ import annotations

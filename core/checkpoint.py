@@ -12,13 +12,23 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-__all__ = ["CheckpointError", "export_safetensors", "read_checkpoint", "read_safetensors", "write_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "check_state_dict",
+    "export_safetensors",
+    "load_state_dict_checked",
+    "read_checkpoint",
+    "read_safetensors",
+    "write_checkpoint",
+]
 
 SAFETENSORS_CONFIG_KEY = "anymae_config"  # metadata entry holding the model config as JSON
 
@@ -111,3 +121,38 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from None
     config = json.loads(metadata[SAFETENSORS_CONFIG_KEY]) if SAFETENSORS_CONFIG_KEY in metadata else {}
     return tensors, config
+
+
+def load_state_dict_checked(model: torch.nn.Module, state: dict[str, Tensor], *, source: str, strict: bool) -> None:
+    """Load ``state`` into ``model``; refuse missing, unexpected or mis-shaped keys unless ``strict=False``."""
+    expected = model.state_dict()
+    check_state_dict(expected, state, source=source, strict=strict)
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+
+
+def check_state_dict(expected: dict[str, Tensor], state: dict[str, Tensor], *, source: str, strict: bool) -> None:
+    """Refuse mis-shaped keys, and missing or unexpected ones unless ``strict=False`` (then warn), comparing
+    ``state`` with a model's ``expected`` state dict (sharded DTensors carry their full shapes)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if mismatched:
+        raise CheckpointError(f"{source}: shapes differ for {len(mismatched)} keys: " + "; ".join(mismatched[:10]))
+    if (missing or unexpected) and strict:
+        raise CheckpointError(
+            f"{source} does not match the model: {len(missing)} missing keys {_head(missing)}, "
+            f"{len(unexpected)} unexpected keys {_head(unexpected)}; pass strict=False to load the rest anyway"
+        )
+    if missing or unexpected:
+        warnings.warn(
+            f"partial load from {source}: missing {_head(missing)}, unexpected {_head(unexpected)}",
+            stacklevel=4,
+        )
+
+
+def _head(keys: list[str], n: int = 8) -> str:
+    return "[" + ", ".join(keys[:n]) + (", ..." if len(keys) > n else "") + "]"

@@ -126,10 +126,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="the .safetensors file to write; the model config goes in its metadata")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("convert", help="convert an MAE or classifier checkpoint to the anymae, official or timm layout")
+    from .convert import targets
+
+    to = targets()
+    p = sub.add_parser("convert", help=f"convert an MAE or classifier checkpoint to the {', '.join(to)} layout")
     p.add_argument("source", help="anything load_model reads, an anymae classifier, or an official mae_finetuned_*")
     p.add_argument("output", help="the file to write")
-    p.add_argument("--to", default="anymae", choices=["anymae", "official", "timm"], help="the layout to write")
+    p.add_argument("--to", default="anymae", choices=to, help="the layout to write (registered formats add theirs)")
     p.add_argument("--format", choices=["pt", "safetensors"], help="default: safetensors for .safetensors, else pt")
     p.add_argument("--num-heads", type=int, help="heads of an official / timm source of a non-official width")
     p.add_argument("--no-verify", action="store_true", help="skip reading the output back and comparing")

@@ -21,7 +21,7 @@ from torch import nn
 from .adapt import InitReport, transfer_weights
 from .checkpoint import CheckpointError
 from .config import ConfigError, ModelConfig, config_to_dict
-from .loading import CHECKPOINT_FORMAT, _model_from_payload, _registry, read_payload
+from .loading import CHECKPOINT_FORMAT, model_from_payload, read_payload
 
 __all__ = ["init_model_from"]
 
@@ -46,12 +46,11 @@ def init_model_from(model: nn.Module, cfg: ModelConfig, *, registry: Any = None,
     path = Path(cfg.init_from).expanduser()
     if not path.exists():
         raise ConfigError(f"model.init_from={cfg.init_from!r}: no such file or folder")
-    registry = _registry(registry)
     payload = None if path.is_dir() else read_payload(path)
     # The config's heads are the hint for formats whose tensors do not show them (anymae files record theirs).
     # Building the file's model draws initial weights: the run's random stream (masks, drop path) must not move.
     with torch.random.fork_rng(devices=[]):
-        source = _model_from_payload(
+        source = model_from_payload(
             path, payload, norm_pix_loss=None, num_heads=cfg.num_heads, strict=True, registry=registry
         )
     records_all = isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT

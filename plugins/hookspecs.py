@@ -111,19 +111,31 @@ def anymae_register_decoders(register: Callable[[str, Any], None]) -> None:
 
 @hookspec
 def anymae_register_checkpoint_formats(register: Callable[[str, Any], None]) -> None:
-    """Register checkpoint formats that ``load_model`` (and so ``anymae visualize`` and ``anymae export``)
-    can open: call ``register(name, fmt)`` once per format.
+    """Register checkpoint formats that ``load_model`` (and so ``anymae visualize``, ``export``, ``convert``,
+    ``eval`` and ``model.init_from``) can open: call ``register(name, fmt)`` once per format.
 
-    ``fmt.detect(path, payload) -> bool`` says whether a source is in this format: ``path`` is the file or
-    folder given, ``payload`` what ``torch.load(weights_only=True)`` read from a file (``None`` for a
-    folder). ``fmt.load(path, payload, *, strict, registry) -> MaskedAutoencoder`` converts it, refusing
-    missing or unexpected keys (naming them) unless ``strict`` is false. Plugin formats are asked after
-    anymae's own format and before the built-in official-MAE and Hugging Face ViTMAE readers. ``load`` may
-    take a ``num_heads`` keyword (a hint the tensors do not hold, from ``--num-heads``).
+    ``fmt`` is an :class:`anymae.core.formats.CheckpointFormat` (subclass it); each modality owns the formats of
+    its architecture (the image plugin: ``official-mae`` for official MAE / timm ViT state dicts, ``hf-vitmae``
+    for Hugging Face ViTMAE folders; video: ``videomae``; audio: ``audiomae``). It declares:
 
-    Optionally ``fmt.export(model) -> (state_dict, notes) | None`` writes a model in this format's layout for
-    ``anymae convert --to official``: ``None`` when the model is not of this format's kind (the next format,
-    then the official MAE layout, is tried); ``notes`` are lines about what the layout does not record.
+    - ``detect(path, payload) -> bool``: whether a source is in this format; ``path`` is the file or folder
+      given, ``payload`` what the file holds (``torch.load(weights_only=True)``, or a ``.safetensors`` state
+      dict), ``None`` for a folder;
+    - ``load(path, payload, *, strict, registry, num_heads=None, norm_pix_loss=None) -> MaskedAutoencoder``:
+      the converted model, refusing missing or unexpected keys (naming them) unless ``strict`` is false;
+      ``num_heads`` is a hint the tensors do not hold (``--num-heads``), ``norm_pix_loss`` overrides the
+      target the format assumes;
+    - optionally ``load_classifier(path, payload, *, num_heads, registry)``: the classifier the source holds,
+      or None (``anymae eval`` and ``convert`` of fine-tuned files);
+    - optionally ``export_targets`` (``anymae convert --to`` names) and ``export(model, *, target, dest,
+      registry) -> Export | None``: the model in that layout, or None when it is not of this format's kind;
+    - ``fallback = True`` for a layout that others extend: fallbacks are asked after every other format.
+
+    Formats are asked after anymae's own files, in registration order, fallbacks last. The core's kit
+    (:mod:`anymae.core.formats`) has what formats share: ``unwrap_state``, ``rename_keys``, ``count_blocks``,
+    ``infer_heads``, ``read_hugging_face_folder``, ``build_and_load`` (with the fixed-table check) and
+    ``build_classifier_and_load``. A plain object with just ``detect`` and ``load(path, payload, *, strict,
+    registry)`` is accepted too (it gets no hints, classifiers or exports).
 
     Example::
 

@@ -16,7 +16,7 @@ from official_layout import to_official
 from anymae.core import CheckpointError, load_model
 from anymae.core.build import build_model
 from anymae.core.config import resolve_model_config
-from anymae.core.interop import from_official_mae
+from anymae.modalities.image.interop import from_official_mae
 from anymae.plugins import load_registry
 
 # The official decoder always has 16 heads (reference section 1), which load_model assumes.

@@ -19,7 +19,7 @@ from torch import nn
 from anymae.core import load_model, pretrain
 from anymae.core.build import build_model
 from anymae.core.config import ConfigError, resolve_config, resolve_model_config
-from anymae.core.interop import from_official_mae
+from anymae.modalities.image.interop import from_official_mae
 from anymae.core.loading import load_state_dict_checked
 from anymae.core.optim import param_groups_weight_decay
 

@@ -135,6 +135,9 @@ def toyseq_config(output_dir: Path) -> dict:
     }
 
 
+IMAGE_REGISTERS = "modality:image, checkpoint:official-mae, checkpoint:hf-vitmae, command:image-stats"
+
+
 # --- built-in plugins through entry points -------------------------------------------------------------
 def test_entry_points_register_image_modality_and_random_masking_from_anymae():
     registry = load_registry()
@@ -144,7 +147,13 @@ def test_entry_points_register_image_modality_and_random_masking_from_anymae():
     for name in ("image", "builtin"):
         info = registry.plugins[name]
         assert (info.distribution, info.version, info.status) == ("anymae", ANYMAE_VERSION, "loaded")
-    assert registry.plugins["image"].registers == ["modality:image", "command:image-stats"]
+    # The image checkpoint formats are the image plugin's own, like VideoMAE's and AudioMAE's (issue 14).
+    assert registry.plugins["image"].registers == [
+        "modality:image",
+        "checkpoint:official-mae",
+        "checkpoint:hf-vitmae",
+        "command:image-stats",
+    ]
     assert registry.plugins["builtin"].registers == [
         "masking:random",
         "target:pixels",
@@ -163,7 +172,7 @@ def test_get_registry_is_built_once_and_rebuilt_after_reset():
 def test_plugins_command_lists_builtin_plugins_with_distribution_version_and_status(capsys):
     assert main(["plugins"]) == 0
     rows = plugin_rows(capsys.readouterr().out)
-    assert rows["image"] == ["modality:image, command:image-stats", "anymae", ANYMAE_VERSION, "loaded"]
+    assert rows["image"] == [IMAGE_REGISTERS, "anymae", ANYMAE_VERSION, "loaded"]
     builtins = "masking:random, target:pixels, target:norm_pix, decoder:global"
     assert rows["builtin"] == [builtins, "anymae", ANYMAE_VERSION, "loaded"]
 
@@ -173,7 +182,9 @@ def test_plugins_command_verbose_shows_the_hooks_each_plugin_implements(capsys):
     lines = capsys.readouterr().out.splitlines()
     image = next(i for i, line in enumerate(lines) if line.startswith("image "))
     builtin = next(i for i, line in enumerate(lines) if line.startswith("builtin "))
-    assert lines[image + 1].strip() == "hooks: anymae_register_commands, anymae_register_modalities"
+    assert lines[image + 1].strip() == (
+        "hooks: anymae_register_checkpoint_formats, anymae_register_commands, anymae_register_modalities"
+    )
     expected = "hooks: anymae_register_decoders, anymae_register_masking, anymae_register_targets"
     assert lines[builtin + 1].strip() == expected
 
@@ -184,7 +195,7 @@ def test_plugins_command_runs_as_a_module_in_a_fresh_process():
     )
     assert proc.returncode == 0, proc.stderr
     rows = plugin_rows(proc.stdout)
-    assert rows["image"] == ["modality:image, command:image-stats", "anymae", ANYMAE_VERSION, "loaded"]
+    assert rows["image"] == [IMAGE_REGISTERS, "anymae", ANYMAE_VERSION, "loaded"]
     builtins = "masking:random, target:pixels, target:norm_pix, decoder:global"
     assert rows["builtin"] == [builtins, "anymae", ANYMAE_VERSION, "loaded"]
 

@@ -17,11 +17,12 @@ from typing import Any
 from torch import Tensor
 
 from anymae.core.build import build_model
-from anymae.core.checkpoint import CheckpointError, read_checkpoint
+from anymae.core.checkpoint import CheckpointError, load_state_dict_checked, read_checkpoint
 from anymae.core.config import resolve_model_config
-from anymae.core.interop import count_blocks, split_official_state
-from anymae.core.loading import load_state_dict_checked
+from anymae.core.formats import CheckpointFormat, count_blocks, infer_heads, unwrap_state
 from anymae.core.model import MaskedAutoencoder
+from anymae.modalities.image.interop import split_official_state  # AudioMAE keeps the official MAE key names
+from anymae.plugins.manager import Registry, get_registry
 
 __all__ = ["from_audiomae", "is_audiomae", "load_audiomae"]
 
@@ -64,9 +65,7 @@ def from_audiomae(
             f"pos_embed has {num_tokens} token slots, not a multiple of {freq_tokens} frequency patches "
             f"({num_mel_bins} mel bins / patch {patch}); pass num_mel_bins="
         )
-    heads = num_heads or AUDIOMAE_HEADS.get(dim)
-    if heads is None:
-        raise CheckpointError(f"cannot infer the number of heads for width {dim}; pass num_heads=")
+    heads = infer_heads(dim, AUDIOMAE_HEADS, num_heads)
     model: dict[str, Any] = {
         "modality": "audio",
         "tokenizer": {
@@ -109,7 +108,7 @@ def load_audiomae(
     norm_pix_loss: bool = True,
     shift_size: tuple[int, int] | list[int] = tuple(AUDIOMAE_SHIFT),
     strict: bool = True,
-    registry: Any = None,
+    registry: Registry | None = None,
 ) -> MaskedAutoencoder:
     """An AudioMAE pre-training checkpoint (a ``.pth`` path, or its loaded dict) -> an anymae model.
 
@@ -119,7 +118,7 @@ def load_audiomae(
     """
     name = str(source) if not isinstance(source, dict) else "the given state dict"
     payload = read_checkpoint(source) if not isinstance(source, dict) else source
-    state = payload.get("model", payload) if isinstance(payload, dict) else None
+    state = unwrap_state(payload, ("model",))
     if not isinstance(state, dict) or not is_audiomae(state):
         raise CheckpointError(
             f"{name} is not an AudioMAE checkpoint (keys cls_token, patch_embed.proj.weight (D, 1, p, p), "
@@ -128,6 +127,7 @@ def load_audiomae(
     model_raw, converted, tables = from_audiomae(
         state, num_mel_bins=num_mel_bins, num_heads=num_heads, norm_pix_loss=norm_pix_loss, shift_size=shift_size
     )
+    registry = registry or get_registry()
     cfg = resolve_model_config(model_raw, registry)
     with_decoder = any(k.startswith("decoder.") for k in converted)
     model = build_model(cfg, registry=registry, with_decoder=with_decoder)
@@ -153,17 +153,30 @@ def _check_table(what: str, stored: Tensor, ours: Tensor, source: str) -> None:
         )
 
 
-class AudioMAEFormat:
+class AudioMAEFormat(CheckpointFormat):
     """The ``audiomae`` checkpoint format for ``load_model``: AudioMAE pre-training ``.pth`` files (128 mel
-    bins, the released window and shift)."""
+    bins, the released window and shift). Asked before the image plugin's official-MAE format, whose layout
+    AudioMAE's extends; writing AudioMAE's layout is that format's ``--to official``."""
 
     def detect(self, path: Path, payload: Any) -> bool:
-        state = payload.get("model", payload) if isinstance(payload, dict) else None
-        return isinstance(state, dict) and is_audiomae(state)
+        state = unwrap_state(payload, ("model",))
+        return state is not None and is_audiomae(state)
 
     def load(
-        self, path: Path, payload: Any, *, strict: bool, registry: Any, num_heads: int | None = None
+        self,
+        path: Path,
+        payload: Any,
+        *,
+        strict: bool,
+        registry: Registry,
+        num_heads: int | None = None,
+        norm_pix_loss: bool | None = None,
     ) -> MaskedAutoencoder:
         """``num_heads``: the encoder's heads, for widths outside AudioMAE's own (they are not in the tensors)."""
-        return load_audiomae(payload if payload is not None else path, num_heads=num_heads, strict=strict,
-                             registry=registry)  # fmt: skip
+        return load_audiomae(
+            payload if payload is not None else path,
+            num_heads=num_heads,
+            norm_pix_loss=True if norm_pix_loss is None else norm_pix_loss,
+            strict=strict,
+            registry=registry,
+        )

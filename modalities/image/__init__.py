@@ -4,6 +4,7 @@ from .modality import (
     ImageDataConfig,
     ImageModality,
     ImageTokenizerConfig,
+    anymae_register_checkpoint_formats,
     anymae_register_commands,
     anymae_register_modalities,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "ImageModality",
     "ImageTokenizerConfig",
     "PatchTokenizer2d",
+    "anymae_register_checkpoint_formats",
     "anymae_register_commands",
     "anymae_register_modalities",
 ]

@@ -1,5 +1,5 @@
 """Key mappings between anymae and the official MAE, timm ViT and Hugging Face ViTMAE layouts (reference
-section 5).
+section 5); :mod:`.formats` registers the readers and writers built on them.
 
 Each importer returns ``(model_config, state_dict, fixed_tables)``: a plain-data ``model`` config section
 inferred from the tensors (or ``config.json``), the weights under anymae's key names, and the checkpoint's
@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from anymae.core.formats import count_blocks, rename_keys
+
 __all__ = [
     "OFFICIAL_DECODER_HEADS",
     "OFFICIAL_HEADS",
-    "count_blocks",
     "from_hugging_face",
     "from_official_classifier",
     "from_official_mae",
@@ -61,12 +62,6 @@ def is_official_mae(state: dict[str, Any]) -> bool:
 def is_official_classifier(state: dict[str, Any]) -> bool:
     """An official fine-tuned / linear-probe (or timm ViT classifier) state dict: the ViT plus a ``head``."""
     return is_official_mae(state) and ("head.weight" in state or "head.1.weight" in state)
-
-
-def count_blocks(state: dict[str, Any], pattern: str) -> int:
-    r"""1 + the largest block index captured by ``pattern`` (e.g. ``r"blocks\.(\d+)\."``) among the keys."""
-    ids = {int(m.group(1)) for k in state if (m := re.match(pattern, k))}
-    return max(ids) + 1 if ids else 0
 
 
 def from_official_mae(
@@ -170,12 +165,7 @@ def split_official_state(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], d
 def _rename_official(key: str) -> str:
     """Official name -> anymae name; heads of classifiers keep theirs (``fc_norm``, ``head``) except the linear
     probe's ``head.0`` / ``head.1``. Unknown keys stay as they are and are reported as unexpected."""
-    if key in _OFFICIAL_NAMES:
-        return _OFFICIAL_NAMES[key]
-    for old, new in _OFFICIAL_PREFIXES + _CLASSIFIER_PREFIXES:
-        if key.startswith(old):
-            return new + key[len(old) :]
-    return key
+    return rename_keys(key, _OFFICIAL_PREFIXES + _CLASSIFIER_PREFIXES, _OFFICIAL_NAMES)
 
 
 def to_official_names(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
@@ -266,7 +256,7 @@ def from_hugging_face(
                 continue
             converted[f"{prefix}.{_HF_BLOCK.get(name, name)}.{kind}"] = value
             continue
-        converted[_rename_hf(key)] = value
+        converted[rename_keys(key, _HF_PREFIXES, _HF_NAMES)] = value
     for key, parts in qkv.items():
         if set(parts) != {"query", "key", "value"}:
             raise ValueError(f"{key}: expected query, key and value tensors, found {sorted(parts)}")
@@ -274,22 +264,16 @@ def from_hugging_face(
     return model, converted, tables
 
 
-def _rename_hf(key: str) -> str:
-    names = {
-        "embeddings.cls_token": "encoder.cls_token",
-        "embeddings.patch_embeddings.projection.weight": "tokenizer.proj.weight",
-        "embeddings.patch_embeddings.projection.bias": "tokenizer.proj.bias",
-        "layernorm.weight": "encoder.norm.weight",
-        "layernorm.bias": "encoder.norm.bias",
-        "decoder.mask_token": "decoder.mask_token",
-    }
-    if key in names:
-        return names[key]
-    for old, new in (
-        ("decoder.decoder_embed.", "decoder.embed."),
-        ("decoder.decoder_norm.", "decoder.norm."),
-        ("decoder.decoder_pred.", "decoder.pred."),
-    ):
-        if key.startswith(old):
-            return new + key[len(old) :]
-    return key
+_HF_NAMES = {
+    "embeddings.cls_token": "encoder.cls_token",
+    "embeddings.patch_embeddings.projection.weight": "tokenizer.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "tokenizer.proj.bias",
+    "layernorm.weight": "encoder.norm.weight",
+    "layernorm.bias": "encoder.norm.bias",
+    "decoder.mask_token": "decoder.mask_token",
+}
+_HF_PREFIXES = (
+    ("decoder.decoder_embed.", "decoder.embed."),
+    ("decoder.decoder_norm.", "decoder.norm."),
+    ("decoder.decoder_pred.", "decoder.pred."),
+)

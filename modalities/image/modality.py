@@ -46,6 +46,7 @@ from .data import (
     pretrain_transform,
 )
 from .device_decode import DeviceDecode, EncodedImageFiles
+from .formats import HuggingFaceViTMAEFormat, OfficialMAEFormat
 from .stats import ImageStatsCommand
 from .tokenizer import PatchTokenizer2d
 from .visualize import reconstruction_images, save_reconstruction_grid
@@ -344,6 +345,12 @@ def _why_full_precision(data: ImageDataConfig, tokenizer: ImageTokenizerConfig) 
 @hookimpl
 def anymae_register_modalities(register: Callable[[Any], None]) -> None:
     register(ImageModality())
+
+
+@hookimpl
+def anymae_register_checkpoint_formats(register: Callable[[str, Any], None]) -> None:
+    register("official-mae", OfficialMAEFormat())
+    register("hf-vitmae", HuggingFaceViTMAEFormat())
 
 
 @hookimpl

@@ -14,16 +14,24 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from anymae.core.build import build_model
 from anymae.core.checkpoint import CheckpointError, read_checkpoint
-from anymae.core.config import resolve_model_config
-from anymae.core.loading import load_state_dict_checked
+from anymae.core.formats import (
+    CheckpointFormat,
+    Export,
+    build_and_load,
+    count_blocks,
+    infer_heads,
+    read_hugging_face_folder,
+    rename_keys,
+    unwrap_state,
+)
 from anymae.core.model import MaskedAutoencoder
+from anymae.plugins.manager import Registry
 
 __all__ = ["from_hugging_face_videomae", "from_videomae", "is_videomae", "load_videomae", "to_videomae"]
 
@@ -40,30 +48,25 @@ _BLOCK_NAMES = (  # Hugging Face layer part -> timm Block part
 )
 
 
+_HF_NAMES = {"mask_token": "decoder.mask_token", "encoder_to_decoder.weight": "decoder.embed.weight"}
+_HF_PREFIXES = (
+    ("embeddings.patch_embeddings.projection.", "tokenizer.proj."),
+    ("layernorm.", "encoder.norm."),
+    ("decoder.norm.", "decoder.norm."),
+    ("decoder.head.", "decoder.pred."),
+)
+
+
 def is_videomae(state: dict[str, Any]) -> bool:
     return "encoder.patch_embed.proj.weight" in state
 
 
 def _unwrap(payload: Any) -> dict[str, Tensor]:
     """The state dict inside VideoMAE's ``{'model': ...}`` / DeepSpeed ``{'module': ...}`` files."""
-    for key in ("model", "module", "state_dict"):
-        if isinstance(payload, dict) and isinstance(payload.get(key), dict):
-            return payload[key]
-    if isinstance(payload, dict):
-        return payload
-    raise CheckpointError(f"expected a state dict, got {type(payload).__name__}")
-
-
-def _count(keys: Any, pattern: str) -> int:
-    ids = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
-    return max(ids) + 1 if ids else 0
-
-
-def _heads(table: dict[int, int], width: int, given: int | None, what: str) -> int:
-    heads = given or table.get(width)
-    if heads is None:
-        raise CheckpointError(f"cannot infer the number of {what} heads for width {width}; pass it explicitly")
-    return heads
+    state = unwrap_state(payload, ("model", "module", "state_dict"))
+    if state is None:
+        raise CheckpointError(f"expected a state dict, got {type(payload).__name__}")
+    return state
 
 
 def _fused_bias(q: Tensor | None, v: Tensor | None, dim: int) -> Tensor | None:
@@ -109,8 +112,8 @@ def from_videomae(
         "decoder": "videomae",
         "pred_masked_only": True,
         "embed_dim": dim,
-        "depth": _count(state, r"encoder\.blocks\.(\d+)\."),
-        "num_heads": _heads(ENCODER_HEADS, dim, num_heads, "encoder"),
+        "depth": count_blocks(state, r"encoder\.blocks\.(\d+)\."),
+        "num_heads": infer_heads(dim, ENCODER_HEADS, num_heads, what="encoder"),
         "mlp_ratio": state["encoder.blocks.0.mlp.fc1.weight"].shape[0] / dim,
         "qkv_bias": "encoder.blocks.0.attn.q_bias" in state,
         "norm_eps": 1e-6,  # VideoMAE: partial(nn.LayerNorm, eps=1e-6) everywhere
@@ -119,8 +122,8 @@ def from_videomae(
         dec = state["encoder_to_decoder.weight"].shape[0]
         model.update(
             decoder_embed_dim=dec,
-            decoder_depth=_count(state, r"decoder\.blocks\.(\d+)\."),
-            decoder_num_heads=_heads(DECODER_HEADS, dec, decoder_num_heads, "decoder"),
+            decoder_depth=count_blocks(state, r"decoder\.blocks\.(\d+)\."),
+            decoder_num_heads=infer_heads(dec, DECODER_HEADS, decoder_num_heads, what="decoder"),
             decoder_mlp_ratio=state["decoder.blocks.0.mlp.fc1.weight"].shape[0] / dec,
         )
     renames = (
@@ -136,11 +139,7 @@ def from_videomae(
     for key, value in state.items():
         if re.search(r"\.attn\.[qv]_bias$", key):
             continue  # fused below
-        new = "decoder.mask_token" if key == "mask_token" else key
-        for old, repl in renames:
-            if key.startswith(old):
-                new = repl + key[len(old) :]
-                break
+        new = rename_keys(key, renames, {"mask_token": "decoder.mask_token"})
         converted[new] = value  # anything unrecognised keeps its name and is reported as unexpected
         if key.endswith(".attn.qkv.weight"):
             prefix = key[: -len("qkv.weight")]
@@ -216,19 +215,7 @@ def from_hugging_face_videomae(
                     break
             converted[prefix + rest] = value
             continue
-        simple = {
-            "mask_token": "decoder.mask_token",
-            "encoder_to_decoder.weight": "decoder.embed.weight",
-        }
-        for old, new in (
-            ("embeddings.patch_embeddings.projection.", "tokenizer.proj."),
-            ("layernorm.", "encoder.norm."),
-            ("decoder.norm.", "decoder.norm."),
-            ("decoder.head.", "decoder.pred."),
-        ):
-            if key.startswith(old):
-                simple[key] = new + key[len(old) :]
-        converted[simple.get(key, key)] = value
+        converted[rename_keys(key, _HF_PREFIXES, _HF_NAMES)] = value
     for prefix, parts in attention.items():
         known = {"query.weight", "key.weight", "value.weight", "query.bias", "value.bias", "q_bias", "v_bias"}
         for name in sorted(set(parts) - known):
@@ -251,7 +238,7 @@ def load_videomae(
     *,
     config: dict[str, Any] | None = None,
     strict: bool = True,
-    registry: Any = None,
+    registry: Registry | None = None,
     **options: Any,
 ) -> MaskedAutoencoder:
     """An anymae model from a VideoMAE ``.pth`` file, a Hugging Face VideoMAE folder (config.json +
@@ -265,55 +252,59 @@ def load_videomae(
     if isinstance(source, dict):
         state = source
     elif Path(source).is_dir():
-        folder = Path(source)
-        config_file = folder / "config.json"
-        if not config_file.is_file():
-            raise CheckpointError(f"{folder} has no config.json (expected a Hugging Face VideoMAE folder)")
-        config = json.loads(config_file.read_text())
-        if config.get("model_type") != "videomae":
-            raise CheckpointError(f"{config_file}: model_type {config.get('model_type')!r} is not 'videomae'")
-        if (folder / "model.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            state = load_file(folder / "model.safetensors")
-        elif (folder / "pytorch_model.bin").is_file():
-            state = read_checkpoint(folder / "pytorch_model.bin")
-        else:
-            raise CheckpointError(f"{folder} has no model.safetensors or pytorch_model.bin")
+        config, state = read_hugging_face_folder(Path(source), model_type="videomae")
+        if config.get("model_type") is None:
+            raise CheckpointError(f"{Path(source) / 'config.json'}: model_type None is not 'videomae'")
     else:
         state = read_checkpoint(source)
     if config is not None:
         model_raw, converted = from_hugging_face_videomae(config, state)
     else:
         model_raw, converted = from_videomae(state, **options)
-    cfg = resolve_model_config(model_raw, registry)
-    model = build_model(cfg, registry=registry, with_decoder=any(k.startswith("decoder.") for k in converted))
-    load_state_dict_checked(model, converted, source=name, strict=strict)
-    return model
+    return build_and_load(model_raw, converted, source=name, strict=strict, registry=_registry(registry))
 
 
-class VideoMAEFormat:
-    """The ``videomae`` checkpoint format for ``load_model``: original VideoMAE ``.pth`` files and Hugging Face
-    VideoMAE folders."""
+def _registry(registry: Registry | None) -> Registry:
+    from anymae.plugins import get_registry
+
+    return registry or get_registry()
+
+
+class VideoMAEFormat(CheckpointFormat):
+    """The ``videomae`` checkpoint format: original VideoMAE ``.pth`` files and Hugging Face VideoMAE folders;
+    writes VideoMAE's layout for ``anymae convert --to official`` of a video MAE."""
+
+    export_targets: ClassVar[tuple[str, ...]] = ("official",)
 
     def detect(self, path: Path, payload: Any) -> bool:
         if payload is None:
             config = path / "config.json"
             return config.is_file() and json.loads(config.read_text()).get("model_type") == "videomae"
-        return isinstance(payload, dict) and is_videomae(_unwrap(payload))
+        state = unwrap_state(payload, ("model", "module", "state_dict"))
+        return state is not None and is_videomae(state)
 
     def load(
-        self, path: Path, payload: Any, *, strict: bool, registry: Any, num_heads: int | None = None
+        self,
+        path: Path,
+        payload: Any,
+        *,
+        strict: bool,
+        registry: Registry,
+        num_heads: int | None = None,
+        norm_pix_loss: bool | None = None,
     ) -> MaskedAutoencoder:
+        """``norm_pix_loss`` is VideoMAE's ``--normlize_target`` for ``.pth`` files (a folder's config says it)."""
         source = path if payload is None else _unwrap(payload)
-        options = {"num_heads": num_heads} if num_heads is not None and payload is not None else {}
+        options: dict[str, Any] = {}
+        if payload is not None:
+            options = {"num_heads": num_heads, "normalize_target": True if norm_pix_loss is None else norm_pix_loss}
         return load_videomae(source, strict=strict, registry=registry, **options)
 
-    def export(self, model: Any) -> tuple[dict[str, Tensor], list[str]] | None:
-        """An anymae video MAE -> VideoMAE's state dict (``anymae convert --to official``); None for others."""
+    def export(self, model: nn.Module, *, target: str, dest: Path, registry: Registry) -> Export | None:
+        """An anymae video MAE -> VideoMAE's state dict; None for other models."""
         if model.config.get("model", {}).get("modality") != "video" or "classifier" in model.config:
             return None
-        return to_videomae(model)
+        return Export(*to_videomae(model))
 
 
 def to_videomae(model: MaskedAutoencoder) -> tuple[dict[str, Tensor], list[str]]:
