@@ -37,6 +37,7 @@ __all__ = [
     "FIXED_TABLE_TOLERANCE",
     "CheckpointFormat",
     "Export",
+    "LoadOptions",
     "build_and_load",
     "build_classifier_and_load",
     "check_fixed_table",
@@ -49,6 +50,17 @@ __all__ = [
 ]
 
 FIXED_TABLE_TOLERANCE = 1e-4  # a stored table this close to the sin-cos one is the fixed table (float32 rounding)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What a caller of ``load_model`` asks of a format's ``load``: ``strict`` refuses missing or unexpected keys
+    (naming them; otherwise they are skipped with a warning), ``num_heads`` is a hint the tensors do not show
+    (``--num-heads``) and ``norm_pix_loss`` overrides the target the format assumes."""
+
+    strict: bool = True
+    num_heads: int | None = None
+    norm_pix_loss: bool | None = None
 
 
 @dataclass
@@ -88,19 +100,8 @@ class CheckpointFormat(ABC):
         holds (``torch.load(weights_only=True)``, or a ``.safetensors`` state dict), ``None`` for a folder."""
 
     @abstractmethod
-    def load(
-        self,
-        path: Path,
-        payload: Any,
-        *,
-        strict: bool,
-        registry: Registry,
-        num_heads: int | None = None,
-        norm_pix_loss: bool | None = None,
-    ) -> MaskedAutoencoder:
-        """The pre-trained MAE of the source. ``num_heads`` is a hint the tensors do not show (``--num-heads``);
-        ``norm_pix_loss`` overrides the target the format assumes. Missing or unexpected keys raise
-        :class:`CheckpointError` naming them unless ``strict`` is false."""
+    def load(self, path: Path, payload: Any, *, options: LoadOptions, registry: Registry) -> MaskedAutoencoder:
+        """The pre-trained MAE of the source, built with ``registry`` as :class:`LoadOptions` say."""
 
     def load_classifier(
         self, path: Path, payload: Any, *, num_heads: int | None, registry: Registry
@@ -125,17 +126,8 @@ class _PlainFormat(CheckpointFormat):
     def detect(self, path: Path, payload: Any) -> bool:
         return bool(self.obj.detect(path, payload))
 
-    def load(
-        self,
-        path: Path,
-        payload: Any,
-        *,
-        strict: bool,
-        registry: Registry,
-        num_heads: int | None = None,
-        norm_pix_loss: bool | None = None,
-    ) -> MaskedAutoencoder:
-        return self.obj.load(path, payload, strict=strict, registry=registry)
+    def load(self, path: Path, payload: Any, *, options: LoadOptions, registry: Registry) -> MaskedAutoencoder:
+        return self.obj.load(path, payload, strict=options.strict, registry=registry)
 
 
 def ordered_formats(registry: Registry) -> Iterator[tuple[str, str, CheckpointFormat]]:

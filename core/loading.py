@@ -22,7 +22,7 @@ from .checkpoint import (
     read_checkpoint,
     read_safetensors,
 )
-from .formats import CheckpointFormat, build_and_load, build_classifier_and_load, ordered_formats
+from .formats import CheckpointFormat, LoadOptions, build_and_load, build_classifier_and_load, ordered_formats
 from .model import MaskedAutoencoder
 
 __all__ = [
@@ -146,7 +146,8 @@ def model_from_payload(
     fmt = _detect(path, payload, registry)
     if fmt is None:
         raise CheckpointError(_unknown_source(path, payload, registry))
-    return fmt.load(path, payload, strict=strict, registry=registry, num_heads=num_heads, norm_pix_loss=norm_pix_loss)
+    options = LoadOptions(strict=strict, num_heads=num_heads, norm_pix_loss=norm_pix_loss)
+    return fmt.load(path, payload, options=options, registry=registry)
 
 
 def _is_anymae(payload: Any, kind: str) -> bool:

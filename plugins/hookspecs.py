@@ -121,10 +121,10 @@ def anymae_register_checkpoint_formats(register: Callable[[str, Any], None]) -> 
     - ``detect(path, payload) -> bool``: whether a source is in this format; ``path`` is the file or folder
       given, ``payload`` what the file holds (``torch.load(weights_only=True)``, or a ``.safetensors`` state
       dict), ``None`` for a folder;
-    - ``load(path, payload, *, strict, registry, num_heads=None, norm_pix_loss=None) -> MaskedAutoencoder``:
-      the converted model, refusing missing or unexpected keys (naming them) unless ``strict`` is false;
-      ``num_heads`` is a hint the tensors do not hold (``--num-heads``), ``norm_pix_loss`` overrides the
-      target the format assumes;
+    - ``load(path, payload, *, options, registry) -> MaskedAutoencoder``: the converted model;
+      ``options`` (:class:`anymae.core.formats.LoadOptions`) has ``strict`` (refuse missing or unexpected keys,
+      naming them), ``num_heads`` (a hint the tensors do not hold, ``--num-heads``) and ``norm_pix_loss``
+      (overrides the target the format assumes);
     - optionally ``load_classifier(path, payload, *, num_heads, registry)``: the classifier the source holds,
       or None (``anymae eval`` and ``convert`` of fine-tuned files);
     - optionally ``export_targets`` (``anymae convert --to`` names) and ``export(model, *, target, dest,

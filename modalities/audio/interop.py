@@ -19,7 +19,7 @@ from torch import Tensor
 from anymae.core.build import build_model
 from anymae.core.checkpoint import CheckpointError, load_state_dict_checked, read_checkpoint
 from anymae.core.config import resolve_model_config
-from anymae.core.formats import CheckpointFormat, count_blocks, infer_heads, unwrap_state
+from anymae.core.formats import CheckpointFormat, LoadOptions, count_blocks, infer_heads, unwrap_state
 from anymae.core.model import MaskedAutoencoder
 from anymae.modalities.image.interop import split_official_state  # AudioMAE keeps the official MAE key names
 from anymae.plugins.manager import Registry, get_registry
@@ -162,21 +162,12 @@ class AudioMAEFormat(CheckpointFormat):
         state = unwrap_state(payload, ("model",))
         return state is not None and is_audiomae(state)
 
-    def load(
-        self,
-        path: Path,
-        payload: Any,
-        *,
-        strict: bool,
-        registry: Registry,
-        num_heads: int | None = None,
-        norm_pix_loss: bool | None = None,
-    ) -> MaskedAutoencoder:
+    def load(self, path: Path, payload: Any, *, options: LoadOptions, registry: Registry) -> MaskedAutoencoder:
         """``num_heads``: the encoder's heads, for widths outside AudioMAE's own (they are not in the tensors)."""
         return load_audiomae(
             payload if payload is not None else path,
-            num_heads=num_heads,
-            norm_pix_loss=True if norm_pix_loss is None else norm_pix_loss,
-            strict=strict,
+            num_heads=options.num_heads,
+            norm_pix_loss=True if options.norm_pix_loss is None else options.norm_pix_loss,
+            strict=options.strict,
             registry=registry,
         )

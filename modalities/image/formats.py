@@ -24,6 +24,7 @@ from anymae.core.convert import verify_reload
 from anymae.core.formats import (
     CheckpointFormat,
     Export,
+    LoadOptions,
     build_and_load,
     build_classifier_and_load,
     read_hugging_face_folder,
@@ -70,22 +71,13 @@ class OfficialMAEFormat(CheckpointFormat):
         state = unwrap_state(payload)
         return state is not None and is_official_mae(state)
 
-    def load(
-        self,
-        path: Path,
-        payload: Any,
-        *,
-        strict: bool,
-        registry: Registry,
-        num_heads: int | None = None,
-        norm_pix_loss: bool | None = None,
-    ) -> MaskedAutoencoder:
+    def load(self, path: Path, payload: Any, *, options: LoadOptions, registry: Registry) -> MaskedAutoencoder:
         default_norm_pix = "visualize" not in path.name  # released mae_visualize_* models use raw pixels
         state = unwrap_state(payload) or {}
-        model_raw, state, tables = _official(from_official_mae, path, state, num_heads, norm_pix_loss=default_norm_pix)
-        if norm_pix_loss is not None:
-            model_raw["norm_pix_loss"] = norm_pix_loss
-        return build_and_load(model_raw, state, tables, source=str(path), strict=strict, registry=registry)
+        model_raw, state, tables = _official(
+            from_official_mae, path, state, options.num_heads, norm_pix_loss=default_norm_pix
+        )
+        return _build(model_raw, state, tables, path=path, options=options, registry=registry)
 
     def load_classifier(
         self, path: Path, payload: Any, *, num_heads: int | None, registry: Registry
@@ -117,21 +109,24 @@ class HuggingFaceViTMAEFormat(CheckpointFormat):
     def detect(self, path: Path, payload: Any) -> bool:
         return payload is None and path.is_dir()
 
-    def load(
-        self,
-        path: Path,
-        payload: Any,
-        *,
-        strict: bool,
-        registry: Registry,
-        num_heads: int | None = None,
-        norm_pix_loss: bool | None = None,
-    ) -> MaskedAutoencoder:
+    def load(self, path: Path, payload: Any, *, options: LoadOptions, registry: Registry) -> MaskedAutoencoder:
         config, state = read_hugging_face_folder(path, model_type="vit_mae")
         model_raw, state, tables = from_hugging_face(config, state)
-        if norm_pix_loss is not None:
-            model_raw["norm_pix_loss"] = norm_pix_loss
-        return build_and_load(model_raw, state, tables, source=str(path), strict=strict, registry=registry)
+        return _build(model_raw, state, tables, path=path, options=options, registry=registry)
+
+
+def _build(
+    model_raw: dict[str, Any],
+    state: dict[str, Tensor],
+    tables: dict[str, Tensor],
+    *,
+    path: Path,
+    options: LoadOptions,
+    registry: Registry,
+) -> MaskedAutoencoder:
+    if options.norm_pix_loss is not None:
+        model_raw["norm_pix_loss"] = options.norm_pix_loss
+    return build_and_load(model_raw, state, tables, source=str(path), strict=options.strict, registry=registry)
 
 
 def _official(convert: Any, path: Path, state: dict[str, Tensor], num_heads: int | None, **kwargs: Any) -> Any:

@@ -23,6 +23,7 @@ from anymae.core.checkpoint import CheckpointError, read_checkpoint
 from anymae.core.formats import (
     CheckpointFormat,
     Export,
+    LoadOptions,
     build_and_load,
     count_blocks,
     infer_heads,
@@ -283,22 +284,14 @@ class VideoMAEFormat(CheckpointFormat):
         state = unwrap_state(payload, ("model", "module", "state_dict"))
         return state is not None and is_videomae(state)
 
-    def load(
-        self,
-        path: Path,
-        payload: Any,
-        *,
-        strict: bool,
-        registry: Registry,
-        num_heads: int | None = None,
-        norm_pix_loss: bool | None = None,
-    ) -> MaskedAutoencoder:
+    def load(self, path: Path, payload: Any, *, options: LoadOptions, registry: Registry) -> MaskedAutoencoder:
         """``norm_pix_loss`` is VideoMAE's ``--normlize_target`` for ``.pth`` files (a folder's config says it)."""
         source = path if payload is None else _unwrap(payload)
-        options: dict[str, Any] = {}
+        hints: dict[str, Any] = {}
         if payload is not None:
-            options = {"num_heads": num_heads, "normalize_target": True if norm_pix_loss is None else norm_pix_loss}
-        return load_videomae(source, strict=strict, registry=registry, **options)
+            target = options.norm_pix_loss
+            hints = {"num_heads": options.num_heads, "normalize_target": True if target is None else target}
+        return load_videomae(source, strict=options.strict, registry=registry, **hints)
 
     def export(self, model: nn.Module, *, target: str, dest: Path, registry: Registry) -> Export | None:
         """An anymae video MAE -> VideoMAE's state dict; None for other models."""
