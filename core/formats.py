@@ -42,6 +42,7 @@ __all__ = [
     "build_classifier_and_load",
     "check_fixed_table",
     "count_blocks",
+    "hugging_face_widths",
     "infer_heads",
     "ordered_formats",
     "read_hugging_face_folder",
@@ -197,6 +198,30 @@ def read_hugging_face_folder(folder: Path, *, model_type: str | None) -> tuple[d
     else:
         raise CheckpointError(f"{folder} has no model.safetensors or pytorch_model.bin")
     return config, state
+
+
+def hugging_face_widths(config: Mapping[str, Any], *, decoder: bool) -> dict[str, Any]:
+    """The ViT sizes of a Hugging Face ``config.json`` (ViTMAE and VideoMAE share the names; GELU only) as
+    ``model`` config fields, the decoder's too when ``decoder``. LayerNorm eps defaults to Hugging Face's 1e-12."""
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"hidden_act {config.get('hidden_act')!r} is not supported (MAE uses exact GELU)")
+    dim = config["hidden_size"]
+    fields = {
+        "embed_dim": dim,
+        "depth": config["num_hidden_layers"],
+        "num_heads": config["num_attention_heads"],
+        "mlp_ratio": config["intermediate_size"] / dim,
+        "norm_eps": config.get("layer_norm_eps", 1e-12),
+    }
+    if decoder:
+        dec = config["decoder_hidden_size"]
+        fields.update(
+            decoder_embed_dim=dec,
+            decoder_depth=config["decoder_num_hidden_layers"],
+            decoder_num_heads=config["decoder_num_attention_heads"],
+            decoder_mlp_ratio=config["decoder_intermediate_size"] / dec,
+        )
+    return fields
 
 
 # --- building -----------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from anymae.core.formats import count_blocks, rename_keys
+from anymae.core.formats import count_blocks, hugging_face_widths, rename_keys
 
 __all__ = [
     "OFFICIAL_DECODER_HEADS",
@@ -205,10 +205,8 @@ def from_hugging_face(
     config: dict[str, Any], state: dict[str, Tensor]
 ) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Tensor]]:
     """A ``ViTMAEForPreTraining`` (or ``ViTMAEModel``) config.json + weights -> (model section, state, tables)."""
-    if config.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"hidden_act {config.get('hidden_act')!r} is not supported (MAE uses exact GELU)")
     size = config.get("image_size", 224)
-    dim = config["hidden_size"]
+    state = {k.removeprefix("vit."): v for k, v in state.items()}
     model: dict[str, Any] = {
         "modality": "image",
         "tokenizer": {
@@ -216,24 +214,11 @@ def from_hugging_face(
             "patch_size": config.get("patch_size", 16),
             "in_chans": config.get("num_channels", 3),
         },
-        "embed_dim": dim,
-        "depth": config["num_hidden_layers"],
-        "num_heads": config["num_attention_heads"],
-        "mlp_ratio": config["intermediate_size"] / dim,
+        **hugging_face_widths(config, decoder=any(k.startswith("decoder.") for k in state)),
         "qkv_bias": config.get("qkv_bias", True),
-        "norm_eps": config.get("layer_norm_eps", 1e-12),  # HF's default; the official code uses 1e-6
         "mask_ratio": config.get("mask_ratio", 0.75),
         "norm_pix_loss": config.get("norm_pix_loss", False),
     }
-    state = {k.removeprefix("vit."): v for k, v in state.items()}
-    if any(k.startswith("decoder.") for k in state):
-        dec = config["decoder_hidden_size"]
-        model.update(
-            decoder_embed_dim=dec,
-            decoder_depth=config["decoder_num_hidden_layers"],
-            decoder_num_heads=config["decoder_num_attention_heads"],
-            decoder_mlp_ratio=config["decoder_intermediate_size"] / dec,
-        )
     converted: dict[str, Tensor] = {}
     tables: dict[str, Tensor] = {}
     qkv: dict[str, dict[str, Tensor]] = {}

@@ -26,6 +26,7 @@ from anymae.core.formats import (
     LoadOptions,
     build_and_load,
     count_blocks,
+    hugging_face_widths,
     infer_heads,
     read_hugging_face_folder,
     rename_keys,
@@ -156,15 +157,12 @@ def from_hugging_face_videomae(
     """A Hugging Face ``VideoMAEForPreTraining`` / ``VideoMAEModel`` config.json + weights ->
     (``model`` config section, anymae state dict). Reads both the transformers-5 layout (``query.bias``,
     ``value.bias``) and the older one (``q_bias``, ``v_bias``)."""
-    if config.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"hidden_act {config.get('hidden_act')!r} is not supported (VideoMAE uses exact GELU)")
     state = {k.removeprefix("videomae."): v for k, v in state.items()}
     if config.get("use_mean_pooling", True) and "layernorm.weight" not in state:
         raise ValueError(
             "this VideoMAE has no final encoder LayerNorm (use_mean_pooling: true, a classification backbone); "
             "anymae's encoder always ends with one: convert a pre-training model (use_mean_pooling: false)"
         )
-    dim = config["hidden_size"]
     size = config.get("image_size", 224)
     norm_pix = config.get("norm_pix_loss", True)
     model: dict[str, Any] = {
@@ -183,23 +181,13 @@ def from_hugging_face_videomae(
         "cls_token": False,
         "decoder": "videomae",
         "pred_masked_only": True,
-        "embed_dim": dim,
-        "depth": config["num_hidden_layers"],
-        "num_heads": config["num_attention_heads"],
-        "mlp_ratio": config["intermediate_size"] / dim,
+        # Hugging Face's default eps (1e-12) unless the config says; VideoMAE's own is 1e-6.
+        **hugging_face_widths(config, decoder="encoder_to_decoder.weight" in state),
         "qkv_bias": config.get("qv_bias", config.get("qkv_bias", True)),
-        "norm_eps": config.get("layer_norm_eps", 1e-12),  # Hugging Face's default; VideoMAE's is 1e-6
     }
     if "encoder_to_decoder.weight" in state:
-        dec = config["decoder_hidden_size"]
-        model.update(
-            decoder_embed_dim=dec,
-            decoder_depth=config["decoder_num_hidden_layers"],
-            decoder_num_heads=config["decoder_num_attention_heads"],
-            decoder_mlp_ratio=config["decoder_intermediate_size"] / dec,
-            # VideoMAEDecoder.norm is a plain nn.LayerNorm: PyTorch's eps, not layer_norm_eps.
-            decoder_options={"head_norm_eps": 1e-5},
-        )
+        # VideoMAEDecoder.norm is a plain nn.LayerNorm: PyTorch's eps, not layer_norm_eps.
+        model["decoder_options"] = {"head_norm_eps": 1e-5}
     converted: dict[str, Tensor] = {}
     attention: dict[str, dict[str, Tensor]] = {}
     for key, value in state.items():
