@@ -88,23 +88,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="data.KEY=VALUE changes, e.g. data.root=my_images")
     p.add_argument("--k", type=int, default=20, help="neighbours that vote (DINO: 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(similarity / T) (DINO: 0.07)")
-    p.add_argument("--pool", choices=["cls", "mean"], help="default: cls when the encoder has a CLS token, else mean")
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for reading the data")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_encoder_options(p, batch_size=64)
     p.set_defaults(func=_knn)
 
     p = sub.add_parser("embed", help="write one feature row per input file (or per window of a long one)")
     p.add_argument("checkpoint", help="anything `load_model` reads: anymae checkpoint, official MAE .pth, HF folder")
     p.add_argument("inputs", nargs="+", help="files, folders (searched recursively) or .txt lists of paths")
     p.add_argument("-o", "--output", default="features.safetensors", help="the .safetensors file to write")
-    p.add_argument("--pool", choices=["cls", "mean"], help="default: cls when the encoder has a CLS token, else mean")
     p.add_argument("--window", type=float, help="seconds per window of long audio/video (default: the model's span)")
     p.add_argument("--hop", type=float, help="seconds between window starts (default: --window)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_encoder_options(p, batch_size=32)
     p.set_defaults(func=_embed)
 
     p = sub.add_parser("visualize", help="reconstruction figure of a checkpoint on input files")
@@ -146,6 +140,14 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_configs)
     _add_plugin_commands(sub)
     return parser
+
+
+def _add_encoder_options(p: argparse.ArgumentParser, *, batch_size: int) -> None:
+    """The options of the commands that run a frozen pre-trained encoder over data (knn, embed)."""
+    p.add_argument("--pool", choices=["cls", "mean"], help="default: cls when the encoder has a CLS token, else mean")
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_plugin_commands(sub: Any) -> None:
