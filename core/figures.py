@@ -7,31 +7,39 @@ figure says so in a caption line; ``raw_stats`` draws the removed patches with t
 statistics instead, which shows what the model itself predicts.
 
 :func:`render_figure` is the one front door used by ``anymae visualize`` and the pre-training loop; the
-modalities draw the caption with :func:`add_caption` / :func:`caption_strip`.
+modalities draw the caption with :func:`add_caption` / :func:`caption_strip`, find the removed patches in the
+input's layout with :func:`removed_values` and grey them out in the "masked" panel with :func:`grey_out`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from .tokenizer import Tokenizer
+
 __all__ = [
     "RAW_STATS_CAPTION",
+    "REMOVED_GREY",
     "TRUE_STATS_CAPTION",
     "add_caption",
     "caption_strip",
     "figure_prediction",
+    "grey_out",
+    "removed_values",
     "render_figure",
 ]
 
 TRUE_STATS_CAPTION = "removed patches: prediction de-normalized with each true patch's mean and std"
 RAW_STATS_CAPTION = "removed patches: prediction de-normalized with the visible patches' average mean and std"
 
+Pixels = TypeVar("Pixels", Tensor, np.ndarray)
+REMOVED_GREY = 128  # the grey of removed patches in the "masked" panel (uint8, every channel)
 _LINE_H, _MARGIN = 12, 4
 
 
@@ -118,3 +126,17 @@ def add_caption(image: Image.Image, caption: str) -> Image.Image:
     out.paste(image.convert("RGB"), (0, 0))
     out.paste(Image.fromarray(strip), (0, image.height))
     return out
+
+
+def removed_values(mask: Tensor, *, tokenizer: Tokenizer) -> Tensor:
+    """mask (N, L), 1 = removed -> (N, C, ...) in the input's layout (the tokenizer's ``unpatchify``): 1.0 on
+    every value of a removed patch, 0.0 elsewhere. Works for any modality: the mask is unpatchified as if
+    it were a prediction of constant patches."""
+    return tokenizer.unpatchify(mask.float()[..., None].expand(-1, -1, tokenizer.patch_dim))  # (N, C, ...)
+
+
+def grey_out(pixels: Pixels, removed: Pixels, *, grey: int = REMOVED_GREY) -> Pixels:
+    """The "removed patches" panel: ``pixels`` (..., 3) uint8 with every pixel where ``removed`` (...) is True set
+    to ``grey`` in all three channels, in place; returns ``pixels``."""
+    pixels[removed] = grey
+    return pixels

@@ -15,6 +15,7 @@ from __future__ import annotations
 from einops import rearrange
 from torch import Tensor, nn
 
+from anymae.core.files import check_input_shape
 from anymae.core.pos_embed import sincos_2d
 from anymae.core.tokenizer import Tokenizer
 
@@ -41,11 +42,7 @@ class SpectrogramTokenizer(Tokenizer):
         nn.init.xavier_uniform_(self.proj.weight.view(embed_dim, -1))  # as a Linear (D, p*p), as the reference
 
     def _check(self, x: Tensor) -> None:
-        if x.ndim != 4 or tuple(x.shape[1:]) != (1, *self.input_size):
-            raise ValueError(
-                f"expected spectrograms (N, 1, {self.input_size[0]}, {self.input_size[1]}) = (N, 1, T, F), "
-                f"got {tuple(x.shape)}"
-            )
+        check_input_shape(x, (1, *self.input_size), what="spectrograms", axes="(N, 1, T, F)")
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (N, 1, T, F) -> (N, L, D)."""

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from anymae.core.figures import add_caption
+from anymae.core.figures import add_caption, grey_out, removed_values
 from anymae.core.tokenizer import Tokenizer
 
 from .features import FRAME_SHIFT_MS
@@ -49,7 +49,7 @@ def save_spectrogram_figure(
     """inputs (N, 1, T, F), pred (N, L, P) in patch values, mask (N, L) 1 = removed -> a PNG at ``path``, with
     the ``caption`` line (how the removed patches were drawn, see :mod:`anymae.core.figures`) at the bottom."""
     recon = tokenizer.unpatchify(pred.float().cpu())  # (N, 1, T, F)
-    removed = tokenizer.unpatchify(mask.float().cpu()[..., None].expand(-1, -1, tokenizer.patch_dim))  # (N, 1, T, F)
+    removed = removed_values(mask.cpu(), tokenizer=tokenizer)  # (N, 1, T, F)
     inputs = inputs.float().cpu()
     n, _, frames, bins = inputs.shape
     sx = max(1, math.ceil(768 / frames))  # short clips are stretched to stay readable
@@ -73,7 +73,7 @@ def save_spectrogram_figure(
         for r, (title, values) in enumerate(zip(ROWS, panels, strict=True)):
             rgb = colorize(torch.nan_to_num(values, nan=low), low, high)  # (T, F, 3)
             if r == 1:
-                rgb[hole] = 128  # removed patches in grey
+                grey_out(rgb, hole)
             # (T, F) -> image (F rows from high bin at the top, T columns)
             image = Image.fromarray(rgb.permute(1, 0, 2).flip(0).contiguous().numpy())
             image = image.resize((panel_w, panel_h), Image.NEAREST)

@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
 from anymae.core.data import DataError
+from anymae.core.figures import removed_values
 from anymae.core.files import (
     ListedFile,
     check_channel_stats,
@@ -245,7 +246,7 @@ class ImageModality(Modality):
         caption: str = "",
     ) -> Path:
         columns = reconstruction_images(inputs, pred, mask, tokenizer=tokenizer)
-        removed = tokenizer.unpatchify(mask[..., None].expand(-1, -1, tokenizer.patch_dim).float())
+        removed = removed_values(mask, tokenizer=tokenizer)  # (N, C, H, W)
         return save_reconstruction_grid(
             columns, removed, mean=data.mean, std=data.std, rgb_bands=data.rgb_bands, path=path, caption=caption
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from einops import rearrange
 from torch import Tensor, nn
 
+from anymae.core.files import check_input_shape
 from anymae.core.tokenizer import Tokenizer
 
 __all__ = ["PatchTokenizer2d"]
@@ -31,10 +32,7 @@ class PatchTokenizer2d(Tokenizer):
         nn.init.xavier_uniform_(self.proj.weight.view(embed_dim, -1))
 
     def _check(self, x: Tensor) -> None:
-        if x.ndim != 4 or tuple(x.shape[1:]) != (self.in_chans, *self.img_size):
-            raise ValueError(
-                f"expected images (N, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), got {tuple(x.shape)}"
-            )
+        check_input_shape(x, (self.in_chans, *self.img_size), what="images", axes="(N, C, H, W)")
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (N, C, H, W) -> (N, L, D)."""

@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from anymae.core.figures import add_caption
+from anymae.core.figures import add_caption, grey_out, removed_values
 from anymae.core.tokenizer import Tokenizer
 
 __all__ = ["reconstruction_images", "save_reconstruction_grid"]
@@ -26,7 +26,7 @@ def reconstruction_images(
     ``pred`` is already mapped back from the target space (e.g. norm-pix) by the core.
     """
     recon = tokenizer.unpatchify(pred.float())  # (N, C, H, W)
-    removed = tokenizer.unpatchify(mask[..., None].expand(-1, -1, tokenizer.patch_dim).float())  # (N, C, H, W)
+    removed = removed_values(mask, tokenizer=tokenizer)  # (N, C, H, W)
     masked = inputs * (1 - removed)
     pasted = inputs * (1 - removed) + recon * removed
     return inputs, masked, recon, pasted
@@ -76,11 +76,12 @@ def save_reconstruction_grid(
     draw = ImageDraw.Draw(canvas)
     for c, title in enumerate(COLUMNS):
         draw.text((pad + c * (cell_w + pad) + 2, 3), title, fill="black")
-    grey = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float32)
+    # int(0.5 * 255): the image figures' grey since the first version (tests/test_cli.py checks it)
+    grey = 127
     for i in range(n):
         cells = [_to_uint8(col[i], mean, std, rgb_bands) for col in (originals, masked, recon, pasted)]
         hole = removed_fill[i, 0].cpu().bool()  # (H, W)
-        cells[1][hole] = (grey * 255).to(torch.uint8)
+        grey_out(cells[1], hole, grey=grey)
         for c, cell in enumerate(cells):
             tile = Image.fromarray(cell.numpy()).resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(tile, (pad + c * (cell_w + pad), header + pad + i * (cell_h + pad)))

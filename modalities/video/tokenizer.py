@@ -22,6 +22,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from anymae.core.files import check_input_shape
 from anymae.core.pos_embed import sincos_1d, sincos_2d
 from anymae.core.tokenizer import Tokenizer
 
@@ -96,8 +97,7 @@ class TubeletTokenizer(Tokenizer):
         if x.ndim == 6:
             x = x.flatten(0, 1)
         expected = (self.in_chans, self.num_frames, *self.img_size)
-        if x.ndim != 5 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"expected clips (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        check_input_shape(x, expected, what="clips", axes="(N, C, T, H, W)")
         return x
 
     def forward(self, x: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from anymae.core.figures import add_caption, caption_strip
+from anymae.core.figures import add_caption, caption_strip, grey_out, removed_values
 from anymae.core.tokenizer import Tokenizer
 
 __all__ = ["reconstruction_clips", "save_reconstruction_grid", "save_reconstruction_movie"]
@@ -28,7 +28,7 @@ def reconstruction_clips(
     (original, masked, reconstruction, removed) each (N, C, T, H, W); ``removed`` is 1 on removed pixels."""
     inputs = tokenizer.fold(inputs)
     recon = tokenizer.unpatchify(pred.float())
-    removed = tokenizer.unpatchify(mask[..., None].expand(-1, -1, tokenizer.patch_dim).float())
+    removed = removed_values(mask, tokenizer=tokenizer)
     return inputs, inputs * (1 - removed), recon, removed
 
 
@@ -50,9 +50,8 @@ def _rows(
     out = []
     for i in range(originals.shape[0]):
         hole = removed[i, 0].bool().numpy()  # (T, H, W)
-        grey = _to_uint8(masked[i], mean, std)
-        grey[hole] = 128
-        out.append([_to_uint8(originals[i], mean, std), grey, _to_uint8(recon[i], mean, std)])
+        greyed = grey_out(_to_uint8(masked[i], mean, std), hole)
+        out.append([_to_uint8(originals[i], mean, std), greyed, _to_uint8(recon[i], mean, std)])
     return out
 
 

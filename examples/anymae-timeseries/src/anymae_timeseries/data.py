@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from anymae.core import BadSampleError, DataError
+from anymae.core.data import DatasetWithTraits
 
 __all__ = [
     "SERIES_EXTENSIONS",
@@ -73,7 +73,7 @@ def standardize(series: Tensor, stats_from: Tensor | None = None) -> Tensor:
     return (series - ref.mean(dim=1, keepdim=True)) / (ref.std(dim=1, keepdim=True) + 1e-6)
 
 
-class RandomWindows(Dataset):
+class RandomWindows(DatasetWithTraits):
     """``per_series`` random crops (C, length) of every series per epoch; a new start on every access."""
 
     def __init__(self, series: Sequence[Tensor], *, length: int, per_series: int) -> None:

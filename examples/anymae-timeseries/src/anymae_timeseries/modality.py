@@ -12,6 +12,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
 from anymae.core import DataError, Modality
+from anymae.core.figures import removed_values
+from anymae.core.files import find_files, resolve_data_root
 from anymae.plugins import hookimpl
 
 from .data import SERIES_EXTENSIONS, SYNTHETIC, RandomWindows, fixed_windows, read_series, standardize, synthetic_series
@@ -102,8 +104,9 @@ class TimeSeriesModality(Modality):
         caption: str = "",
     ) -> Path:
         recon = reconstruct(pred, tokenizer=tokenizer)
+        removed = removed_values(mask, tokenizer=tokenizer)  # (N, C, T)
         return save_reconstruction_plot(
-            inputs, recon, mask, patch_size=tokenizer.patch_size, path=path, caption=caption
+            inputs, recon, removed, patch_size=tokenizer.patch_size, path=path, caption=caption
         )
 
 
@@ -114,10 +117,8 @@ def _load_all(data: TimeSeriesDataConfig, tokenizer: TimeSeriesTokenizerConfig) 
             num_series=data.num_series, channels=tokenizer.channels, length=data.series_length, seed=data.seed
         )
     else:
-        root = Path(data.root).expanduser()
-        if not root.is_dir():
-            raise DataError(f"data.root: folder {root} does not exist (or use {SYNTHETIC!r})")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in SERIES_EXTENSIONS and p.is_file())
+        root = resolve_data_root(data.root, holds=f"{' or '.join(SERIES_EXTENSIONS)} files (or use {SYNTHETIC!r})")
+        files = find_files(root, SERIES_EXTENSIONS)
         if not files:
             raise DataError(f"data.root: no {' or '.join(SERIES_EXTENSIONS)} files under {root}")
         series = [read_series(f, tokenizer.channels) for f in files]

@@ -6,6 +6,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from anymae.core import Tokenizer
+from anymae.core.files import check_input_shape
 
 __all__ = ["PatchTokenizer1d"]
 
@@ -31,8 +32,7 @@ class PatchTokenizer1d(Tokenizer):
         nn.init.zeros_(self.proj.bias)
 
     def _check(self, x: Tensor) -> None:
-        if x.ndim != 3 or tuple(x.shape[1:]) != (self.channels, self.length):
-            raise ValueError(f"expected series (N, {self.channels}, {self.length}), got {tuple(x.shape)}")
+        check_input_shape(x, (self.channels, self.length), what="series", axes="(N, C, T)")
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (N, C, T) -> (N, L, D)."""

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from anymae.core.figures import add_caption
+from anymae.core.figures import add_caption, grey_out
 
 from .tokenizer import PatchTokenizer1d
 
 __all__ = ["reconstruct", "save_reconstruction_plot"]
 
 PANEL_H, PAD, HEADER = 64, 6, 18
+SPAN_GREY = 205  # removed spans: light enough for the black series line to stay readable on top
 
 
 @torch.no_grad()
@@ -26,15 +28,16 @@ def reconstruct(pred: Tensor, *, tokenizer: PatchTokenizer1d) -> Tensor:
 def save_reconstruction_plot(
     inputs: Tensor,
     recon: Tensor,
-    mask: Tensor,
+    removed: Tensor,
     *,
     patch_size: int,
     path: str | Path,
     width: int = 512,
     caption: str = "",
 ) -> Path:
-    """inputs, recon (N, C, T), mask (N, L) with 1 = removed -> a PNG of N*C panels, the ``caption`` line (how
-    the removed spans were drawn) at the bottom."""
+    """inputs, recon (N, C, T), removed (N, C, T) with 1 on removed steps (``anymae.core.figures.removed_values``)
+    -> a PNG of N*C panels, removed spans grey, the ``caption`` line (how the removed spans were drawn) at the
+    bottom."""
     n, c, t = inputs.shape
     step = max(1, width // t)  # pixels per time step
     canvas = Image.new("RGB", (t * step + 2 * PAD, HEADER + n * c * (PANEL_H + PAD) + PAD), "white")
@@ -51,12 +54,14 @@ def save_reconstruction_plot(
                 return top + PANEL_H - 2 - (min(max(v, lo), lo + (PANEL_H - 4) / scale) - lo) * scale
 
             draw.rectangle((PAD, top, PAD + t * step - 1, top + PANEL_H - 1), outline=(220, 220, 220))
-            removed = [int(k) for k in mask[i].nonzero().flatten()]
-            for k in removed:
-                x0, x1 = PAD + k * patch_size * step, PAD + (k + 1) * patch_size * step - 1
-                draw.rectangle((x0, top + 1, x1, top + PANEL_H - 2), fill=(205, 205, 205))
+            hole = removed[i, ch].bool()  # (T,)
+            box = (PAD, top + 1, PAD + t * step, top + PANEL_H - 1)
+            panel = np.array(canvas.crop(box))  # (PANEL_H - 2, T * step, 3)
+            columns = np.broadcast_to(hole.repeat_interleave(step).numpy(), panel.shape[:2])  # (PANEL_H - 2, T * step)
+            canvas.paste(Image.fromarray(grey_out(panel, columns, grey=SPAN_GREY)), box)
             draw.line([(PAD + s * step, y(float(orig[s]))) for s in range(t)], fill="black", width=1)
-            for k in removed:  # the loss only scores removed patches, so only those are drawn
+            spans = [k for k in range(t // patch_size) if hole[k * patch_size]]
+            for k in spans:  # the loss only scores removed patches, so only those are drawn
                 span = range(k * patch_size, (k + 1) * patch_size)
                 draw.line([(PAD + s * step, y(float(rec[s]))) for s in span], fill=(220, 30, 30), width=2)
     out = Path(path)
