@@ -35,6 +35,9 @@ from .model import MaskedAutoencoder
 
 __all__ = [
     "FIXED_TABLE_TOLERANCE",
+    "MAE_VIT_NAMES",
+    "MAE_VIT_PREFIXES",
+    "MAE_VIT_TABLES",
     "CheckpointFormat",
     "Export",
     "LoadOptions",
@@ -47,6 +50,7 @@ __all__ = [
     "ordered_formats",
     "read_hugging_face_folder",
     "rename_keys",
+    "split_mae_vit_state",
     "unwrap_state",
 ]
 
@@ -142,6 +146,36 @@ def ordered_formats(registry: Registry) -> Iterator[tuple[str, str, CheckpointFo
 
 
 # --- keys ---------------------------------------------------------------------------------------------------
+# The official MAE's ViT key names (timm's VisionTransformer layout plus the MAE decoder), which AudioMAE keeps:
+# (official prefix, anymae prefix), exact names, and the stored fixed position tables (compared, not loaded).
+MAE_VIT_PREFIXES = (
+    ("patch_embed.proj.", "tokenizer.proj."),
+    ("blocks.", "encoder.blocks."),
+    ("norm.", "encoder.norm."),
+    ("decoder_embed.", "decoder.embed."),
+    ("decoder_blocks.", "decoder.blocks."),
+    ("decoder_norm.", "decoder.norm."),
+    ("decoder_pred.", "decoder.pred."),
+)
+MAE_VIT_NAMES = {"cls_token": "encoder.cls_token", "mask_token": "decoder.mask_token"}
+MAE_VIT_TABLES = {"pos_embed": "encoder.pos_embed", "decoder_pos_embed": "decoder.pos_embed"}
+
+
+def split_mae_vit_state(
+    state: Mapping[str, Tensor], *, extra_prefixes: Sequence[tuple[str, str]] = ()
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """A state dict in the official MAE's ViT key names -> (anymae keys, stored position tables keyed
+    ``encoder.pos_embed`` / ``decoder.pos_embed``, to compare with the fixed ones). ``extra_prefixes`` rename
+    more (a format's heads); other unknown keys keep their names and a strict load reports them."""
+    converted, tables = {}, {}
+    for key, value in state.items():
+        if key in MAE_VIT_TABLES:
+            tables[MAE_VIT_TABLES[key]] = value
+        else:
+            converted[rename_keys(key, (*MAE_VIT_PREFIXES, *extra_prefixes), MAE_VIT_NAMES)] = value
+    return converted, tables
+
+
 def unwrap_state(payload: Any, keys: Sequence[str] = ("model", "state_dict")) -> dict[str, Any] | None:
     """The state dict of a payload: the first of ``keys`` that holds a dict (trainer checkpoints keep the
     weights under ``model``, DeepSpeed under ``module``), else the payload itself; None for a non-dict."""

@@ -19,9 +19,15 @@ from torch import Tensor
 from anymae.core.build import build_model
 from anymae.core.checkpoint import CheckpointError, load_state_dict_checked, read_checkpoint
 from anymae.core.config import resolve_model_config
-from anymae.core.formats import CheckpointFormat, LoadOptions, count_blocks, infer_heads, unwrap_state
+from anymae.core.formats import (
+    CheckpointFormat,
+    LoadOptions,
+    count_blocks,
+    infer_heads,
+    split_mae_vit_state,
+    unwrap_state,
+)
 from anymae.core.model import MaskedAutoencoder
-from anymae.modalities.image.interop import split_official_state  # AudioMAE keeps the official MAE key names
 from anymae.plugins.manager import Registry, get_registry
 
 __all__ = ["from_audiomae", "is_audiomae", "load_audiomae"]
@@ -96,7 +102,7 @@ def from_audiomae(
         )
         if local:
             model["decoder_options"] = {"window_size": list(AUDIOMAE_WINDOW), "shift_size": list(shift_size)}
-    converted, tables = split_official_state(state)  # AudioMAE keeps the official MAE key names
+    converted, tables = split_mae_vit_state(state)  # AudioMAE keeps the official MAE key names
     return model, converted, {key.split(".")[0]: table for key, table in tables.items()}
 
 

@@ -17,7 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from anymae.core.formats import count_blocks, hugging_face_widths, rename_keys
+from anymae.core.formats import (
+    MAE_VIT_NAMES,
+    MAE_VIT_PREFIXES,
+    count_blocks,
+    hugging_face_widths,
+    rename_keys,
+    split_mae_vit_state,
+)
 
 __all__ = [
     "OFFICIAL_DECODER_HEADS",
@@ -35,19 +42,6 @@ __all__ = [
 # timm's ViT-Ti/S widths (head width 64).
 OFFICIAL_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 OFFICIAL_DECODER_HEADS = 16
-
-_OFFICIAL_PREFIXES = (
-    ("patch_embed.proj.", "tokenizer.proj."),
-    ("blocks.", "encoder.blocks."),
-    ("norm.", "encoder.norm."),
-    ("decoder_embed.", "decoder.embed."),
-    ("decoder_blocks.", "decoder.blocks."),
-    ("decoder_norm.", "decoder.norm."),
-    ("decoder_pred.", "decoder.pred."),
-)
-_OFFICIAL_NAMES = {"cls_token": "encoder.cls_token", "mask_token": "decoder.mask_token"}
-_OFFICIAL_TABLES = {"pos_embed": "encoder.pos_embed", "decoder_pos_embed": "decoder.pos_embed"}
-
 
 # Classifier heads: official fine-tuning (``fc_norm`` + ``head``) and linear probing (``head`` is
 # Sequential(BatchNorm1d(affine=False), Linear), so ``head.0`` / ``head.1``).
@@ -151,21 +145,9 @@ def _grid_side(state: dict[str, Tensor], key: str, *, num_prefix: int) -> int:
 
 
 def split_official_state(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """An official-layout state dict (MAE; AudioMAE uses the same names) -> (anymae keys, stored position
-    tables keyed ``encoder.pos_embed`` / ``decoder.pos_embed``, to compare with the fixed ones)."""
-    converted, tables = {}, {}
-    for key, value in state.items():
-        if key in _OFFICIAL_TABLES:
-            tables[_OFFICIAL_TABLES[key]] = value
-        else:
-            converted[_rename_official(key)] = value
-    return converted, tables
-
-
-def _rename_official(key: str) -> str:
-    """Official name -> anymae name; heads of classifiers keep theirs (``fc_norm``, ``head``) except the linear
-    probe's ``head.0`` / ``head.1``. Unknown keys stay as they are and are reported as unexpected."""
-    return rename_keys(key, _OFFICIAL_PREFIXES + _CLASSIFIER_PREFIXES, _OFFICIAL_NAMES)
+    """An official-layout MAE or classifier state dict -> (anymae keys, stored position tables). The classifier
+    heads keep their names (``fc_norm``, ``head``) except the linear probe's ``head.0`` / ``head.1``."""
+    return split_mae_vit_state(state, extra_prefixes=_CLASSIFIER_PREFIXES)
 
 
 def to_official_names(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
@@ -173,8 +155,8 @@ def to_official_names(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list
 
     The linear probe's ``head_bn`` + ``head`` become the official ``head.0`` + ``head.1``.
     """
-    inverse = [(new, old) for old, new in _OFFICIAL_PREFIXES]
-    inverse_names = {new: old for old, new in _OFFICIAL_NAMES.items()}
+    inverse = [(new, old) for old, new in MAE_VIT_PREFIXES]
+    inverse_names = {new: old for old, new in MAE_VIT_NAMES.items()}
     linprobe = any(k.startswith("head_bn.") for k in state)
     classifier = [("fc_norm.", "fc_norm."), ("head_bn.", "head.0."), ("head.", "head.1." if linprobe else "head.")]
     renamed: dict[str, Tensor] = {}
