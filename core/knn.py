@@ -207,25 +207,10 @@ def knn_accuracy(
 ) -> dict[str, float]:
     """k-NN top-1 / top-5 (%) of ``query_set`` (e.g. the held-out split) against ``train_set``, both labelled
     datasets with the same class numbering: ``{"knn_top1", "knn_top5", "n"}`` (``n``: queries)."""
-    train_x, train_y = extract_features(
-        model,
-        train_set,
-        batch_size=batch_size,
-        device=device,
-        pool=pool,
-        num_workers=num_workers,
-        progress=progress,
-        desc="k-NN train features",
-    )
-    query_x, query_y = extract_features(
-        model,
-        query_set,
-        batch_size=batch_size,
-        device=device,
-        pool=pool,
-        num_workers=num_workers,
-        progress=progress,
-        desc="k-NN query features",
+    options = {"batch_size": batch_size, "device": device, "pool": pool, "num_workers": num_workers}
+    (train_x, train_y), (query_x, query_y) = (
+        extract_features(model, dataset, **options, progress=progress, desc=f"k-NN {name} features")
+        for name, dataset in (("train", train_set), ("query", query_set))
     )
     classes = dataset_traits(train_set).classes
     num_classes = max(len(classes), int(train_y.max()) + 1, int(query_y.max()) + 1)

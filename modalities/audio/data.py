@@ -78,6 +78,17 @@ class FeatureSettings:
     mean: float
     std: float
 
+    def features(self, wave: Tensor) -> Tensor:
+        """wave (S,) at ``sample_rate`` -> the model input (1, target_length, num_mel_bins)."""
+        return features(
+            wave,
+            sample_rate=self.sample_rate,
+            num_mel_bins=self.num_mel_bins,
+            target_length=self.target_length,
+            mean=self.mean,
+            std=self.std,
+        )
+
 
 def find_audio(folder: Path) -> list[Path]:
     """Every audio file below ``folder``, sorted for a deterministic order."""
@@ -315,14 +326,7 @@ class AudioClips(DatasetWithTraits):
         wave = crop_waveform(wave, self.num_samples, mode=self.crop)
         if self.roll_mag_aug:
             wave = roll_mag_augment(wave)
-        x = features(
-            wave,
-            sample_rate=s.sample_rate,
-            num_mel_bins=s.num_mel_bins,
-            target_length=s.target_length,
-            mean=s.mean,
-            std=s.std,
-        )
+        x = s.features(wave)
         if not torch.isfinite(x).all():
             raise BadSampleError(f"audio {path} gives non-finite filter-bank values")
         return x
@@ -349,16 +353,4 @@ def sliding_windows(path: str | Path, settings: FeatureSettings, *, hop_frames: 
     starts = np.arange(0, max(wave.shape[0] - window, 0) + 1, hop * shift).tolist()
     if starts[-1] + window < wave.shape[0]:
         starts.append(starts[-1] + hop * shift)  # cover the tail
-    return torch.stack(
-        [
-            features(
-                wave[start : start + window],
-                sample_rate=s.sample_rate,
-                num_mel_bins=s.num_mel_bins,
-                target_length=s.target_length,
-                mean=s.mean,
-                std=s.std,
-            )
-            for start in starts
-        ]
-    )
+    return torch.stack([s.features(wave[start : start + window]) for start in starts])  # (K, 1, T, F)

@@ -11,7 +11,7 @@ from anymae.core.data import DataError
 
 from .data import FeatureSettings
 from .decode import load_waveform
-from .features import FRAME_LENGTH_MS, features, samples_for_frames
+from .features import FRAME_LENGTH_MS, samples_for_frames
 
 __all__ = ["audio_windows"]
 
@@ -39,14 +39,7 @@ def audio_windows(
     wave = load_waveform(path, sample_rate=rate)  # (S,)
     start = 0
     while True:
-        x = features(
-            wave[start : start + size],
-            sample_rate=rate,
-            num_mel_bins=settings.num_mel_bins,
-            target_length=settings.target_length,
-            mean=settings.mean,
-            std=settings.std,
-        )
+        x = settings.features(wave[start : start + size])
         yield start / rate, x  # (1, T, F)
         if start + size >= wave.shape[0]:
             return
