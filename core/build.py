@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from anymae.plugins.manager import Registry, resolve_registry
+
 from .config import ModelConfig, check_decoder_options, config_to_dict
 from .encoder import MaskedEncoder
 from .model import MaskedAutoencoder
@@ -21,15 +23,12 @@ __all__ = [
 ]
 
 
-def build_model(cfg: ModelConfig, *, registry: Any = None, with_decoder: bool = True) -> MaskedAutoencoder:
+def build_model(cfg: ModelConfig, *, registry: Registry | None = None, with_decoder: bool = True) -> MaskedAutoencoder:
     """Build an MAE from a validated :class:`ModelConfig` (its ``tokenizer`` already the modality's dataclass).
 
     Plugins are consulted here, at build time; the returned model is plain ``nn.Module``s.
     """
-    if registry is None:
-        from anymae.plugins import get_registry
-
-        registry = get_registry()
+    registry = resolve_registry(registry)
     norm_layer = partial(nn.LayerNorm, eps=cfg.norm_eps)
     tokenizer, encoder = build_encoder(cfg, registry=registry)
     decoder = None
@@ -65,7 +64,7 @@ def build_model(cfg: ModelConfig, *, registry: Any = None, with_decoder: bool = 
     return model
 
 
-def build_encoder(cfg: ModelConfig, *, registry: Any, drop_path_rate: float = 0.0) -> tuple[Any, MaskedEncoder]:
+def build_encoder(cfg: ModelConfig, *, registry: Registry, drop_path_rate: float = 0.0) -> tuple[Any, MaskedEncoder]:
     """The modality's tokenizer and the ViT encoder of ``cfg``, position tables computed for its grid."""
     tokenizer = registry.modality(cfg.modality).build_tokenizer(cfg.tokenizer, embed_dim=cfg.embed_dim)
     encoder = MaskedEncoder(

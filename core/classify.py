@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from anymae.plugins.manager import Registry, resolve_registry
+
 from .adapt import make_pos_embed_learned, transfer_weights
 from .build import build_encoder, set_fused_attn
 from .config import config_to_dict, resolve_model_config
@@ -105,7 +107,7 @@ def build_classifier(
     init_bands: tuple[int, ...] | None = None,
     token_masking: str | None = None,
     token_mask_ratio: float = 0.0,
-    registry: Any = None,
+    registry: Registry | None = None,
 ) -> Classifier:
     """A :class:`Classifier` whose tokenizer and encoder weights are ``pretrained``'s; ``token_masking`` names
     a registered masking strategy used in training mode (see :class:`Classifier`).
@@ -113,10 +115,7 @@ def build_classifier(
     ``tokenizer_overrides`` may change the input size, the channel count and the patch size: the weights are
     adapted (:func:`anymae.core.adapt.transfer_weights`; ``init_bands`` picks the checkpoint's channel for each
     input channel), the adaptations printed and kept in ``config["init"]``."""
-    if registry is None:
-        from anymae.plugins import get_registry
-
-        registry = get_registry()
+    registry = resolve_registry(registry)
     model_raw = copy.deepcopy(pretrained.config["model"])
     model_raw["tokenizer"] = {**config_to_dict(model_raw.get("tokenizer") or {}), **(tokenizer_overrides or {})}
     cfg = resolve_model_config(model_raw, registry)
@@ -157,12 +156,9 @@ def build_classifier(
     )
 
 
-def classifier_from_config(config: dict[str, Any], registry: Any = None) -> Classifier:
+def classifier_from_config(config: dict[str, Any], registry: Registry | None = None) -> Classifier:
     """Rebuild an (untrained) :class:`Classifier` from the plain ``config`` stored in its checkpoint."""
-    if registry is None:
-        from anymae.plugins import get_registry
-
-        registry = get_registry()
+    registry = resolve_registry(registry)
     cfg = resolve_model_config(config["model"], registry)
     head = dict(config["classifier"])
     tokenizer, encoder = build_encoder(cfg, registry=registry)

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
+from anymae.plugins.manager import Registry, resolve_registry
+
 __all__ = [
     "ClassifyConfig",
     "ClassifyOptimConfig",
@@ -471,12 +473,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
-def resolve_config(raw: dict[str, Any], registry: Any = None) -> Config:
+def resolve_config(raw: dict[str, Any], registry: Registry | None = None) -> Config:
     """Validate a raw mapping into a :class:`Config`, including the modality's own sections."""
-    if registry is None:
-        from anymae.plugins import get_registry
-
-        registry = get_registry()
+    registry = resolve_registry(registry)
     raw = dict(raw)
     model_raw = raw.pop("model", None)
     data_raw = raw.pop("data", None)
@@ -486,12 +485,9 @@ def resolve_config(raw: dict[str, Any], registry: Any = None) -> Config:
     return cfg
 
 
-def resolve_model_config(raw: Any, registry: Any = None) -> ModelConfig:
+def resolve_model_config(raw: Any, registry: Registry | None = None) -> ModelConfig:
     """The ``model`` section as plain data (e.g. from a checkpoint) -> a validated ModelConfig."""
-    if registry is None:
-        from anymae.plugins import get_registry
-
-        registry = get_registry()
+    registry = resolve_registry(registry)
     raw = dict(raw or {})
     tokenizer_raw = raw.pop("tokenizer", None)
     cfg = from_dict(ModelConfig, raw, "model")
@@ -555,7 +551,9 @@ def _check_options(function: Any, options: dict[str, Any], where: str, what: str
             )
 
 
-def load_config(source: str | Path, overrides: Sequence[str] = (), registry: Any = None) -> Config | ClassifyConfig:
+def load_config(
+    source: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None
+) -> Config | ClassifyConfig:
     """Read a YAML file or bundled config, apply overrides and validate everything. A config with a
     ``finetune`` or ``linprobe`` section is a :class:`ClassifyConfig` (see :func:`load_classify_config`)."""
     _, raw = read_config_source(source)
@@ -568,16 +566,13 @@ CLASSIFY_SECTIONS = ("finetune", "linprobe")
 
 
 def load_classify_config(
-    source: str | Path, overrides: Sequence[str] = (), *, mode: str | None = None, registry: Any = None
+    source: str | Path, overrides: Sequence[str] = (), *, mode: str | None = None, registry: Registry | None = None
 ) -> ClassifyConfig:
     """Read a fine-tuning / linear-probing config: it has a ``finetune`` or a ``linprobe`` section (``mode``,
     when given, says which one it must be). ``preset: NAME`` applies ``presets.NAME`` (a mapping of
     ``key.sub: value`` overrides) before the command-line overrides; ``data`` is validated against the
     data_config of ``<section>.modality``."""
-    if registry is None:
-        from anymae.plugins import get_registry
-
-        registry = get_registry()
+    registry = resolve_registry(registry)
     _, raw = read_config_source(source)
     raw = apply_overrides(raw, [o for o in overrides if o.startswith("preset=")])
     presets = raw.pop("presets", None) or {}

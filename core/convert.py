@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from anymae.plugins.manager import Registry, get_registry
+from anymae.plugins.manager import Registry, resolve_registry
 
 from .checkpoint import CheckpointError, export_safetensors, read_checkpoint, read_safetensors, write_checkpoint
 from .classify import Classifier
@@ -40,7 +40,7 @@ ANYMAE_TARGET = "anymae"
 
 def targets(registry: Registry | None = None) -> tuple[str, ...]:
     """The layouts ``convert`` writes: ``anymae`` and every registered format's ``export_targets``."""
-    found = [t for _, _, fmt in ordered_formats(registry or get_registry()) for t in fmt.export_targets]
+    found = [t for _, _, fmt in ordered_formats(resolve_registry(registry)) for t in fmt.export_targets]
     return (ANYMAE_TARGET, *dict.fromkeys(found))
 
 
@@ -76,7 +76,7 @@ def convert(
     ``file_format`` is ``pt`` or ``safetensors`` (default: ``safetensors`` for a ``.safetensors`` ``dest``);
     ``num_heads`` is needed for official / timm sources whose width is not an official one.
     """
-    registry = registry or get_registry()
+    registry = resolve_registry(registry)
     known = targets(registry)
     if to not in known:
         raise ValueError(f"--to {to!r}: expected one of {', '.join(known)}")

@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from anymae.plugins.manager import Registry, resolve_registry
+
 from .data import DataError
 from .distributed import resolve_device
 from .knn import Pool, default_pool, pooled_features
@@ -87,7 +89,7 @@ def embed_files(
     batch_size: int = 32,
     device: str | torch.device = "auto",
     data: Any = None,
-    registry: Any = None,
+    registry: Registry | None = None,
     progress: bool = False,
 ) -> Embeddings:
     """Feature rows of ``files`` (every window of each, in file then time order) under ``model``'s encoder.
@@ -95,10 +97,7 @@ def embed_files(
     ``data``: the modality's data config (input normalization, sample rate, ...); default: the data section the
     checkpoint carries (anymae runs), else the modality's defaults. ``window``/``hop`` in seconds, for data with
     a time axis (see :meth:`~anymae.core.modality.Modality.load_windows`)."""
-    if registry is None:
-        from anymae.plugins import get_registry
-
-        registry = get_registry()
+    registry = resolve_registry(registry)
     from .config import from_dict, resolve_model_config
 
     if batch_size < 1:

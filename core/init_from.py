@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from anymae.plugins.manager import Registry
+
 from .adapt import InitReport, transfer_weights
 from .checkpoint import CheckpointError
 from .config import ConfigError, ModelConfig, config_to_dict
@@ -34,7 +36,9 @@ HIDDEN = ("num_heads", "norm_eps")
 HIDDEN_DECODER = ("decoder", "decoder_options", "decoder_num_heads")
 
 
-def init_model_from(model: nn.Module, cfg: ModelConfig, *, registry: Any = None, log: bool = True) -> dict | None:
+def init_model_from(
+    model: nn.Module, cfg: ModelConfig, *, registry: Registry | None = None, log: bool = True
+) -> dict | None:
     """Load ``cfg.init_from`` into ``model`` (built from ``cfg``), adapting channels (``cfg.init_bands``), input
     size and patch size; print what was loaded, adapted and new when ``log``. Returns the report as plain data
     (saved in the run's checkpoints), or None when ``cfg.init_from`` is unset.

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from anymae.plugins.manager import Registry, get_registry
+from anymae.plugins.manager import Registry, resolve_registry
 
 from .checkpoint import (
     CheckpointError,
@@ -80,7 +80,7 @@ def load_classifier_file(
     """
     path = Path(source)
     payload = read_payload(path)
-    model = _classifier_from_payload(path, payload, num_heads=num_heads, registry=registry or get_registry())
+    model = _classifier_from_payload(path, payload, num_heads=num_heads, registry=resolve_registry(registry))
     if model is None:
         raise CheckpointError(
             f"{path} is not a classifier checkpoint (format={CLASSIFIER_FORMAT!r}, or an official / timm ViT state "
@@ -96,7 +96,7 @@ def load_any(
     """A pre-trained MAE (:func:`load_model`) or a classifier (:func:`load_classifier_file`), whichever the
     source holds; the file is read once. Used by ``anymae convert`` and ``anymae export``."""
     path = Path(source)
-    registry = registry or get_registry()
+    registry = resolve_registry(registry)
     payload = None if path.is_dir() else read_payload(path)
     if payload is not None:
         model = _classifier_from_payload(path, payload, num_heads=num_heads, registry=registry)
@@ -130,7 +130,7 @@ def model_from_payload(
 ) -> MaskedAutoencoder:
     """The pre-trained MAE of an already read source (``payload`` from :func:`read_payload`, None for a folder):
     anymae's own layout, else the first registered format that recognises it."""
-    registry = registry or get_registry()
+    registry = resolve_registry(registry)
     if _is_anymae(payload, CLASSIFIER_FORMAT):
         raise CheckpointError(
             f"{path} is a classifier checkpoint (anymae finetune / linprobe), not a pre-trained MAE: evaluate it "

@@ -31,6 +31,7 @@ __all__ = [
     "hookimpl",
     "load_registry",
     "reset_registry",
+    "resolve_registry",
 ]
 
 ENTRY_POINT_GROUP = "anymae"
@@ -270,6 +271,12 @@ def get_registry() -> Registry:
     if _REGISTRY is None:
         _REGISTRY = load_registry()
     return _REGISTRY
+
+
+def resolve_registry(registry: Registry | None = None) -> Registry:
+    """``registry``, or the process-wide one when None: the one place a public entry point that takes an optional
+    registry (``build_model``, ``load_model``, ``pretrain``, ...) falls back to the installed plugins."""
+    return registry if registry is not None else get_registry()
 
 
 def reset_registry() -> None:

@@ -18,6 +18,7 @@ import torch
 from anymae.core.build import build_model
 from anymae.core.config import resolve_model_config
 from anymae.core.masking import keep_count
+from anymae.plugins.manager import Registry, resolve_registry
 
 __all__ = ["check_modality"]
 
@@ -27,7 +28,7 @@ def check_modality(
     *,
     tokenizer: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None,
-    registry: Any = None,
+    registry: Registry | None = None,
     batch: int = 2,
     mask_ratio: float = 0.75,
 ) -> None:
@@ -39,10 +40,7 @@ def check_modality(
     (kept count, forced masks, fixed noise), a finite loss, a finite gradient on every trainable parameter,
     and a state-dict round trip that reproduces the loss.
     """
-    if registry is None:
-        from anymae.plugins import get_registry
-
-        registry = get_registry()
+    registry = resolve_registry(registry)
     raw = {
         "modality": name,
         "tokenizer": tokenizer or {},

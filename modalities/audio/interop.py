@@ -28,7 +28,7 @@ from anymae.core.formats import (
     unwrap_state,
 )
 from anymae.core.model import MaskedAutoencoder
-from anymae.plugins.manager import Registry, get_registry
+from anymae.plugins.manager import Registry, resolve_registry
 
 __all__ = ["from_audiomae", "is_audiomae", "load_audiomae"]
 
@@ -133,7 +133,7 @@ def load_audiomae(
     model_raw, converted, tables = from_audiomae(
         state, num_mel_bins=num_mel_bins, num_heads=num_heads, norm_pix_loss=norm_pix_loss, shift_size=shift_size
     )
-    registry = registry or get_registry()
+    registry = resolve_registry(registry)
     cfg = resolve_model_config(model_raw, registry)
     with_decoder = any(k.startswith("decoder.") for k in converted)
     model = build_model(cfg, registry=registry, with_decoder=with_decoder)

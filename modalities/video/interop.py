@@ -33,7 +33,7 @@ from anymae.core.formats import (
     unwrap_state,
 )
 from anymae.core.model import MaskedAutoencoder
-from anymae.plugins.manager import Registry
+from anymae.plugins.manager import Registry, resolve_registry
 
 __all__ = ["from_hugging_face_videomae", "from_videomae", "is_videomae", "load_videomae", "to_videomae"]
 
@@ -250,13 +250,7 @@ def load_videomae(
         model_raw, converted = from_hugging_face_videomae(config, state)
     else:
         model_raw, converted = from_videomae(state, **options)
-    return build_and_load(model_raw, converted, source=name, strict=strict, registry=_registry(registry))
-
-
-def _registry(registry: Registry | None) -> Registry:
-    from anymae.plugins import get_registry
-
-    return registry or get_registry()
+    return build_and_load(model_raw, converted, source=name, strict=strict, registry=resolve_registry(registry))
 
 
 class VideoMAEFormat(CheckpointFormat):
