@@ -13,7 +13,14 @@ from PIL import Image
 from anymae.core.build import build_model
 from anymae.core.cli import main
 from anymae.core.config import from_dict, resolve_model_config
-from anymae.core.figures import RAW_STATS_CAPTION, TRUE_STATS_CAPTION, figure_prediction, render_figure
+from anymae.core.figures import (
+    RAW_STATS_CAPTION,
+    TRUE_STATS_CAPTION,
+    figure_prediction,
+    grey_out,
+    removed_values,
+    render_figure,
+)
 from anymae.core.masking import sample_mask
 from anymae.plugins import get_registry
 
@@ -183,3 +190,22 @@ def test_visualize_captions_norm_pix_figures_and_not_pixel_ones(
         with Image.open(tmp_path / "figure0.png") as figure:
             strip = np.asarray(figure.convert("L"))[grid_height:]
         assert (strip < 100).any()  # text in the strip
+
+
+@pytest.mark.parametrize("modality", sorted(MODELS))
+def test_removed_values_mark_exactly_the_values_of_removed_patches(modality):
+    model, _ = _tiny(modality)
+    mask = _mask(model, 2)
+    removed = removed_values(mask, tokenizer=model.tokenizer)
+    # back through the tokenizer: every value of a removed patch is 1, of a kept one 0
+    patches = model.tokenizer.patchify(removed)  # (N, L, P)
+    assert torch.equal(patches, mask.float()[..., None].expand_as(patches))
+
+
+def test_grey_out_paints_the_removed_pixels_of_a_panel_in_place():
+    panel = np.full((2, 3, 3), 200, dtype=np.uint8)
+    hole = np.array([[True, False, False], [False, False, True]])
+    assert grey_out(panel, hole) is panel
+    assert (panel[hole] == 128).all() and (panel[~hole] == 200).all()
+    pixels = grey_out(torch.zeros(2, 3, 3, dtype=torch.uint8), torch.from_numpy(hole), grey=127)
+    assert pixels.sum(dim=-1).tolist() == [[381, 0, 0], [0, 0, 381]]

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
-from anymae.core.data import DataError
+from anymae.core.data import DataError, DatasetTraits, DatasetWithTraits, SafeDataset, dataset_traits
+from anymae.core.evaluation import LabelledSafeDataset
 from anymae.core.files import (
     check_channel_stats,
     check_input_shape,
@@ -187,3 +189,34 @@ def test_channel_checks_name_the_counts():
     check_input_shape(torch.zeros(2, 3, 8, 8), (3, 8, 8), what="images", axes="(N, C, H, W)")
     with pytest.raises(ValueError, match=r"expected images \(N, 3, 8, 8\) = \(N, C, H, W\), got \(2, 1, 8, 8\)"):
         check_input_shape(torch.zeros(2, 1, 8, 8), (3, 8, 8), what="images", axes="(N, C, H, W)")
+
+
+# --- dataset traits (anymae.core.data) ----------------------------------------------------------------------
+class _Declared(DatasetWithTraits):
+    traits = DatasetTraits(classes=("a", "b"), multi_label=True, num_views=3)
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int):
+        return torch.zeros(3, 2), torch.tensor([1.0, 0.0])
+
+
+def test_traits_are_declared_defaults_for_a_plain_dataset_and_forwarded_by_the_safe_wrappers():
+    assert dataset_traits(TensorDataset(torch.zeros(2, 1))) == DatasetTraits()
+    declared = _Declared()
+    assert dataset_traits(declared).num_views == 3
+    assert dataset_traits(SafeDataset(declared)) == declared.traits
+    assert dataset_traits(LabelledSafeDataset(declared)).classes == ("a", "b")
+
+
+def test_labelled_image_folders_declare_their_classes(tiny_image_folder):
+    from anymae.modalities.image.modality import ImageDataConfig, ImageModality, ImageTokenizerConfig
+
+    dataset = ImageModality().build_labelled_dataset(
+        ImageDataConfig(root=str(tiny_image_folder), heldout_split=None),
+        ImageTokenizerConfig(img_size=32, patch_size=8),
+        split="train",
+        augment=None,
+    )
+    assert dataset_traits(dataset) == DatasetTraits(classes=("cats", "dogs"))
