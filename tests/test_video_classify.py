@@ -193,6 +193,24 @@ def test_csv_labels_give_integer_classes_shared_by_both_splits(tmp_path):
         modality.build_labelled_dataset(_data(tmp_path), TOKENIZER, split="train", augment=finetune)
 
 
+def test_video_lists_take_comments_blank_lines_and_labels_by_class_name(tmp_path):
+    for name in ("a", "b c", "d"):
+        write_video(tmp_path / "clips" / f"{name}.mp4", _coded(12), fps=10)
+    (tmp_path / "names.txt").write_text("# one class a line\ncat\ndog\n")
+    (tmp_path / "train.csv").write_text("# VideoMAE-style list\nclips/a.mp4 dog\n\nclips/b c.mp4 0  # by index\n")
+    (tmp_path / "val.csv").write_text("clips/d.mp4 cat\n")
+    data = _data(tmp_path, classes_file="names.txt")
+    modality = VideoModality()
+    train = modality.build_labelled_dataset(data, TOKENIZER, split="train", augment={"recipe": "linprobe"})
+    assert train.classes == ["cat", "dog"]
+    assert [(p.name, label) for p, label in train.items] == [("a.mp4", 1), ("b c.mp4", 0)]
+    val = modality.build_labelled_dataset(data, TOKENIZER, split="heldout", augment=None)
+    assert [label for _, label in val.items] == [0]
+    (tmp_path / "val.csv").write_text("clips/d.mp4 emu\n")  # not a class name: the whole line is a path
+    with pytest.raises(DataError, match=r"val\.csv: .*d\.mp4 emu has no integer label"):
+        modality.build_labelled_dataset(data, TOKENIZER, split="heldout", augment=None)
+
+
 def test_class_folders_are_numbered_by_the_training_split(tmp_path):
     for name in ("zebra", "ant"):
         write_video(tmp_path / "train" / name / "x.mp4", _coded(12), fps=10)
