@@ -30,7 +30,7 @@ from .sampling import FRAME_SAMPLERS
 from .targets import VideoMAEPixelTarget, VideoMAETarget
 from .tokenizer import POSITION_TABLES, TubeletTokenizer
 from .transforms import eval_clip, pretrain_clip
-from .visualize import save_reconstruction_grid, save_reconstruction_movie
+from .visualize import reconstruction_rows, save_reconstruction_grid, save_reconstruction_movie
 from .windows import video_windows
 
 __all__ = [
@@ -255,10 +255,10 @@ class VideoModality(Modality):
         caption: str = "",
     ) -> Path:
         """The PNG grid at ``path``, and beside it (same name) an animated GIF and an H.264 MP4."""
-        kwargs = {"tokenizer": tokenizer, "mean": data.mean, "std": data.std, "caption": caption}
+        samples = reconstruction_rows(inputs, pred, mask, tokenizer=tokenizer, mean=data.mean, std=data.std)
         for suffix in (".gif", ".mp4"):
-            save_reconstruction_movie(inputs, pred, mask, path=Path(path).with_suffix(suffix), **kwargs)
-        return save_reconstruction_grid(inputs, pred, mask, path=path, **kwargs)
+            save_reconstruction_movie(samples, path=Path(path).with_suffix(suffix), caption=caption)
+        return save_reconstruction_grid(samples, path=path, caption=caption)
 
 
 def _train_transform(

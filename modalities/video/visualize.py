@@ -15,7 +15,7 @@ from torch import Tensor
 from anymae.core.figures import add_caption, caption_strip, grey_out, removed_values
 from anymae.core.tokenizer import Tokenizer
 
-__all__ = ["reconstruction_clips", "save_reconstruction_grid", "save_reconstruction_movie"]
+__all__ = ["reconstruction_clips", "reconstruction_rows", "save_reconstruction_grid", "save_reconstruction_movie"]
 
 ROWS = ("original", "masked", "reconstruction")
 
@@ -42,10 +42,11 @@ def _to_uint8(clip: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.n
     return (video.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).numpy()
 
 
-def _rows(
-    inputs: Tensor, pred: Tensor, mask: Tensor, tokenizer: Tokenizer, mean: Sequence[float], std: Sequence[float]
+def reconstruction_rows(
+    inputs: Tensor, pred: Tensor, mask: Tensor, *, tokenizer: Tokenizer, mean: Sequence[float], std: Sequence[float]
 ) -> list[list[np.ndarray]]:
-    """Per sample: [original, masked (removed = grey), reconstruction], each (T, H, W, 3) uint8."""
+    """inputs (N, C, T, H, W), pred (N, L, P) in patch values, mask (N, L) 1 = removed -> per sample
+    [original, masked (removed = grey), reconstruction], each (T, H, W, 3) uint8: what the figures draw."""
     originals, masked, recon, removed = reconstruction_clips(inputs, pred, mask, tokenizer=tokenizer)
     out = []
     for i in range(originals.shape[0]):
@@ -56,20 +57,12 @@ def _rows(
 
 
 def save_reconstruction_grid(
-    inputs: Tensor,
-    pred: Tensor,
-    mask: Tensor,
-    *,
-    tokenizer: Tokenizer,
-    mean: Sequence[float],
-    std: Sequence[float],
-    path: str | Path,
-    min_side: int = 64,
-    caption: str = "",
+    samples: list[list[np.ndarray]], *, path: str | Path, min_side: int = 64, caption: str = ""
 ) -> Path:
-    """One PNG: for every sample three rows (original, masked, reconstruction), one column per frame; a
-    ``caption`` line (how the removed patches were drawn, see :mod:`anymae.core.figures`) under the rows."""
-    rows = [row for sample in _rows(inputs, pred, mask, tokenizer, mean, std) for row in sample]
+    """One PNG of :func:`reconstruction_rows`: for every sample three rows (original, masked, reconstruction),
+    one column per frame; a ``caption`` line (how the removed patches were drawn, see
+    :mod:`anymae.core.figures`) under the rows."""
+    rows = [row for sample in samples for row in sample]
     t, h, w, _ = rows[0].shape
     zoom = max(1, -(-min_side // max(h, w)))
     cell_h, cell_w, pad, label = h * zoom, w * zoom, 2, 96
@@ -88,21 +81,10 @@ def save_reconstruction_grid(
 
 
 def save_reconstruction_movie(
-    inputs: Tensor,
-    pred: Tensor,
-    mask: Tensor,
-    *,
-    tokenizer: Tokenizer,
-    mean: Sequence[float],
-    std: Sequence[float],
-    path: str | Path,
-    fps: float = 4,
-    min_side: int = 96,
-    caption: str = "",
+    samples: list[list[np.ndarray]], *, path: str | Path, fps: float = 4, min_side: int = 96, caption: str = ""
 ) -> Path:
-    """An animated GIF (``.gif``) or an H.264 MP4 (``.mp4``), by ``path``'s suffix: each frame shows original |
-    masked | reconstruction, one sample per line, and the ``caption`` under them."""
-    samples = _rows(inputs, pred, mask, tokenizer, mean, std)
+    """An animated GIF (``.gif``) or an H.264 MP4 (``.mp4``), by ``path``'s suffix, of :func:`reconstruction_rows`:
+    each frame shows original | masked | reconstruction, one sample per line, and the ``caption`` under them."""
     lines = [np.concatenate(sample, axis=2) for sample in samples]  # (T, H, 3W, 3) per sample
     movie = np.concatenate(lines, axis=1)  # (T, N*H, 3W, 3)
     zoom = max(1, -(-min_side // max(movie.shape[1:3])))
