@@ -20,7 +20,7 @@ from .data import read_clip_list
 from .decode import SAMPLE_RATE, crop_waveform, load_waveform
 from .features import fbank, fit_frames, samples_for_frames
 
-__all__ = ["add_arguments", "fbank_stats", "main", "run"]
+__all__ = ["AudioStatsCommand", "fbank_stats", "main"]
 
 
 def fbank_stats(
@@ -48,49 +48,46 @@ def fbank_stats(
     return mean, math.sqrt(var)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The command's arguments (mountable as a subcommand, e.g. ``anymae audio-stats``)."""
-    parser.add_argument("data", help="a folder of audio files (class sub-folders or flat), an AudioSet .json or a csv")
-    parser.add_argument("--target-length", type=int, default=1024, help="frames per clip (default 1024 = 10 s)")
-    parser.add_argument("--num-mel-bins", type=int, default=128, help="mel bins (default 128)")
-    parser.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="resample to this rate (default 16000)")
-    parser.add_argument("--limit", type=int, default=None, help="measure only the first N files of the list")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Print ``data.mean`` / ``data.std`` lines for a config; 0 on success."""
-    clips = read_clip_list(Path(args.data).expanduser())
-    files = clips.files[: args.limit] if args.limit else clips.files
-    mean, std = fbank_stats(
-        files, sample_rate=args.sample_rate, num_mel_bins=args.num_mel_bins, target_length=args.target_length
-    )
-    print(f"# fbank statistics of {len(files)} files under {args.data}")
-    print("data:")
-    print(f"  mean: {mean:.7g}")
-    print(f"  std: {std:.7g}")
-    return 0
-
-
 class AudioStatsCommand:
     """``anymae audio-stats DATA``: registered through the ``anymae_register_commands`` hook."""
 
     help = "fbank mean/std of a custom audio data set (for data.mean / data.std)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
+        """The command's arguments (mountable as a subcommand, e.g. ``anymae audio-stats``)."""
+        parser.add_argument(
+            "data", help="a folder of audio files (class sub-folders or flat), an AudioSet .json or a csv"
+        )
+        parser.add_argument("--target-length", type=int, default=1024, help="frames per clip (default 1024 = 10 s)")
+        parser.add_argument("--num-mel-bins", type=int, default=128, help="mel bins (default 128)")
+        parser.add_argument(
+            "--sample-rate", type=int, default=SAMPLE_RATE, help="resample to this rate (default 16000)"
+        )
+        parser.add_argument("--limit", type=int, default=None, help="measure only the first N files of the list")
 
     def run(self, args: argparse.Namespace) -> int:
-        return run(args)
+        """Print ``data.mean`` / ``data.std`` lines for a config; 0 on success."""
+        clips = read_clip_list(Path(args.data).expanduser())
+        files = clips.files[: args.limit] if args.limit else clips.files
+        mean, std = fbank_stats(
+            files, sample_rate=args.sample_rate, num_mel_bins=args.num_mel_bins, target_length=args.target_length
+        )
+        print(f"# fbank statistics of {len(files)} files under {args.data}")
+        print("data:")
+        print(f"  mean: {mean:.7g}")
+        print(f"  std: {std:.7g}")
+        return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m anymae.modalities.audio.stats", description="fbank mean/std of an audio data set"
     )
-    add_arguments(parser)
+    command = AudioStatsCommand()
+    command.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        return command.run(args)
     except (OSError, ValueError, RuntimeError) as exc:  # DataError/BadSampleError are RuntimeErrors
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
 

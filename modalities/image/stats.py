@@ -23,7 +23,7 @@ from anymae.core.data import BadSampleError, DataError
 
 from .data import IMAGE_EXTENSIONS, ImageReader, find_images, read_bands, scale_values
 
-__all__ = ["BandStats", "ImageStatsCommand", "add_arguments", "band_stats", "run"]
+__all__ = ["BandStats", "ImageStatsCommand", "band_stats"]
 
 
 @dataclass
@@ -74,49 +74,43 @@ def band_stats(
     return BandStats(mean=mean, std=np.sqrt(m2 / count), files=used, skipped=skipped)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The command's arguments (mounted as ``anymae image-stats``)."""
-    parser.add_argument("folder", help="a folder of images (class sub-folders or flat), e.g. DATA_ROOT/train")
-    parser.add_argument("--bands", type=int, nargs="+", help="band indices to measure, as data.bands (default: all)")
-    parser.add_argument(
-        "--value-range", type=float, nargs=2, metavar=("LO", "HI"), help="as data.value_range: LO -> 0, HI -> 1"
-    )
-    parser.add_argument("--array-layout", choices=["CHW", "HWC"], default="CHW", help="as data.array_layout")
-    parser.add_argument("--limit", type=int, default=None, help="measure only the first N files (sorted by path)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Print a ``data:`` block with ``mean`` and ``std`` (and the scaling keys given) for a config; 0 on success."""
-    folder = Path(args.folder).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"image-stats: folder {folder} does not exist")
-    files = find_images(folder)[: args.limit] if args.limit else find_images(folder)
-    if not files:
-        raise DataError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) under {folder}")
-    value_range = tuple(args.value_range) if args.value_range else None
-    stats = band_stats(files, bands=args.bands, value_range=value_range, array_layout=args.array_layout)
-    scaling = f"value_range {list(value_range)}" if value_range else "each file's integer type range"
-    skipped = f"; {len(stats.skipped)} skipped (see the warnings)" if stats.skipped else ""
-    print(f"# per-band statistics of {stats.files} files under {folder}, scaled by {scaling}{skipped}")
-    print("data:")
-    if args.bands:
-        print(f"  bands: {list(args.bands)}")
-    if value_range:
-        print(f"  value_range: [{value_range[0]:g}, {value_range[1]:g}]")
-    if args.array_layout != "CHW":
-        print(f"  array_layout: {args.array_layout}")
-    print(f"  mean: [{', '.join(f'{v:.7g}' for v in stats.mean)}]")
-    print(f"  std: [{', '.join(f'{v:.7g}' for v in stats.std)}]")
-    return 0
-
-
 class ImageStatsCommand:
     """``anymae image-stats FOLDER``: registered through the ``anymae_register_commands`` hook."""
 
     help = "per-band mean/std of a folder of images after scaling (for data.mean / data.std)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
+        """The command's arguments (mounted as ``anymae image-stats``)."""
+        parser.add_argument("folder", help="a folder of images (class sub-folders or flat), e.g. DATA_ROOT/train")
+        parser.add_argument(
+            "--bands", type=int, nargs="+", help="band indices to measure, as data.bands (default: all)"
+        )
+        parser.add_argument(
+            "--value-range", type=float, nargs=2, metavar=("LO", "HI"), help="as data.value_range: LO -> 0, HI -> 1"
+        )
+        parser.add_argument("--array-layout", choices=["CHW", "HWC"], default="CHW", help="as data.array_layout")
+        parser.add_argument("--limit", type=int, default=None, help="measure only the first N files (sorted by path)")
 
     def run(self, args: argparse.Namespace) -> int:
-        return run(args)
+        """Print a ``data:`` block with ``mean`` and ``std`` (and the scaling keys given) for a config; 0 on success."""
+        folder = Path(args.folder).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"image-stats: folder {folder} does not exist")
+        files = find_images(folder)[: args.limit] if args.limit else find_images(folder)
+        if not files:
+            raise DataError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) under {folder}")
+        value_range = tuple(args.value_range) if args.value_range else None
+        stats = band_stats(files, bands=args.bands, value_range=value_range, array_layout=args.array_layout)
+        scaling = f"value_range {list(value_range)}" if value_range else "each file's integer type range"
+        skipped = f"; {len(stats.skipped)} skipped (see the warnings)" if stats.skipped else ""
+        print(f"# per-band statistics of {stats.files} files under {folder}, scaled by {scaling}{skipped}")
+        print("data:")
+        if args.bands:
+            print(f"  bands: {list(args.bands)}")
+        if value_range:
+            print(f"  value_range: [{value_range[0]:g}, {value_range[1]:g}]")
+        if args.array_layout != "CHW":
+            print(f"  array_layout: {args.array_layout}")
+        print(f"  mean: [{', '.join(f'{v:.7g}' for v in stats.mean)}]")
+        print(f"  std: [{', '.join(f'{v:.7g}' for v in stats.std)}]")
+        return 0
