@@ -24,6 +24,8 @@ import yaml
 
 from anymae.plugins.manager import Registry, resolve_registry
 
+from .decoder import DecoderArgs
+
 __all__ = [
     "ClassifyConfig",
     "ClassifyOptimConfig",
@@ -505,19 +507,7 @@ def resolve_model_config(raw: Any, registry: Registry | None = None) -> ModelCon
 
 
 # What the core passes to every decoder builder; ``model.decoder_options`` may not set these.
-DECODER_ARGUMENTS = (
-    "in_dim",
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "qkv_bias",
-    "out_dim",
-    "pos_table",
-    "norm_layer",
-    "grid",
-    "num_prefix",
-)
+DECODER_ARGUMENTS = tuple(DecoderArgs.__annotations__)
 
 
 # What the core passes to every masking strategy; ``model.masking_options`` may not set these.
@@ -534,12 +524,18 @@ def check_masking_options(strategy: Any, options: dict[str, Any]) -> None:
     _check_options(strategy, options, "model.masking_options", "masking strategy", MASKING_ARGUMENTS)
 
 
+def _core_arguments(param: inspect.Parameter) -> bool:
+    """Whether a ``**`` parameter receives only the core's arguments (``**args: Unpack[DecoderArgs]``), so that the
+    builder's options are its named keywords."""
+    return str(param.annotation).startswith(("Unpack[", "typing.Unpack["))
+
+
 def _check_options(function: Any, options: dict[str, Any], where: str, what: str, reserved: Sequence[str]) -> None:
     params = inspect.signature(function).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD and not _core_arguments(p) for p in params.values()):
         accepted = None  # the function takes any keyword; it reports unknown ones itself
     else:
-        accepted = [n for n in params if n not in reserved]
+        accepted = [n for n, p in params.items() if n not in reserved and p.kind is not inspect.Parameter.VAR_KEYWORD]
     for key in options:
         if key in reserved:
             raise ConfigError(f"config {where}.{key}: set by the core from model.*, not an option")

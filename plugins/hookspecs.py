@@ -91,10 +91,14 @@ def anymae_register_decoders(register: Callable[[str, Any], None]) -> None:
     """Register decoders: call ``register(name, builder)`` once per decoder.
 
     ``builder(*, in_dim, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, out_dim, pos_table, norm_layer,
-    grid, num_prefix, **options) -> nn.Module`` builds the decoder from the ``model.decoder_*`` config values;
-    ``pos_table`` is the tokenizer's ``(L, embed_dim)`` table (no prefix slot), ``num_prefix`` is 1 with a CLS
-    token and 0 without, and ``options`` come from ``model.decoder_options`` (checked against the builder's
-    signature before anything is built). The module's ``forward(latent, ids_restore, select=None)`` maps the
+    grid, num_prefix, **options) -> nn.Module`` builds the decoder from the ``model.decoder_*`` config values
+    (the keywords are :class:`anymae.core.decoder.DecoderArgs`: a builder may declare them once as
+    ``**args: Unpack[DecoderArgs]``); ``pos_table`` is the tokenizer's ``(L, embed_dim)`` table (no prefix
+    slot), ``num_prefix`` is 1 with a CLS token and 0 without, and ``options`` come from
+    ``model.decoder_options`` (checked against the builder's named keywords before anything is built). A decoder
+    that fills removed tokens with one learned mask token can subclass
+    :class:`anymae.core.decoder.MaskTokenDecoder` and write only ``forward_blocks``, as ``global``, ``videomae``
+    and ``local`` do. The module's ``forward(latent, ids_restore, select=None)`` maps the
     encoder output ``(N, num_prefix + L_vis, in_dim)`` to predictions ``(N, L, out_dim)`` in grid order, or,
     given token ids ``select (N, L_sel)``, to the predictions of those tokens only ``(N, L_sel, out_dim)``
     (``model.pred_masked_only``). A learned mask token is called ``mask_token``; the model applies the

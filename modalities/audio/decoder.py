@@ -20,12 +20,13 @@ Usable by any modality with a 2-D grid; registered as the ``local`` decoder.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Unpack
 
 import torch
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-from anymae.core.decoder import MaskTokenDecoder
+from anymae.core.decoder import DecoderArgs, MaskTokenDecoder
 
 __all__ = ["LocalDecoder", "SwinBlock", "WindowAttention", "shift_attention_mask", "window_merge", "window_partition"]
 
@@ -180,22 +181,13 @@ class LocalDecoder(MaskTokenDecoder):
     def __init__(
         self,
         *,
-        in_dim: int,
-        embed_dim: int,
-        depth: int,
-        num_heads: int,
-        mlp_ratio: float,
-        qkv_bias: bool,
-        out_dim: int,
-        pos_table: Tensor,
-        norm_layer: Callable[[int], nn.Module],
-        grid: tuple[int, ...],
-        num_prefix: int,
         window_size: tuple[int, int] | list[int] = (4, 4),
         shift_size: tuple[int, int] | list[int] = (2, 0),
         meta_hidden_dim: int = 384,
         meta_dropout: float = 0.1,
+        **args: Unpack[DecoderArgs],
     ) -> None:
+        grid, embed_dim, pos_table = args["grid"], args["embed_dim"], args["pos_table"]
         if len(grid) != 2:
             raise ValueError(f"the local decoder needs a 2-D token grid, got grid {tuple(grid)}")
         if tuple(pos_table.shape) != (grid[0] * grid[1], embed_dim):
@@ -206,25 +198,27 @@ class LocalDecoder(MaskTokenDecoder):
         if len(window) != 2 or len(shift) != 2:
             raise ValueError(f"window_size and shift_size need two values, got {window_size} and {shift_size}")
         # (1, L, D_dec): no CLS row, the prefix never reaches the blocks
-        super().__init__(in_dim=in_dim, embed_dim=embed_dim, pos_embed=pos_table[None].clone(), num_prefix=num_prefix)
+        super().__init__(
+            in_dim=args["in_dim"], embed_dim=embed_dim, pos_embed=pos_table[None].clone(), num_prefix=args["num_prefix"]
+        )
         self.grid = (int(grid[0]), int(grid[1]))
         self.blocks = nn.ModuleList(
             SwinBlock(
                 dim=embed_dim,
-                num_heads=num_heads,
+                num_heads=args["num_heads"],
                 grid=self.grid,
                 window=window,
                 shift=(0, 0) if i % 2 == 0 else shift,  # AudioMAE: (0, 0) / (2, 0) alternating
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                norm_layer=norm_layer,
+                mlp_ratio=args["mlp_ratio"],
+                qkv_bias=args["qkv_bias"],
+                norm_layer=args["norm_layer"],
                 meta_hidden_dim=meta_hidden_dim,
                 meta_dropout=meta_dropout,
             )
-            for i in range(depth)
+            for i in range(args["depth"])
         )
-        self.norm = norm_layer(embed_dim)
-        self.pred = nn.Linear(embed_dim, out_dim)
+        self.norm = args["norm_layer"](embed_dim)
+        self.pred = nn.Linear(embed_dim, args["out_dim"])
 
     def forward_blocks(self, prefix: Tensor, body: Tensor) -> Tensor:
         """prefix (N, k, D_dec) unused, body (N, L, D_dec) in grid order -> (N, L, D_dec)."""

@@ -11,14 +11,13 @@ core does gives the same outputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Unpack
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from anymae.core.decoder import MaskTokenDecoder
-from anymae.core.encoder import fixed_positions, vit_blocks
+from anymae.core.decoder import DecoderArgs, MaskTokenDecoder, decoder_blocks
+from anymae.core.encoder import fixed_positions
 
 __all__ = ["VideoMAEDecoder", "videomae_decoder"]
 
@@ -31,26 +30,15 @@ class VideoMAEDecoder(MaskTokenDecoder):
     """
 
     def __init__(
-        self,
-        *,
-        in_dim: int,
-        embed_dim: int,
-        depth: int,
-        num_heads: int,
-        mlp_ratio: float,
-        qkv_bias: bool,
-        out_dim: int,
-        pos_table: Tensor,
-        norm_layer: Callable[[int], nn.Module],
-        grid: tuple[int, ...],
-        num_prefix: int = 0,
-        head_norm_eps: float | None = None,
-        learned_pos: bool = False,
+        self, *, head_norm_eps: float | None = None, learned_pos: bool = False, **args: Unpack[DecoderArgs]
     ) -> None:
+        embed_dim = args["embed_dim"]
         # (1, L, D_dec): no CLS row, prefix tokens carry no position
-        table = fixed_positions(pos_table, width=embed_dim, cls_slot=False, part="decoder").clone()
-        super().__init__(in_dim=in_dim, embed_dim=embed_dim, pos_embed=table, num_prefix=num_prefix, embed_bias=False)
-        self.grid = tuple(grid)
+        table = fixed_positions(args["pos_table"], width=embed_dim, cls_slot=False, part="decoder").clone()
+        super().__init__(
+            in_dim=args["in_dim"], embed_dim=embed_dim, pos_embed=table, num_prefix=args["num_prefix"], embed_bias=False
+        )
+        self.grid = tuple(args["grid"])
         if learned_pos:
             if len(self.grid) != 3:
                 raise ValueError(f"learned_pos needs a (t, h, w) grid, got {self.grid}")
@@ -60,17 +48,10 @@ class VideoMAEDecoder(MaskTokenDecoder):
             nn.init.trunc_normal_(self.pos_embed_spatial, std=0.02)  # MAE-ST's init
             nn.init.trunc_normal_(self.pos_embed_temporal, std=0.02)
         self.learned_pos = learned_pos
-        self.blocks = vit_blocks(
-            Block,
-            depth=depth,
-            dim=embed_dim,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            norm_layer=norm_layer,
-        )
+        self.blocks = decoder_blocks(args)
+        norm_layer = args["norm_layer"]
         self.norm = norm_layer(embed_dim) if head_norm_eps is None else nn.LayerNorm(embed_dim, eps=head_norm_eps)
-        self.pred = nn.Linear(embed_dim, out_dim)
+        self.pred = nn.Linear(embed_dim, args["out_dim"])
 
     def positions(self) -> Tensor:
         """(1, L, D_dec): the fixed table, plus the learned separable one with ``learned_pos``."""
