@@ -25,6 +25,7 @@ import yaml
 from anymae.plugins.manager import Registry, resolve_registry
 
 from .decoder import DecoderArgs
+from .masking import MaskingArgs
 
 __all__ = [
     "ClassifyConfig",
@@ -511,7 +512,7 @@ DECODER_ARGUMENTS = tuple(DecoderArgs.__annotations__)
 
 
 # What the core passes to every masking strategy; ``model.masking_options`` may not set these.
-MASKING_ARGUMENTS = ("batch", "grid", "mask_ratio", "device", "generator")
+MASKING_ARGUMENTS = tuple(MaskingArgs.__annotations__)
 
 
 def check_decoder_options(builder: Any, options: dict[str, Any]) -> None:

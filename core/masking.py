@@ -9,12 +9,13 @@ structured strategies (tube, block, time/frequency) shape the noise instead. Eve
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import NotRequired, Protocol, TypedDict, Unpack
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "MaskingArgs",
     "MaskingStrategy",
     "SampleMasker",
     "gather_tokens",
@@ -27,18 +28,21 @@ __all__ = [
 ]
 
 
+class MaskingArgs(TypedDict):
+    """What the core passes every masking strategy; a strategy declares them as ``**args: Unpack[MaskingArgs]``
+    and its own options (``model.masking_options``) as named keywords."""
+
+    batch: int  # N
+    grid: tuple[int, ...]  # the token grid, e.g. (H/p, W/p)
+    mask_ratio: float
+    device: torch.device
+    generator: NotRequired[torch.Generator | None]
+
+
 class MaskingStrategy(Protocol):
     """``strategy(batch=N, grid=(..), mask_ratio=r, device=dev, generator=g) -> (noise (N, L), len_keep)``."""
 
-    def __call__(
-        self,
-        *,
-        batch: int,
-        grid: tuple[int, ...],
-        mask_ratio: float,
-        device: torch.device,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, int]: ...
+    def __call__(self, **args: Unpack[MaskingArgs]) -> tuple[Tensor, int]: ...
 
 
 def keep_count(num_tokens: int, mask_ratio: float, *, name: str = "mask_ratio", unit: str = "token") -> int:
@@ -55,18 +59,11 @@ def keep_count(num_tokens: int, mask_ratio: float, *, name: str = "mask_ratio", 
     return len_keep
 
 
-def random_masking(
-    *,
-    batch: int,
-    grid: tuple[int, ...],
-    mask_ratio: float,
-    device: torch.device,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, int]:
+def random_masking(**args: Unpack[MaskingArgs]) -> tuple[Tensor, int]:
     """The paper's per-sample random masking: noise ~ U(0, 1) of shape (N, L)."""
-    num_tokens = math.prod(grid)
-    noise = torch.rand(batch, num_tokens, device=device, generator=generator)  # (N, L)
-    return noise, keep_count(num_tokens, mask_ratio)
+    num_tokens = math.prod(args["grid"])
+    noise = torch.rand(args["batch"], num_tokens, device=args["device"], generator=args.get("generator"))  # (N, L)
+    return noise, keep_count(num_tokens, args["mask_ratio"])
 
 
 def noise_from_mask(mask: Tensor) -> tuple[Tensor, int]:

@@ -56,8 +56,10 @@ def anymae_register_masking(register: Callable[[str, Any], None]) -> None:
     ``strategy(*, batch, grid, mask_ratio, device, generator=None) -> (noise, len_keep)`` returns a
     float ``noise (N, L)`` and how many tokens to keep; the core keeps the ``len_keep`` tokens with the
     smallest noise (a stable sort, so ties keep token order) and removes the rest. The paper's ``random``
-    strategy is uniform noise with ``len_keep = int(L * (1 - mask_ratio))``. ``name`` is what configs put
-    in ``model.masking``; duplicates are an error naming both plugins.
+    strategy is uniform noise with ``len_keep = int(L * (1 - mask_ratio))``. The keywords are
+    :class:`anymae.core.masking.MaskingArgs` (a strategy may declare them once as ``**args:
+    Unpack[MaskingArgs]``); a strategy's own named keywords are its options, set in ``model.masking_options``.
+    ``name`` is what configs put in ``model.masking``; duplicates are an error naming both plugins.
 
     Example::
 

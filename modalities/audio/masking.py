@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Unpack
 
 import torch
 from torch import Tensor
 
-from anymae.core.masking import keep_count
+from anymae.core.masking import MaskingArgs, keep_count
 
 __all__ = ["STRATEGIES", "time_frequency_mask", "time_frequency_masking"]
 
@@ -71,39 +72,34 @@ def time_frequency_masking(*, mask_t_prob: float, mask_f_prob: float) -> Callabl
 
 
 def _time_and_frequency(
-    *,
-    batch: int,
-    grid: tuple[int, ...],
-    mask_ratio: float,
-    device: torch.device,
-    generator: torch.Generator | None = None,
-    mask_t_prob: float | None = None,
-    mask_f_prob: float | None = None,
+    *, mask_t_prob: float | None = None, mask_f_prob: float | None = None, **args: Unpack[MaskingArgs]
 ) -> tuple[Tensor, int]:
     """Time rows and frequency columns each removed at ``mask_ratio``, or at ``mask_t_prob`` / ``mask_f_prob``
     when given (``model.masking_options``: e.g. the official ``mask_2d`` defaults 0.7 / 0.3)."""
-    p_t = mask_ratio if mask_t_prob is None else mask_t_prob
-    p_f = mask_ratio if mask_f_prob is None else mask_f_prob
+    grid = args["grid"]
+    p_t = args["mask_ratio"] if mask_t_prob is None else mask_t_prob
+    p_f = args["mask_ratio"] if mask_f_prob is None else mask_f_prob
     removed = time_frequency_mask(
-        batch=batch, grid=grid, mask_t_prob=p_t, mask_f_prob=p_f, device=device, generator=generator
+        batch=args["batch"],
+        grid=grid,
+        mask_t_prob=p_t,
+        mask_f_prob=p_f,
+        device=args["device"],
+        generator=args.get("generator"),
     )
     len_keep = _axis_keep(grid[0], p_t, "mask_t_prob") * _axis_keep(grid[1], p_f, "mask_f_prob")
     # 0/1 noise + the core's stable argsort = kept tokens in index order, as the official id2res sort.
     return removed, len_keep
 
 
-def _time(*, batch: int, grid: tuple[int, ...], mask_ratio: float, device: torch.device, generator=None):
+def _time(**args: Unpack[MaskingArgs]) -> tuple[Tensor, int]:
     """Whole time rows removed at ``mask_ratio``."""
-    return _time_and_frequency(
-        batch=batch, grid=grid, mask_ratio=mask_ratio, device=device, generator=generator, mask_f_prob=0.0
-    )
+    return _time_and_frequency(**args, mask_f_prob=0.0)
 
 
-def _frequency(*, batch: int, grid: tuple[int, ...], mask_ratio: float, device: torch.device, generator=None):
+def _frequency(**args: Unpack[MaskingArgs]) -> tuple[Tensor, int]:
     """Whole frequency columns removed at ``mask_ratio``."""
-    return _time_and_frequency(
-        batch=batch, grid=grid, mask_ratio=mask_ratio, device=device, generator=generator, mask_t_prob=0.0
-    )
+    return _time_and_frequency(**args, mask_t_prob=0.0)
 
 
 STRATEGIES: dict[str, Callable[..., tuple[Tensor, int]]] = {
