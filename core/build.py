@@ -10,6 +10,7 @@ from torch import nn
 from anymae.plugins.manager import Registry, resolve_registry
 
 from .config import ModelConfig, check_decoder_options, config_to_dict
+from .decoder import DecoderArgs
 from .encoder import MaskedEncoder
 from .model import MaskedAutoencoder
 
@@ -29,26 +30,25 @@ def build_model(cfg: ModelConfig, *, registry: Registry | None = None, with_deco
     Plugins are consulted here, at build time; the returned model is plain ``nn.Module``s.
     """
     registry = resolve_registry(registry)
-    norm_layer = partial(nn.LayerNorm, eps=cfg.norm_eps)
     tokenizer, encoder = build_encoder(cfg, registry=registry)
     decoder = None
     if with_decoder:
         builder = registry.decoder(cfg.decoder)
         check_decoder_options(builder, cfg.decoder_options)
-        decoder = builder(
-            in_dim=cfg.embed_dim,
-            embed_dim=cfg.decoder_embed_dim,
-            depth=cfg.decoder_depth,
-            num_heads=cfg.decoder_num_heads,
-            mlp_ratio=cfg.decoder_mlp_ratio,
-            qkv_bias=cfg.qkv_bias,
-            out_dim=tokenizer.patch_dim,
-            pos_table=tokenizer.position_table(cfg.decoder_embed_dim),
-            norm_layer=norm_layer,
-            grid=tuple(tokenizer.grid),
-            num_prefix=encoder.num_prefix,
-            **cfg.decoder_options,
-        )
+        args: DecoderArgs = {
+            "in_dim": cfg.embed_dim,
+            "embed_dim": cfg.decoder_embed_dim,
+            "depth": cfg.decoder_depth,
+            "num_heads": cfg.decoder_num_heads,
+            "mlp_ratio": cfg.decoder_mlp_ratio,
+            "qkv_bias": cfg.qkv_bias,
+            "out_dim": tokenizer.patch_dim,
+            "pos_table": tokenizer.position_table(cfg.decoder_embed_dim),
+            "norm_layer": partial(nn.LayerNorm, eps=cfg.norm_eps),
+            "grid": tuple(tokenizer.grid),
+            "num_prefix": encoder.num_prefix,
+        }
+        decoder = builder(**args, **cfg.decoder_options)
     strategy = registry.masking_strategy(cfg.masking)
     model = MaskedAutoencoder(
         tokenizer=tokenizer,
