@@ -163,14 +163,8 @@ def classifier_from_config(config: dict[str, Any], registry: Registry | None = N
     head = dict(config["classifier"])
     tokenizer, encoder = build_encoder(cfg, registry=registry)
     shell = MaskedAutoencoder(tokenizer=tokenizer, encoder=encoder, decoder=None, config={"model": config_to_dict(cfg)})
-    return build_classifier(
-        shell,
-        num_classes=head["num_classes"],
-        global_pool=head["global_pool"],
-        head_bn=head["head_bn"],
-        drop_path=head["drop_path"],
-        registry=registry,
-    )
+    stored = ("num_classes", "global_pool", "head_bn", "drop_path")  # the head, as build_classifier wrote it
+    return build_classifier(shell, registry=registry, **{key: head[key] for key in stored})
 
 
 def _is_main_process() -> bool:

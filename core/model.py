@@ -7,7 +7,7 @@ and a float ``mask (N, L)`` with 1 = removed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,15 @@ from .masking import MaskingStrategy, gather_tokens, keep_count, noise_from_mask
 from .targets import PixelTarget, Target
 from .tokenizer import Tokenizer
 
-__all__ = ["MaskedAutoencoder"]
+__all__ = ["MaskChoice", "MaskedAutoencoder"]
+
+
+class MaskChoice(TypedDict, total=False):
+    """How a forward pass masks (the keywords of :meth:`MaskedAutoencoder.forward_encoder`)."""
+
+    mask_ratio: float | None  # default: the model's
+    noise: Tensor | None  # (N, L): keep the tokens of smallest noise
+    mask: Tensor | None  # (N, L) bool, True = removed
 
 
 class MaskedAutoencoder(nn.Module):
@@ -124,21 +132,15 @@ class MaskedAutoencoder(nn.Module):
         """Mean over removed tokens of the per-token MSE between pred (N, L, P) and the target."""
         return masked_mse(pred, self.forward_target(x), mask)
 
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        mask_ratio: float | None = None,
-        noise: Tensor | None = None,
-        mask: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, **masking: Unpack[MaskChoice]) -> tuple[Tensor, Tensor, Tensor]:
         """x -> (loss, pred (N, L, P), mask (N, L) float, 1 = removed).
 
-        ``noise (N, L)`` fixes the mask exactly as the official code does for the same noise;
-        ``mask (N, L)`` bool, True = removed, the same count per row, forces a given mask. With
-        ``pred_masked_only`` the head runs on removed tokens only and ``pred`` is 0 at kept tokens.
+        ``masking`` is :meth:`forward_encoder`'s: ``mask_ratio``; ``noise (N, L)`` fixes the mask exactly as the
+        official code does for the same noise; ``mask (N, L)`` bool, True = removed, the same count per row,
+        forces a given mask. With ``pred_masked_only`` the head runs on removed tokens only and ``pred`` is 0 at
+        kept tokens.
         """
-        latent, mask_out, ids_restore = self.forward_encoder(x, mask_ratio=mask_ratio, noise=noise, mask=mask)
+        latent, mask_out, ids_restore = self.forward_encoder(x, **masking)
         if not self.pred_masked_only:
             pred = self.forward_decoder(latent, ids_restore)
             return self.forward_loss(x, pred, mask_out), pred, mask_out
