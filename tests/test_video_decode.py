@@ -165,3 +165,87 @@ def test_safe_dataset_warns_and_substitutes_bad_videos(tmp_path):
     messages = " ".join(str(w.message) for w in caught)
     for path in bad.values():
         assert str(path) in messages
+
+
+def _h264_with_gop(path: Path, frames: np.ndarray, *, gop: int, bframes: int, fps: int = 25) -> Path:
+    """libx264 with a keyframe every ``gop`` frames and up to ``bframes`` B-frames (decode order != display)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"g": str(gop), "keyint_min": str(gop), "bf": str(bframes), "crf": "20", "sc_threshold": "0"}
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")))
+        container.mux(stream.encode())
+    return path
+
+
+def _textured_frames(count: int, h: int = 48, w: int = 64) -> np.ndarray:
+    """Moving texture, so P- and B-frames carry real motion and residuals (flat frames would hide a bad seek)."""
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, size=(h, 2 * w, 3), dtype=np.uint8)
+    return np.stack([np.roll(texture, 3 * i, axis=1)[:, :w] for i in range(count)])
+
+
+@pytest.mark.parametrize(("gop", "bframes"), [(8, 0), (8, 3), (250, 3)])
+def test_seeking_to_the_keyframe_gives_the_frames_of_a_decode_from_the_start(tmp_path, gop, bframes):
+    """Issue 20: clips are decoded from the keyframe at or before their first frame, not from the file's start;
+    every frame must equal the one a full decode from the start gives (short and long GOPs, with B-frames)."""
+    try:
+        av.codec.Codec("libx264", "w")
+    except av.codec.codec.UnknownCodecError:
+        pytest.skip("this FFmpeg build has no libx264")
+    path = _h264_with_gop(tmp_path / f"g{gop}b{bframes}.mp4", _textured_frames(60), gop=gop, bframes=bframes)
+    timeline = probe_video(path)
+    assert len(timeline.keyframes) == (1 if gop >= 60 else len(range(0, 60, gop)))
+    with av.open(str(path)) as container:  # the reference: every frame, decoded from the start
+        reference = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    for first in (0, 5, 8, 13, 30, 47):
+        wanted = {first, first + 3, first + 9}
+        frames = decode._decode_frames(timeline, wanted)
+        for position in wanted:
+            assert np.array_equal(frames[position], reference[position]), (first, position)
+
+
+class _CountingContainer:
+    """An opened file whose ``decode`` records the pts of every frame it yields."""
+
+    def __init__(self, container, seen: list[int]) -> None:
+        self.container, self.seen, self.streams = container, seen, container.streams
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.container.close()
+
+    def seek(self, *args, **kwargs) -> None:
+        self.container.seek(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        for frame in self.container.decode(*args, **kwargs):
+            self.seen.append(frame.pts)
+            yield frame
+
+
+def test_a_clip_far_into_the_file_is_decoded_from_its_keyframe_not_the_start(tmp_path, monkeypatch):
+    try:
+        av.codec.Codec("libx264", "w")
+    except av.codec.codec.UnknownCodecError:
+        pytest.skip("this FFmpeg build has no libx264")
+    path = _h264_with_gop(tmp_path / "v.mp4", _textured_frames(60), gop=10, bframes=2)
+    timeline = probe_video(path)
+    seen, converted = [], []
+    original_open, original_upright = decode._open, decode._upright
+    monkeypatch.setattr(decode, "_open", lambda p: _CountingContainer(original_open(p), seen))
+    monkeypatch.setattr(decode, "_upright", lambda frame: converted.append(frame.pts) or original_upright(frame))
+    decode._decode_frames(timeline, {52, 55})
+    assert timeline.seek_point(int(timeline.pts[52])) == int(timeline.pts[50])  # the keyframe at frame 50
+    assert min(seen) == int(timeline.pts[50]) and len(seen) <= 10  # decoding began there, not at frame 0
+    assert converted == [int(timeline.pts[52]), int(timeline.pts[55])]  # only the wanted frames became RGB
+
+
+def test_the_timeline_is_probed_once_per_file_and_again_after_a_rewrite(tmp_path):
+    path = write_video(tmp_path / "v.mp4", _coded_frames(20), fps=10)
+    assert probe_video(path) is probe_video(path)
+    write_video(path, _coded_frames(30), fps=10)
+    assert len(probe_video(path).times) == 30

@@ -7,16 +7,20 @@ at that time (the last frame whose timestamp is not later). On a constant-frame-
 VideoMAE's indexing; on a variable-frame-rate file the clip still spans the same wall-clock time.
 
 The file is read once per sample, whatever the number of clips drawn from it (VideoMAE's repeated
-sampling, ``num_sample``): one demux pass for the timestamps, one decode pass that keeps only the frames
-some clip needs.
+sampling, ``num_sample``): one decode pass that keeps only the frames some clip needs, starting at the
+keyframe at or before the first of them (a seek), not at the file's start. The timeline (one demux pass over
+the packets' timestamps and keyframe flags) is probed once per file and process and cached, keyed by the
+file's size and modification time.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -47,6 +51,12 @@ class VideoTimeline:
     times: np.ndarray  # (F,) float64 seconds
     pts: np.ndarray  # (F,) int64, in the stream's time base, same order as ``times``
     fps: float
+    keyframes: np.ndarray  # (K,) int64 pts of the keyframes (decoding can start there), ascending
+
+    def seek_point(self, first_pts: int) -> int | None:
+        """The pts of the last keyframe at or before ``first_pts``, or None when that is the stream's start."""
+        k = int(np.searchsorted(self.keyframes, first_pts, side="right")) - 1
+        return int(self.keyframes[k]) if k > 0 else None
 
     @property
     def num_grid_frames(self) -> int:
@@ -68,8 +78,19 @@ def _open(path: Path) -> av.container.InputContainer:
 
 
 def probe_video(path: str | Path) -> VideoTimeline:
-    """Demux (no decoding) the first video stream's packet timestamps; raises BadSampleError naming the file."""
+    """Demux (no decoding) the first video stream's packet timestamps and keyframes; raises BadSampleError naming
+    the file. Cached per process by path, size and modification time (a rewritten file is probed again)."""
     path = Path(path)
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise BadSampleError(f"cannot read video {path}: {exc} (expected a video file FFmpeg can decode)") from None
+    return _probe(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=4096)
+def _probe(path_name: str, size: int, mtime_ns: int) -> VideoTimeline:
+    path = Path(path_name)
     with _open(path) as container:
         if not container.streams.video:
             kinds = ", ".join(s.type for s in container.streams) or "none"
@@ -77,12 +98,15 @@ def probe_video(path: str | Path) -> VideoTimeline:
         stream = container.streams.video[0]
         try:
             # Raw elementary streams carry no pts: their decode timestamps are then the only clock.
-            stamps = (p.pts if p.pts is not None else p.dts for p in container.demux(stream) if p.size > 0)
-            pts = sorted({t for t in stamps if t is not None})
+            packets = [
+                (p.pts if p.pts is not None else p.dts, p.is_keyframe) for p in container.demux(stream) if p.size > 0
+            ]
         except av.error.FFmpegError as exc:
             raise BadSampleError(f"cannot read video {path}: {exc}") from None
+        pts = sorted({t for t, _ in packets if t is not None})
         if not pts:
             raise BadSampleError(f"video {path} has no frames")
+        keyframes = sorted({t for t, key in packets if key and t is not None} | {pts[0]})
         time_base = float(stream.time_base)
         rate = stream.average_rate or stream.guessed_rate
     times = np.asarray(pts, dtype=np.float64) * time_base
@@ -92,7 +116,13 @@ def probe_video(path: str | Path) -> VideoTimeline:
         fps = 1.0 / float(np.median(np.diff(times)))  # no declared rate: the typical frame spacing
     else:
         fps = 1.0
-    return VideoTimeline(path=path, times=times, pts=np.asarray(pts, dtype=np.int64), fps=fps)
+    return VideoTimeline(
+        path=path,
+        times=times,
+        pts=np.asarray(pts, dtype=np.int64),
+        fps=fps,
+        keyframes=np.asarray(keyframes, dtype=np.int64),
+    )
 
 
 def clip_indices(num_grid_frames: int, *, start: int, num_frames: int, sampling_rate: int) -> list[int]:
@@ -174,28 +204,42 @@ def read_clips_at(path: str | Path, choose: Callable[[int], Sequence[Sequence[in
 
 
 def _decode_frames(timeline: VideoTimeline, wanted: set[int]) -> dict[int, np.ndarray]:
-    """Decode the file once, keeping the frames at the given positions of ``timeline``: position -> (H, W, 3)."""
+    """Decode the frames at the given positions of ``timeline`` -> position -> (H, W, 3): from the keyframe at or
+    before the first of them (a seek) to the last, converting only those to RGB. Should a seek land after a
+    wanted frame (a file whose index misplaces keyframes), the file is decoded again from its start."""
     path = timeline.path
     by_pts = {int(timeline.pts[p]): p for p in wanted}
-    last_needed = max(timeline.pts[p] for p in wanted)
+    start = timeline.seek_point(min(by_pts))
+    out = _decode_span(path, by_pts, start)
+    if start is not None and len(out) < len(wanted):
+        out = _decode_span(path, by_pts, None)
+    missing = sorted(wanted - set(out))
+    if missing:
+        at = ", ".join(f"{timeline.times[p]:.3f}s" for p in missing[:3])
+        raise BadSampleError(f"video {path}: frames at {at} could not be decoded (truncated or corrupt file?)")
+    return out
+
+
+def _decode_span(path: Path, by_pts: dict[int, int], start: int | None) -> dict[int, np.ndarray]:
+    """Decode from the keyframe at pts ``start`` (None: the file's start) until every frame of ``by_pts`` (pts ->
+    position) is out or the stream ends -> position -> (H, W, 3)."""
+    last_needed = max(by_pts)
     out: dict[int, np.ndarray] = {}
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
+            if start is not None:
+                container.seek(start, stream=stream, backward=True, any_frame=False)  # flushes the decoder
             for frame in container.decode(stream):
                 stamp = frame.pts if frame.pts is not None else frame.dts
                 if stamp in by_pts:
                     out[by_pts[stamp]] = _upright(frame)
-                if stamp is not None and stamp >= last_needed and len(out) == len(wanted):
+                if stamp is not None and stamp >= last_needed and len(out) == len(by_pts):
                     break
         except av.error.FFmpegError as exc:
-            if len(out) < len(wanted):
+            if len(out) < len(by_pts):
                 raise BadSampleError(f"cannot decode video {path}: {exc}") from None
-    missing = sorted(wanted - set(out))
-    if missing:
-        at = ", ".join(f"{timeline.times[p]:.3f}s" for p in missing[:3])
-        raise BadSampleError(f"video {path}: frames at {at} could not be decoded (truncated or corrupt file?)")
     return out
 
 

@@ -1,6 +1,10 @@
 """Clip transforms applied identically to every frame: VideoMAE's multi-scale crop, flip, normalization.
 
-Clips arrive as uint8 (T, H, W, 3) arrays from :mod:`.decode` and leave as float (C, T, H, W) tensors.
+Clips arrive as uint8 (T, H, W, 3) arrays from :mod:`.decode` and leave as float (C, T, H, W) tensors. Crops,
+resizes and flips work on the uint8 frames, as VideoMAE's PIL pipeline does (a (T, 3, H, W) view of the decoded
+array is already channels-last, the layout of PyTorch's fast uint8 resize: about 8x the float resize on one
+core); the clip becomes float once, in :func:`normalize_clip`. Against resizing in float, a value differs by at
+most 1/255 before normalization (the uint8 rounding).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ __all__ = [
     "pretrain_clip",
     "resize_clip",
     "to_float_clip",
+    "to_uint8_clip",
 ]
 
 
@@ -60,17 +65,30 @@ def multiscale_crop_box(
 
 
 def resize_clip(clip: Tensor, size: tuple[int, int]) -> Tensor:
-    """(T, C, H, W) float -> (T, C, h, w), bilinear with antialiasing (VideoMAE resizes with PIL BILINEAR)."""
+    """(T, C, H, W) uint8 or float -> (T, C, h, w) of the same dtype, bilinear with antialiasing (VideoMAE resizes
+    with PIL BILINEAR)."""
     if tuple(clip.shape[-2:]) == tuple(size):
         return clip
+    if clip.dtype == torch.uint8:  # the fast uint8 kernel wants channels-last
+        clip = clip.contiguous(memory_format=torch.channels_last)
     return F.interpolate(clip, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def normalize_clip(clip: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """(T, C, H, W) in [0, 1] -> (C, T, H, W) normalized per channel."""
+def normalize_clip(clip: Tensor, mean: Sequence[float], std: Sequence[float], *, in_chans: int = 3) -> Tensor:
+    """(T, 3, H, W) uint8 in [0, 255], or (T, C, H, W) float in [0, 1] -> (C, T, H, W) float normalized per
+    channel; a uint8 RGB clip becomes float here, once, and ``in_chans=1`` makes it ITU-R 601 luma (PIL's "L")."""
+    if clip.dtype == torch.uint8:
+        clip = clip.float().div_(255.0)
+        if in_chans == 1:
+            clip = (clip * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     m = torch.tensor(mean, dtype=clip.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=clip.dtype).view(1, -1, 1, 1)
     return ((clip - m) / s).transpose(0, 1).contiguous()
+
+
+def to_uint8_clip(frames: np.ndarray) -> Tensor:
+    """uint8 (T, H, W, 3) -> a (T, 3, H, W) uint8 view of the same memory (channels-last), no copy."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)
 
 
 def to_float_clip(frames: np.ndarray, in_chans: int) -> Tensor:
@@ -106,23 +124,23 @@ def pretrain_clip(
         more_fix_crop=more_fix_crop,
         rng=rng,
     )
-    clip = resize_clip(to_float_clip(frames[:, top : top + h, left : left + w], in_chans), size)
+    clip = resize_clip(to_uint8_clip(frames[:, top : top + h, left : left + w]), size)  # (T, 3, h, w) uint8
     if hflip and rng.random() < 0.5:
         clip = clip.flip(-1)
-    return normalize_clip(clip, mean, std)
+    return normalize_clip(clip, mean, std, in_chans=in_chans)
 
 
 def eval_clip(
     frames: np.ndarray, size: tuple[int, int], *, mean: Sequence[float], std: Sequence[float], in_chans: int
 ) -> Tensor:
     """VideoMAE's evaluation view: shorter side resized to the crop's longer side, centre crop -> (C, T, h, w)."""
-    clip = to_float_clip(frames, in_chans)
+    clip = to_uint8_clip(frames)  # (T, 3, H, W) uint8
     h, w = clip.shape[-2:]
     short = max(size)
     scale = short / min(h, w)
     clip = resize_clip(clip, (max(round(h * scale), size[0]), max(round(w * scale), size[1])))
     top, left = (clip.shape[-2] - size[0]) // 2, (clip.shape[-1] - size[1]) // 2
-    return normalize_clip(clip[..., top : top + size[0], left : left + size[1]], mean, std)
+    return normalize_clip(clip[..., top : top + size[0], left : left + size[1]], mean, std, in_chans=in_chans)
 
 
 def crop_starts(length: int, crop: int, num_crops: int) -> list[int]:
@@ -152,7 +170,7 @@ def multi_crop_views(
     side (rows when H >= W) and centred on the other. VideoMAE's 3 crops of 224 from a 224 short side are the
     left, centre and right squares of a landscape video.
     """
-    clip = to_float_clip(frames, in_chans)  # (T, C, H, W)
+    clip = to_uint8_clip(frames)  # (T, 3, H, W) uint8
     height, width = clip.shape[-2:]
     if height < width:
         resized = (short_side, max(int(short_side * width / height), short_side))
@@ -166,4 +184,6 @@ def multi_crop_views(
     lefts = crop_starts(resized[1], size[1], 1 if along_rows else num_crops)
     boxes = [(t, lefts[0]) for t in tops] if along_rows else [(tops[0], left) for left in lefts]
     views = [clip[..., t : t + size[0], left : left + size[1]] for t, left in boxes]
-    return torch.stack([normalize_clip(view, mean, std) for view in views])  # (num_crops, C, T, h, w)
+    return torch.stack(
+        [normalize_clip(view, mean, std, in_chans=in_chans) for view in views]
+    )  # (num_crops, C, T, h, w)
