@@ -99,10 +99,10 @@ class VideoClips(DatasetWithTraits):
             rng = np.random.default_rng(index)  # evaluation views are fixed
             clips = self._read(path, self.num_clips, rng)[index % self.num_clips :][:1]
         try:
-            out = torch.stack([self.transform(clip, rng) for clip in clips])  # (S, C, T, H, W)
+            out = [self.transform(clip, rng) for clip in clips]  # S x (C, T, H, W)
         except (ValueError, RuntimeError) as exc:
             raise BadSampleError(f"video {path}: cannot transform its frames {clips.shape[1:]}: {exc}") from None
-        return out[0] if len(out) == 1 else out
+        return out[0] if len(out) == 1 else torch.stack(out)  # (C, T, H, W) or (S, C, T, H, W)
 
     def _read(self, path: Path, num_clips: int, rng: np.random.Generator) -> np.ndarray:
         return read_clips(
