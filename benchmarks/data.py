@@ -2,8 +2,11 @@
 
 One process, no DataLoader (a DataLoader with W workers gives at most W times this on W free cores):
 
-- ``pil``: anymae's image dataset (PIL decode, torchvision transforms; the official pipeline too);
-- ``torchvision-io``: ``torchvision.io.decode_jpeg`` on the CPU + v2 transforms on uint8 tensors;
+- ``pil``: anymae's image dataset with ``data.decode: pil`` (PIL decode, torchvision transforms on PIL images: the
+  official pipeline);
+- ``cpu``: anymae's default, ``data.decode: cpu`` (``torchvision.io.decode_jpeg`` and uint8 tensor transforms in
+  the worker, the PIL path's crop boxes and flips);
+- ``torchvision-io``: ``torchvision.io.decode_jpeg`` on the CPU + v2 transforms on uint8 tensors (no anymae);
 - ``data.decode: gpu`` (anymae's option, ``anymae.modalities.image.device_decode``), in its two halves: what
   a worker still does per sample (read the bytes, read the header, draw the crop box), and the device's
   per-batch decode + crop/flip/normalize, timed on the CPU always (``decode_jpeg`` with libjpeg-turbo: one
@@ -34,12 +37,12 @@ from .common import device_name, machine_header, markdown_table, write_section
 from .jpeg_data import IMAGENET_MEAN, IMAGENET_STD, write_jpegs
 
 
-def pil_pipeline(root: Path, size: int) -> Callable[[int], torch.Tensor]:
+def anymae_pipeline(root: Path, size: int, decode: str) -> Callable[[int], torch.Tensor]:
+    """anymae's pre-training dataset with ``data.decode: <decode>`` (``pil`` or ``cpu``)."""
     from anymae.modalities.image.modality import ImageDataConfig, ImageModality, ImageTokenizerConfig
 
-    dataset = ImageModality().build_dataset(
-        ImageDataConfig(root=str(root), heldout_split=None), ImageTokenizerConfig(img_size=size), split="train"
-    )
+    data = ImageDataConfig(root=str(root), heldout_split=None, decode=decode)
+    dataset = ImageModality().build_dataset(data, ImageTokenizerConfig(img_size=size), split="train")
     return dataset.__getitem__
 
 
@@ -55,15 +58,19 @@ def torchvision_io_pipeline(files: list[Path], size: int) -> Callable[[int], tor
     return lambda i: transform(decode_jpeg(read_file(str(files[i % len(files)])), mode=ImageReadMode.RGB))
 
 
-def rate(fn: Callable[[int], object], count: int, reps: int) -> list[float]:
-    fn(0)
-    rates = []
+def rates(pipelines: dict[str, Callable[[int], object]], count: int, reps: int) -> dict[str, list[float]]:
+    """Samples/s of each pipeline over ``count`` items, ``reps`` passes interleaved (pass k of every pipeline
+    before pass k + 1 of any), so that the machine's other load falls on all of them alike."""
+    for fn in pipelines.values():
+        fn(0)
+    out: dict[str, list[float]] = {name: [] for name in pipelines}
     for _ in range(reps):
-        started = time.perf_counter()
-        for i in range(count):
-            fn(i)
-        rates.append(count / (time.perf_counter() - started))
-    return rates
+        for name, fn in pipelines.items():
+            started = time.perf_counter()
+            for i in range(count):
+                fn(i)
+            out[name].append(count / (time.perf_counter() - started))
+    return out
 
 
 def device_decode_pipeline(root: Path, size: int) -> tuple[Dataset, Callable[[torch.device], Any]]:
@@ -101,14 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         files = write_jpegs(Path(tmp), args.files, size=tuple(args.jpeg_size))
+        pil_name, cpu_name = "pil (anymae = official)", "cpu (anymae default: torchvision.io decode, uint8 transforms)"
         pipelines = {
-            "pil (anymae = official)": pil_pipeline(Path(tmp), args.size),
-            "torchvision-io decode + v2": torchvision_io_pipeline(files, args.size),
+            pil_name: anymae_pipeline(Path(tmp), args.size, "pil"),
+            cpu_name: anymae_pipeline(Path(tmp), args.size, "cpu"),
+            "torchvision-io decode + v2 (no anymae)": torchvision_io_pipeline(files, args.size),
         }
         worker, device_half = device_decode_pipeline(Path(tmp), args.size)
         pipelines["decode=gpu, worker half (read bytes + header + crop box)"] = worker.__getitem__
-        for name, fn in pipelines.items():
-            rows.append([name, _summary(rate(fn, args.files, args.reps))])
+        measured = rates(pipelines, args.files, args.reps)
+        for name, values in measured.items():
+            rows.append([name, _summary(values)])
+        ratio = statistics.median(measured[cpu_name]) / statistics.median(measured[pil_name])
+        rows.append(["decode=cpu / decode=pil", f"{ratio:.2f}x"])
         items = SafeDataset(worker)  # the engine's items: per-sample seeds, bad-file substitution
         batch = device_half(torch.device("cpu")).collate([items[i] for i in range(args.files)])
         for device in (torch.device("cpu"), torch.device("cuda")):

@@ -53,7 +53,7 @@ from anymae.core.data import BadSampleError, DataError
 
 from .data import full_precision_format, high_bit_mode, load_image
 
-__all__ = ["DeviceDecode", "EncodedBatch", "EncodedImage", "EncodedImageFiles"]
+__all__ = ["DeviceDecode", "EncodedBatch", "EncodedImage", "EncodedImageFiles", "is_plain_jpeg", "read_header"]
 
 JPEG_FORMATS = ("JPEG", "MPO")  # PIL's names; MPO: a camera's multi-picture JPEG, decoded as its first picture
 DEVICE_MODES = ("RGB", "L")  # JPEG colour modes every decode_jpeg device handles (not CMYK, not YCCK)
@@ -115,9 +115,9 @@ class EncodedImageFiles(Dataset):
         path = self.files[index % len(self.files)]
         _refuse_full_precision(path, full_precision_format(path))
         raw = path.read_bytes()
-        header = _open_header(raw, path)
+        header = read_header(raw, path)
         _refuse_full_precision(path, f"a {header.format} of mode {header.mode}" if high_bit_mode(header.mode) else None)
-        if _decodes_on_device(header, raw):
+        if is_plain_jpeg(header, raw):
             data, shape = torch.frombuffer(bytearray(raw), dtype=torch.uint8), None
             box = self.crop.get_params(header, list(self.crop.scale), list(self.crop.ratio))
         else:
@@ -138,7 +138,7 @@ def _refuse_full_precision(path: Path, what: str | None) -> None:
         )
 
 
-def _open_header(raw: bytes, path: Path) -> Image.Image:
+def read_header(raw: bytes, path: Path) -> Image.Image:
     """PIL reads the header only (format, mode, size); a file it cannot identify is a bad sample."""
     try:
         return Image.open(io.BytesIO(raw))
@@ -146,7 +146,7 @@ def _open_header(raw: bytes, path: Path) -> Image.Image:
         raise BadSampleError(f"cannot read image {path}: {exc}") from None
 
 
-def _decodes_on_device(header: Image.Image, raw: bytes) -> bool:
+def is_plain_jpeg(header: Image.Image, raw: bytes) -> bool:
     """An RGB or grey JPEG that ends with its end-of-image marker (FF D9) goes to the device as bytes."""
     return header.format in JPEG_FORMATS and header.mode in DEVICE_MODES and b"\xff\xd9" in raw[-EOI_WINDOW:]
 

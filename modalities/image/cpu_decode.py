@@ -1,0 +1,87 @@
+"""``data.decode: cpu`` (the default): JPEGs decoded by ``torchvision.io.decode_jpeg`` and augmented on uint8
+tensors in the DataLoader workers (issue 20).
+
+The paper's pre-training augmentation (RandomResizedCrop with scale 0.2-1, bicubic; a horizontal flip;
+normalization) runs with the same box and flip as ``data.decode: pil`` for the same seed: the box comes from
+the same ``RandomResizedCrop.get_params`` call on the image's size (read from the header, no decoding) and the
+flip from the same ``torch.rand(1) < 0.5`` draw. What differs is pixel-level only: libjpeg-turbo through
+torchvision instead of PIL's build of it, and PyTorch's antialiased bicubic resize of uint8 tensors (PIL's
+algorithm, rounded to uint8 like PIL's) instead of PIL's own. Measured on the demo photographs: a mean absolute
+difference of 0.0001-0.004 levels of 255 per crop (``tests/test_image_cpu_decode.py``); the rate is in
+``benchmarks/RESULTS.md``.
+
+Files that are not RGB or greyscale JPEGs (PNG, CMYK JPEG, a truncated JPEG, full-precision files) take the PIL
+path of ``data.decode: pil`` for that file, with the box and flip already drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision import transforms
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as tvf
+
+from anymae.core.data import DataError, DatasetWithTraits
+
+from .data import ImageReader, load_image, pretrain_transform
+from .device_decode import is_plain_jpeg, read_header
+
+__all__ = ["TensorDecodedImages"]
+
+
+class TensorDecodedImages(DatasetWithTraits):
+    """Image files -> normalized (C, H, W) float tensors through ``decode_jpeg`` and uint8 tensor transforms;
+    ``repeats`` as :class:`~anymae.modalities.image.data.ImageFiles`. Non-JPEG and full-precision files go
+    through ``reader`` and the PIL path's ``pretrain_transform``."""
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        *,
+        size: tuple[int, int],
+        scale: tuple[float, float],
+        hflip: bool,
+        mean: Sequence[float],
+        std: Sequence[float],
+        reader: ImageReader,
+        repeats: int = 1,
+    ) -> None:
+        if not files:
+            raise DataError("no image files given")
+        self.files, self.size, self.hflip, self.reader, self.repeats = list(files), list(size), hflip, reader, repeats
+        # The PIL path's own RandomResizedCrop: its get_params makes the same generator calls.
+        self.crop = transforms.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC)
+        self.fallback = pretrain_transform(size, scale=scale, hflip=hflip, mean=mean, std=std)
+        self.mode = ImageReadMode.RGB if reader.in_chans == 3 else ImageReadMode.GRAY
+        std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)  # (C, 1, 1): uint8 -> normalized in one multiply-add
+        self.shift = -torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
+
+    def __len__(self) -> int:
+        return len(self.files) * self.repeats
+
+    def __getitem__(self, index: int) -> Tensor:
+        path = self.files[index % len(self.files)]
+        if not self.reader.photographs or path.suffix.lower() not in (".jpg", ".jpeg", ".jpe", ".jfif"):
+            return self.fallback(self.reader(path))
+        raw = path.read_bytes()
+        header = read_header(raw, path)  # a file PIL cannot identify is a bad sample, as on the PIL path
+        if not is_plain_jpeg(header, raw):  # CMYK, truncated, not a JPEG after all: PIL decides
+            return self.fallback(self.reader(path))
+        top, left, height, width = self.crop.get_params(header, list(self.crop.scale), list(self.crop.ratio))
+        flip = self.hflip and bool(torch.rand(1) < 0.5)  # RandomHorizontalFlip's draw
+        try:
+            image = decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=self.mode)  # (C, H, W)
+        except RuntimeError:  # damage libjpeg-turbo refuses: PIL's decoder decides, with the same box and flip
+            image = tvf.pil_to_tensor(load_image(path, self.reader.in_chans))
+        crop = tvf.resized_crop(
+            image, top, left, height, width, self.size, interpolation=InterpolationMode.BICUBIC, antialias=True
+        )  # (C, h, w) uint8
+        if flip:
+            crop = crop.flip(-1)
+        return crop.float().mul_(self.scale).add_(self.shift)
