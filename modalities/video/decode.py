@@ -8,7 +8,8 @@ VideoMAE's indexing; on a variable-frame-rate file the clip still spans the same
 
 The file is read once per sample, whatever the number of clips drawn from it (VideoMAE's repeated
 sampling, ``num_sample``): one decode pass that keeps only the frames some clip needs, starting at the
-keyframe at or before the first of them (a seek), not at the file's start. The timeline (one demux pass over
+keyframe at or before the first of them (a seek), not at the file's start, and skipping the non-reference
+frames (B-frames nothing depends on) that no clip needs. The timeline (one demux pass over
 the packets' timestamps and keyframe flags) is probed once per file and process and cached, keyed by the
 file's size and modification time.
 """
@@ -223,19 +224,23 @@ def _decode_frames(timeline: VideoTimeline, wanted: set[int]) -> dict[int, np.nd
 def _decode_span(path: Path, by_pts: dict[int, int], start: int | None) -> dict[int, np.ndarray]:
     """Decode from the keyframe at pts ``start`` (None: the file's start) until every frame of ``by_pts`` (pts ->
     position) is out or the stream ends -> position -> (H, W, 3)."""
-    last_needed = max(by_pts)
     out: dict[int, np.ndarray] = {}
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        context = stream.codec_context
         try:
             if start is not None:
                 container.seek(start, stream=stream, backward=True, any_frame=False)  # flushes the decoder
-            for frame in container.decode(stream):
-                stamp = frame.pts if frame.pts is not None else frame.dts
-                if stamp in by_pts:
-                    out[by_pts[stamp]] = _upright(frame)
-                if stamp is not None and stamp >= last_needed and len(out) == len(by_pts):
+            for packet in container.demux(stream):
+                # A frame no clip needs and no other frame references (a non-reference B-frame) is not decoded.
+                wanted = (packet.pts if packet.pts is not None else packet.dts) in by_pts or packet.size == 0
+                context.skip_frame = "DEFAULT" if wanted else "NONREF"
+                for frame in packet.decode():
+                    stamp = frame.pts if frame.pts is not None else frame.dts
+                    if stamp in by_pts:
+                        out[by_pts[stamp]] = _upright(frame)
+                if len(out) == len(by_pts):
                     break
         except av.error.FFmpegError as exc:
             if len(out) < len(by_pts):
