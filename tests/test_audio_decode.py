@@ -161,3 +161,37 @@ def test_safe_dataset_warns_and_substitutes_a_good_clip(tmp_path):
     strict = SafeDataset(clips, max_bad_fraction=0.0)
     with pytest.raises(DataError, match=r"bad\.wav"), pytest.warns(UserWarning):
         strict[1]
+
+
+@pytest.mark.parametrize(("codec", "sample_format", "layout"), [
+    ("pcm_s16le", "s16", "stereo"), ("pcm_s16le", "s16", "mono"), ("pcm_s32le", "s32", "stereo"),
+    ("pcm_f32le", "flt", "stereo"), ("flac", "s16", "stereo"),
+])  # fmt: skip
+def test_pcm_and_float_frames_convert_exactly_as_the_resampler_does(
+    tmp_path, monkeypatch, codec, sample_format, layout
+):
+    """Issue 20: integer and float frames are converted in numpy instead of one AudioResampler call per frame;
+    the samples must be those the resampler gives."""
+    import av
+
+    from anymae.modalities.audio import decode as audio_decode
+
+    path = tmp_path / f"x_{codec}_{layout}.{'flac' if codec == 'flac' else 'wav'}"
+    channels = 2 if layout == "stereo" else 1
+    rng = np.random.default_rng(0)
+    data = np.clip(rng.normal(0, 0.3, size=(channels, 9000)), -1, 1).astype(np.float32)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=22050, layout=layout)
+        resampler = av.AudioResampler(format=sample_format, layout=layout, rate=22050)
+        frame = av.AudioFrame.from_ndarray(data, format="fltp", layout=layout)
+        frame.sample_rate = 22050
+        for out in [*resampler.resample(frame), *resampler.resample(None)]:
+            for packet in stream.encode(out):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    fast = audio_decode.decode_audio(path, sample_rate=22050)
+    monkeypatch.setattr(audio_decode, "_as_float", lambda frame: None)  # every frame through the resampler
+    reference = audio_decode.decode_audio(path, sample_rate=22050)
+    assert fast.shape == reference.shape == (9000,)
+    assert torch.equal(fast, reference)
