@@ -18,52 +18,36 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
-from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from anymae.core.data import DataError, DatasetWithTraits
-
 from .data import ImageReader, load_image, pretrain_transform
-from .device_decode import is_plain_jpeg, read_header
+from .device_decode import CropDrawingFiles, is_plain_jpeg, read_header
 
 __all__ = ["TensorDecodedImages"]
 
 
-class TensorDecodedImages(DatasetWithTraits):
-    """Image files -> normalized (C, H, W) float tensors through ``decode_jpeg`` and uint8 tensor transforms;
-    ``repeats`` as :class:`~anymae.modalities.image.data.ImageFiles`. Non-JPEG and full-precision files go
-    through ``reader`` and the PIL path's ``pretrain_transform``."""
+class TensorDecodedImages(CropDrawingFiles):
+    """Image files -> normalized (C, H, W) float tensors through ``decode_jpeg`` and uint8 tensor transforms.
+    Non-JPEG and full-precision files go through ``reader`` and the PIL path's ``pretrain_transform``."""
 
     def __init__(
-        self,
-        files: Sequence[Path],
-        *,
-        size: tuple[int, int],
-        scale: tuple[float, float],
-        hflip: bool,
-        mean: Sequence[float],
-        std: Sequence[float],
-        reader: ImageReader,
-        repeats: int = 1,
+        self, files: Sequence[Path], *, mean: Sequence[float], std: Sequence[float], reader: ImageReader, **crops: Any
     ) -> None:
-        if not files:
-            raise DataError("no image files given")
-        self.files, self.size, self.hflip, self.reader, self.repeats = list(files), list(size), hflip, reader, repeats
-        # The PIL path's own RandomResizedCrop: its get_params makes the same generator calls.
-        self.crop = transforms.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC)
-        self.fallback = pretrain_transform(size, scale=scale, hflip=hflip, mean=mean, std=std)
+        super().__init__(files, **crops)
+        self.reader = reader
+        self.fallback = pretrain_transform(
+            tuple(self.size), scale=self.crop.scale, hflip=self.hflip, mean=mean, std=std
+        )
         self.mode = ImageReadMode.RGB if reader.in_chans == 3 else ImageReadMode.GRAY
         std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)  # (C, 1, 1): uint8 -> normalized in one multiply-add
         self.shift = -torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
-
-    def __len__(self) -> int:
-        return len(self.files) * self.repeats
 
     def __getitem__(self, index: int) -> Tensor:
         path = self.files[index % len(self.files)]
@@ -73,8 +57,7 @@ class TensorDecodedImages(DatasetWithTraits):
         header = read_header(raw, path)  # a file PIL cannot identify is a bad sample, as on the PIL path
         if not is_plain_jpeg(header, raw):  # CMYK, truncated, not a JPEG after all: PIL decides
             return self.fallback(self.reader(path))
-        top, left, height, width = self.crop.get_params(header, list(self.crop.scale), list(self.crop.ratio))
-        flip = self.hflip and bool(torch.rand(1) < 0.5)  # RandomHorizontalFlip's draw
+        (top, left, height, width), flip = self.draw(header)
         try:
             image = decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=self.mode)  # (C, H, W)
         except RuntimeError:  # damage libjpeg-turbo refuses: PIL's decoder decides, with the same box and flip

@@ -53,7 +53,15 @@ from anymae.core.data import BadSampleError, DataError
 
 from .data import full_precision_format, high_bit_mode, load_image
 
-__all__ = ["DeviceDecode", "EncodedBatch", "EncodedImage", "EncodedImageFiles", "is_plain_jpeg", "read_header"]
+__all__ = [
+    "CropDrawingFiles",
+    "DeviceDecode",
+    "EncodedBatch",
+    "EncodedImage",
+    "EncodedImageFiles",
+    "is_plain_jpeg",
+    "read_header",
+]
 
 JPEG_FORMATS = ("JPEG", "MPO")  # PIL's names; MPO: a camera's multi-picture JPEG, decoded as its first picture
 DEVICE_MODES = ("RGB", "L")  # JPEG colour modes every decode_jpeg device handles (not CMYK, not YCCK)
@@ -87,29 +95,36 @@ class EncodedBatch:
         return len(self.sizes)
 
 
-class EncodedImageFiles(Dataset):
-    """Image files -> :class:`EncodedImage` with the paper's RandomResizedCrop box and flip drawn (the worker
-    half of ``data.decode: gpu``); ``repeats`` as in :class:`~anymae.modalities.image.data.ImageFiles`."""
+class CropDrawingFiles(Dataset):
+    """Image files whose items draw the paper's RandomResizedCrop box and flip with the same generator calls as
+    the PIL path (``pretrain_transform``) for the same seed; ``repeats`` as in
+    :class:`~anymae.modalities.image.data.ImageFiles`. The base of the decode paths that crop tensors."""
 
     def __init__(
-        self,
-        files: Sequence[Path],
-        *,
-        size: tuple[int, int],
-        scale: tuple[float, float],
-        hflip: bool,
-        in_chans: int,
-        repeats: int = 1,
+        self, files: Sequence[Path], *, size: tuple[int, int], scale: tuple[float, float], hflip: bool, repeats: int = 1
     ) -> None:
         if not files:
             raise DataError("no image files given")
-        self.files = list(files)
-        # The CPU transform's own RandomResizedCrop: its get_params makes the same generator calls.
+        self.files, self.size, self.hflip, self.repeats = list(files), list(size), hflip, repeats
+        # The PIL path's own RandomResizedCrop: its get_params makes the same generator calls.
         self.crop = transforms.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC)
-        self.hflip, self.in_chans, self.repeats = hflip, in_chans, repeats
 
     def __len__(self) -> int:
         return len(self.files) * self.repeats
+
+    def draw(self, image: Image.Image) -> tuple[tuple[int, int, int, int], bool]:
+        """(RandomResizedCrop's (top, left, height, width) for ``image``'s size, RandomHorizontalFlip's draw)."""
+        box = self.crop.get_params(image, list(self.crop.scale), list(self.crop.ratio))
+        return tuple(box), self.hflip and bool(torch.rand(1) < 0.5)  # the flip is drawn only when the PIL path has it
+
+
+class EncodedImageFiles(CropDrawingFiles):
+    """Image files -> :class:`EncodedImage` with the paper's RandomResizedCrop box and flip drawn (the worker
+    half of ``data.decode: gpu``)."""
+
+    def __init__(self, files: Sequence[Path], *, in_chans: int, **crops: Any) -> None:
+        super().__init__(files, **crops)
+        self.in_chans = in_chans
 
     def __getitem__(self, index: int) -> EncodedImage:
         path = self.files[index % len(self.files)]
@@ -119,15 +134,13 @@ class EncodedImageFiles(Dataset):
         _refuse_full_precision(path, f"a {header.format} of mode {header.mode}" if high_bit_mode(header.mode) else None)
         if is_plain_jpeg(header, raw):
             data, shape = torch.frombuffer(bytearray(raw), dtype=torch.uint8), None
-            box = self.crop.get_params(header, list(self.crop.scale), list(self.crop.ratio))
+            box, flip = self.draw(header)
         else:
             image = load_image(path, self.in_chans)  # raises BadSampleError, as with data.decode: cpu
             pixels = tvf.pil_to_tensor(image)  # (C, H, W) uint8
             data, shape = pixels.reshape(-1), tuple(pixels.shape)
-            box = self.crop.get_params(image, list(self.crop.scale), list(self.crop.ratio))
-        # RandomHorizontalFlip's draw, made only when the CPU transform has the flip (the same generator calls).
-        flip = self.hflip and bool(torch.rand(1) < 0.5)
-        return EncodedImage(data=data, shape=shape, box=tuple(box), flip=flip, path=str(path))
+            box, flip = self.draw(image)
+        return EncodedImage(data=data, shape=shape, box=box, flip=flip, path=str(path))
 
 
 def _refuse_full_precision(path: Path, what: str | None) -> None:

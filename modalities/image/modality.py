@@ -151,26 +151,11 @@ class ImageModality(Modality):
         reader = data.reader(tokenizer.in_chans)
         if split == "train":
             files = _train_files(data, root)
+            crops = {"size": tokenizer.size, "scale": data.scale, "hflip": data.hflip, "repeats": data.repeats}
             if data.decode == "gpu":  # workers read bytes and draw the crops; device_transform does the rest
-                return EncodedImageFiles(
-                    files,
-                    size=tokenizer.size,
-                    scale=data.scale,
-                    hflip=data.hflip,
-                    in_chans=tokenizer.in_chans,
-                    repeats=data.repeats,
-                )
-            if data.decode == "cpu":
-                return TensorDecodedImages(
-                    files,
-                    size=tokenizer.size,
-                    scale=data.scale,
-                    hflip=data.hflip,
-                    mean=data.mean,
-                    std=data.std,
-                    reader=reader,
-                    repeats=data.repeats,
-                )
+                return EncodedImageFiles(files, in_chans=tokenizer.in_chans, **crops)
+            if data.decode == "cpu":  # workers decode JPEGs with torchvision and crop uint8 tensors
+                return TensorDecodedImages(files, mean=data.mean, std=data.std, reader=reader, **crops)
             transform = pretrain_transform(
                 tokenizer.size, scale=data.scale, hflip=data.hflip, mean=data.mean, std=data.std
             )
