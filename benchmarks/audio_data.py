@@ -14,10 +14,8 @@ stereo M4A (AAC), then times, interleaved in one run and on one thread (a DataLo
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,8 @@ import torchaudio.functional as AF
 from anymae.modalities.audio.decode import SAMPLE_RATE, decode_audio
 from anymae.modalities.audio.encode import encode_audio
 from anymae.modalities.audio.features import features
+
+from .common import markdown_table, report
 
 SECONDS = 10
 FORMATS = {"wav": (16_000, 1), "flac": (16_000, 1), "mp3": (44_100, 2), "m4a": (48_000, 2)}
@@ -104,25 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     for kind, values in ms.items():
         rate, channels = FORMATS[kind]
         med = {stage: statistics.median(v) for stage, v in values.items()}
-        rows.append(
-            f"| {kind} ({rate // 1000 if rate % 1000 == 0 else rate / 1000} kHz, {channels} ch) | {med['decode']:.1f} "
-            f"| {med['resample']:.1f} | {med['fbank']:.1f} | {med['item']:.1f} | {1000 / med['item']:.0f} |"
-        )
-    table = "\n".join(
-        [
-            f"Audio pre-training input, one thread ({platform.machine()}, {date.today()}): {SECONDS} s clips, "
-            "AudioMAE's 1024 x 128 fbank; `python -m benchmarks.audio_data`",
-            "",
-            "| file | decode (ms) | resample to 16 kHz (ms) | fbank, pad, normalize (ms) | item (ms) | items/s |",
-            "|---|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
-    )
-    print(table)
-    if args.results:
-        with args.results.open("a") as f:
-            f.write("\n" + table)
+        cells = [f"{med[stage]:.1f}" for stage in ("decode", "resample", "fbank", "item")]
+        rows.append([f"{kind} ({rate / 1000:g} kHz, {channels} ch)", *cells, f"{1000 / med['item']:.0f}"])
+    header = ["file", "decode (ms)", "resample to 16 kHz (ms)", "fbank, pad, normalize (ms)", "item (ms)", "items/s"]
+    title = f"### Audio pre-training input, one thread: {SECONDS} s clips, AudioMAE's 1024 x 128 fbank"
+    report(title, markdown_table(header, rows), script="audio_data", results=args.results)
 
 
 if __name__ == "__main__":

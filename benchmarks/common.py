@@ -504,6 +504,17 @@ def _drop_block(text: str, key: str) -> str:
     return head + rest.split(end, 1)[1].lstrip("\n")
 
 
+def report(title: str, table: str, *, script: str, results: Path | None) -> None:
+    """Print a CPU measurement's table and, with ``results``, write it as ``script``'s section for this machine
+    (title, machine, torch version, date and the command line)."""
+    device = torch.device("cpu")
+    command = f"python -m benchmarks.{script} " + " ".join(sys.argv[1:])
+    body = f"{title}\n\n{machine_header(device)}\n\n`{command.strip()}`\n\n{table}\n"
+    print(body)
+    if results is not None:
+        write_section(results, machine=device_name(device), script=script, markdown=body)
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

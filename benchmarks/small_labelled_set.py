@@ -17,6 +17,7 @@ checkpoint: the "from random init" reference, fine-tuned with the same recipe (`
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,22 +39,42 @@ SHORT_SIDE = 256  # every photo is resized to this shorter side before cropping
 TRAIN_SHARE = 0.75  # training crops from the top 3/4 of each photo, held-out crops from the bottom 1/4
 
 
-def build(
-    root: Path, *, train_per_class: int = 130, heldout_per_class: int = 30, size: int = 32, seed: int = 0
-) -> Path:
-    """Write the crops under ``root`` (``train/`` and ``val/``) and return ``root``."""
+def _photos() -> Iterator[tuple[str, np.ndarray, int]]:
+    """Each photo as ``(name, pixels (H, W, 3) uint8 at SHORT_SIDE, cut)``: rows ``[0, cut)`` are its training
+    region, rows ``[cut, H)`` its held-out region."""
     import skimage.data
 
-    if train_per_class < 1 or heldout_per_class < 1:
-        raise ValueError(f"need at least one crop per class and split, got {train_per_class}/{heldout_per_class}")
-    rng = np.random.default_rng(seed)
     for name in PHOTOS:
         photo = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
         scale = SHORT_SIDE / min(photo.size)
         photo = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)
         pixels = np.asarray(photo)
+        yield name, pixels, int(pixels.shape[0] * TRAIN_SHARE)
+
+
+def build(
+    root: Path,
+    *,
+    train_per_class: int = 130,
+    heldout_per_class: int = 30,
+    size: int = 32,
+    seed: int = 0,
+    labelled_per_class: int | None = None,
+) -> Path:
+    """Write the crops under ``root`` (``train/`` and ``val/``) and return ``root``.
+
+    ``labelled_per_class`` keeps only the first that many of each photo's ``train_per_class`` training crops: the
+    crops are drawn as for the full set, so the held-out crops are the same and the small training set is a
+    subset of the full one (a fewer-labels comparison changes nothing else).
+    """
+    if train_per_class < 1 or heldout_per_class < 1:
+        raise ValueError(f"need at least one crop per class and split, got {train_per_class}/{heldout_per_class}")
+    if labelled_per_class is not None and not 1 <= labelled_per_class <= train_per_class:
+        raise ValueError(f"labelled_per_class must be in 1..{train_per_class}, got {labelled_per_class}")
+    keep = {"train": train_per_class if labelled_per_class is None else labelled_per_class, "val": heldout_per_class}
+    rng = np.random.default_rng(seed)
+    for name, pixels, cut in _photos():
         height, width, _ = pixels.shape
-        cut = int(height * TRAIN_SHARE)
         for split, count, (top, bottom) in (
             ("train", train_per_class, (0, cut)),
             ("val", heldout_per_class, (cut, height)),
@@ -63,7 +84,29 @@ def build(
             for i in range(count):
                 y = int(rng.integers(top, bottom - size + 1))
                 x = int(rng.integers(0, width - size + 1))
-                Image.fromarray(pixels[y : y + size, x : x + size]).save(folder / f"{i:04d}.png")
+                if i < keep[split]:  # the draw goes on regardless, so the next split's crops do not move
+                    Image.fromarray(pixels[y : y + size, x : x + size]).save(folder / f"{i:04d}.png")
+    return root
+
+
+def build_unlabelled(root: Path, *, per_photo: int = 1000, size: int = 32, seed: int = 1) -> Path:
+    """Write ``per_photo`` crops of each photo's training region, flat and without class names, under
+    ``root/train/`` (an MAE pre-training folder: ``anymae pretrain ... data.root=root``) and return ``root``.
+
+    No pixel of a held-out crop is in them (they come from the rows above the cut); their own seed keeps the
+    labelled set unchanged.
+    """
+    if per_photo < 1:
+        raise ValueError(f"need at least one unlabelled crop per photo, got {per_photo}")
+    rng = np.random.default_rng(seed)
+    folder = root / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (_, pixels, cut) in enumerate(_photos()):
+        width = pixels.shape[1]
+        for i in range(per_photo):
+            y = int(rng.integers(0, cut - size + 1))
+            x = int(rng.integers(0, width - size + 1))
+            Image.fromarray(pixels[y : y + size, x : x + size]).save(folder / f"{k * per_photo + i:06d}.png")
     return root
 
 
@@ -88,18 +131,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heldout-per-class", type=int, default=30)
     parser.add_argument("--size", type=int, default=32, help="crop side in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--labelled-per-class",
+        type=int,
+        help="write only the first N training crops of each class (same held-out crops; a subset of the full set)",
+    )
     parser.add_argument("--random-init", nargs=2, metavar=("CONFIG", "PATH"), help="also write an untrained MAE")
+    parser.add_argument(
+        "--unlabelled",
+        nargs=2,
+        metavar=("PATH", "PER_PHOTO"),
+        help="also write PER_PHOTO unlabelled crops of each photo's training region under PATH/train/",
+    )
     args = parser.parse_args(argv)
     if args.random_init:
         print(f"wrote {random_init_checkpoint(args.random_init[0], Path(args.random_init[1]), seed=args.seed)}")
+    if args.unlabelled:
+        per_photo = int(args.unlabelled[1])
+        path = build_unlabelled(Path(args.unlabelled[0]), per_photo=per_photo, size=args.size, seed=args.seed + 1)
+        print(f"wrote {len(PHOTOS)} x {per_photo} unlabelled crops under {path / 'train'}")
     root = build(
         args.root,
         train_per_class=args.train_per_class,
         heldout_per_class=args.heldout_per_class,
         size=args.size,
         seed=args.seed,
+        labelled_per_class=args.labelled_per_class,
     )
-    print(f"wrote {len(PHOTOS)} classes x ({args.train_per_class} train + {args.heldout_per_class} val) under {root}")
+    kept = args.train_per_class if args.labelled_per_class is None else args.labelled_per_class
+    print(f"wrote {len(PHOTOS)} classes x ({kept} train + {args.heldout_per_class} val) under {root}")
 
 
 if __name__ == "__main__":

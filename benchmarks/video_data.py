@@ -14,15 +14,15 @@ and with x264's default 250-frame GOP, then times, on the same files and interle
 from __future__ import annotations
 
 import argparse
-import platform
 import time
-from datetime import date
 from pathlib import Path
 
 import av
 import numpy as np
 
 from anymae.modalities.video.decode import clip_indices, clip_starts
+
+from .common import markdown_table, report
 
 FPS = 25
 SECONDS = 10
@@ -134,23 +134,11 @@ def main(argv: list[str] | None = None) -> None:
         files = write_clip_files(args.folder / f"gop{gop}" / "train", args.files, gop=gop)
         rates = measure(files, items=args.items)
         ratio = rates["anymae"] / rates["plain"]
-        rows.append(f"| {args.label} | {gop} | {rates['plain']:.1f} | {rates['anymae']:.1f} | {ratio:.2f}x |")
+        rows.append([args.label, str(gop), f"{rates['plain']:.1f}", f"{rates['anymae']:.1f}", f"{ratio:.2f}x"])
         print(f"GOP {gop}: plain {rates['plain']:.1f} clips/s, anymae {rates['anymae']:.1f} clips/s, {ratio:.2f}x")
-    table = "\n".join(
-        [
-            f"Video pre-training input, one process ({platform.machine()}, {date.today()}): 10 s 340x256 H.264 "
-            "(B-frames), 16x4 sampling, 224 px; `python -m benchmarks.video_data`",
-            "",
-            "| code | GOP (frames) | plain PyAV decode to clip end (clips/s) | anymae item (clips/s) | ratio |",
-            "|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
-    )
-    print(table)
-    if args.results:
-        with args.results.open("a") as f:
-            f.write("\n" + table)
+    header = ["code", "GOP (frames)", "plain PyAV decode to clip end (clips/s)", "anymae item (clips/s)", "ratio"]
+    title = "### Video pre-training input, one process: 10 s 340x256 H.264 (3 B-frames), 16x4 sampling, 224 px"
+    report(title, markdown_table(header, rows), script="video_data", results=args.results)
 
 
 if __name__ == "__main__":
