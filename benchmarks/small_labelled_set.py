@@ -10,8 +10,18 @@ arguments write the same files. It is the set of the README's "Fine-tuning on a 
     anymae finetune demo_image_finetune data.root=/tmp/skcrops
     anymae linprobe demo_image_linprobe data.root=/tmp/skcrops
 
-``--random-init CONFIG PATH`` also writes an untrained MAE of CONFIG's architecture (seed 0) as an anymae
-checkpoint: the "from random init" reference, fine-tuned with the same recipe (``finetune.checkpoint=PATH``).
+``--random-init CONFIG PATH`` also writes an untrained MAE of CONFIG's architecture (seed ``--init-seed``, default
+``--seed``) as an anymae checkpoint: the "from random init" reference, fine-tuned with the same recipe
+(``finetune.checkpoint=PATH``).
+
+Fewer labels, same held-out crops (``--labelled-per-class N``: the first N of each class's 130 training crops), and
+unlabelled crops of the training regions for an in-domain MAE pre-training (``--unlabelled PATH PER_PHOTO``); the
+issue 21 comparison (benchmarks/RESULTS.md, "Small-data fine-tuning: MAE vs random init"):
+
+    python -m benchmarks.small_labelled_set /tmp/sk5 --labelled-per-class 5 --random-init demo_image /tmp/rand.pt
+    anymae finetune demo_image_finetune finetune.checkpoint=runs/demo_image/checkpoint-0030.pt data.root=/tmp/sk5 \
+        train.batch_size=8
+    anymae finetune demo_image_finetune finetune.checkpoint=/tmp/rand.pt data.root=/tmp/sk5 train.batch_size=8
 """
 
 from __future__ import annotations
@@ -137,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         help="write only the first N training crops of each class (same held-out crops; a subset of the full set)",
     )
     parser.add_argument("--random-init", nargs=2, metavar=("CONFIG", "PATH"), help="also write an untrained MAE")
+    parser.add_argument("--init-seed", type=int, help="seed of the untrained MAE (default: --seed)")
     parser.add_argument(
         "--unlabelled",
         nargs=2,
@@ -145,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.random_init:
-        print(f"wrote {random_init_checkpoint(args.random_init[0], Path(args.random_init[1]), seed=args.seed)}")
+        init_seed = args.seed if args.init_seed is None else args.init_seed
+        print(f"wrote {random_init_checkpoint(args.random_init[0], Path(args.random_init[1]), seed=init_seed)}")
     if args.unlabelled:
         per_photo = int(args.unlabelled[1])
         path = build_unlabelled(Path(args.unlabelled[0]), per_photo=per_photo, size=args.size, seed=args.seed + 1)
