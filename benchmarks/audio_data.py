@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folder", type=Path, default=Path("/tmp/anymae-audio-bench"))
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--label", default="", help="a name for this code state (before/after): a section each")
     parser.add_argument("--results", type=Path, help="append the table to this markdown file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.append([f"{kind} ({rate / 1000:g} kHz, {channels} ch)", *cells, f"{1000 / med['item']:.0f}"])
     header = ["file", "decode (ms)", "resample to 16 kHz (ms)", "fbank, pad, normalize (ms)", "item (ms)", "items/s"]
     title = f"### Audio pre-training input, one thread: {SECONDS} s clips, AudioMAE's 1024 x 128 fbank"
-    report(title, markdown_table(header, rows), script="audio_data", results=args.results)
+    section = f"audio_data-{args.label}" if args.label else "audio_data"
+    report(f"{title} ({args.label or 'this code'})", markdown_table(header, rows), script=section, results=args.results)
 
 
 if __name__ == "__main__":

@@ -508,7 +508,7 @@ def report(title: str, table: str, *, script: str, results: Path | None) -> None
     """Print a CPU measurement's table and, with ``results``, write it as ``script``'s section for this machine
     (title, machine, torch version, date and the command line)."""
     device = torch.device("cpu")
-    command = f"python -m benchmarks.{script} " + " ".join(sys.argv[1:])
+    command = f"python -m benchmarks.{script.split('-')[0]} " + " ".join(sys.argv[1:])
     body = f"{title}\n\n{machine_header(device)}\n\n`{command.strip()}`\n\n{table}\n"
     print(body)
     if results is not None:

@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"GOP {gop}: plain {rates['plain']:.1f} clips/s, anymae {rates['anymae']:.1f} clips/s, {ratio:.2f}x")
     header = ["code", "GOP (frames)", "plain PyAV decode to clip end (clips/s)", "anymae item (clips/s)", "ratio"]
     title = "### Video pre-training input, one process: 10 s 340x256 H.264 (3 B-frames), 16x4 sampling, 224 px"
-    report(title, markdown_table(header, rows), script="video_data", results=args.results)
+    section = f"video_data-{args.label}" if args.label else "video_data"  # before/after: a section each
+    report(title, markdown_table(header, rows), script=section, results=args.results)
 
 
 if __name__ == "__main__":
