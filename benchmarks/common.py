@@ -319,14 +319,19 @@ def time_alternating(
     reps: int,
     steps: int,
     warmup: int,
+    warmup_seconds: dict[str, float] | None = None,
 ) -> dict[str, list[float]]:
     """samples/s of each runner over ``reps`` repetitions of ``steps`` steps, the runners interleaved
-    (and their order rotated each repetition) so that machine-load drift hits all of them alike."""
+    (and their order rotated each repetition) so that machine-load drift hits all of them alike. The wall time
+    of each runner's ``warmup`` steps (``torch.compile``'s build included) goes into ``warmup_seconds``."""
     x = make_batch()
     for r in runners:
+        started = time.perf_counter()
         for _ in range(warmup):
             r.step(x)
-    _sync(device)
+        _sync(device)
+        if warmup_seconds is not None:
+            warmup_seconds[r.name] = time.perf_counter() - started
     rates: dict[str, list[float]] = {r.name: [] for r in runners}
     for rep in range(reps):
         k = rep % len(runners)

@@ -61,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
 
     for bf16 in (False, True):
         nominal_peak_flops(device, bf16=bf16)  # CPU: a first GEMM measurement; the best one is used
-    rates = time_alternating(runners, make_batch, device=device, reps=args.reps, steps=args.steps, warmup=args.warmup)
+    warmup_seconds: dict[str, float] = {}
+    rates = time_alternating(
+        runners, make_batch, device=device, reps=args.reps, steps=args.steps, warmup=args.warmup,
+        warmup_seconds=warmup_seconds,
+    )  # fmt: skip
     memory = {}
     if not args.no_memory:
         for r in runners:
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * achieved / peak:.1f}% of {peak / 1e9:.0f} ({source})" if peak else "not measured",
             f"{mem['peak_rss_mib']:.0f}" if mem else "not measured",
             f"{mem['peak_rss_mib'] / ref_mem:.2f}x" if mem and ref_mem else "-",
+            f"{warmup_seconds[r.name]:.0f}",
+            _break_even(r, runners, rates, warmup_seconds, batch=args.batch, warmup=args.warmup),
         ]
         if "cuda_max_allocated_mib" in mem:
             row[6] += f" (CUDA {mem['cuda_max_allocated_mib']:.0f})"
@@ -97,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         "MFU",
         "peak RSS MiB",
         f"memory vs {baseline}",
+        f"{args.warmup} warm-up steps (s)",
+        "steps to repay compile",
     ]
     table = markdown_table(header, rows)
     title = (
@@ -112,6 +120,22 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.results), machine=device_name(device), script=f"step-{args.arch}-{args.label}", markdown=body
         )
     return 0
+
+
+def _break_even(
+    runner, runners, rates: dict[str, list[float]], warmup_seconds: dict[str, float], *, batch: int, warmup: int
+) -> str:
+    """For a compiled variant, the steps after which its build time is repaid by its faster steps, against the
+    same variant without ``+compile``; "-" otherwise, "never" when the compiled steps are not faster."""
+    if not runner.name.endswith("+compile"):
+        return "-"
+    eager = runner.name.removesuffix("+compile")
+    if eager not in warmup_seconds:
+        return "-"
+    step_compiled, step_eager = batch / median(rates[runner.name]), batch / median(rates[eager])
+    build = (warmup_seconds[runner.name] - warmup * step_compiled) - (warmup_seconds[eager] - warmup * step_eager)
+    saving = step_eager - step_compiled
+    return f"{max(build, 0.0) / saving:.0f}" if saving > 0 else "never"
 
 
 def _parser() -> argparse.ArgumentParser:
