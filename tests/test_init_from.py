@@ -27,11 +27,11 @@ from anymae.core.checkpoint import read_checkpoint
 from anymae.core.classify import build_classifier
 from anymae.core.cli import main
 from anymae.core.config import ConfigError, config_to_dict, resolve_config, resolve_model_config
-from anymae.modalities.image.formats import official_state
 from anymae.core.distributed import setup
 from anymae.core.init_from import init_model_from
 from anymae.core.masking import sample_mask
 from anymae.core.task_pretrain import PretrainTask, pretrain
+from anymae.modalities.image.formats import official_state
 from anymae.plugins import get_registry
 
 TINY = {

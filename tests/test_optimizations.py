@@ -19,9 +19,9 @@ from torch import nn
 from anymae.core import load_model, pretrain
 from anymae.core.build import build_model
 from anymae.core.config import ConfigError, resolve_config, resolve_model_config
-from anymae.modalities.image.interop import from_official_mae
 from anymae.core.loading import load_state_dict_checked
 from anymae.core.optim import param_groups_weight_decay
+from anymae.modalities.image.interop import from_official_mae
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` is a folder of scripts
 from benchmarks.reference_mae import ReferenceMAE, reference_optimizer, reference_step
