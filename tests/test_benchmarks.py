@@ -144,3 +144,23 @@ def test_gpu_suite_dry_path_runs_on_cpu(tmp_path, results_untouched):
     out = tmp_path / "results.md"
     assert run_gpu_suite.main(["--quick", "--results", str(out), "--no-memory"]) == 0
     assert "Compute-only step" in out.read_text()
+
+
+def test_small_labelled_set_fewer_labels_is_a_subset_with_the_same_held_out_crops(tmp_path):
+    """Issue 21's fewer-labels comparisons change nothing but the labels: ``labelled_per_class`` keeps the first
+    crops of the full set, and the held-out crops are byte-identical."""
+    from benchmarks.small_labelled_set import build
+
+    full = build(tmp_path / "full", train_per_class=6, heldout_per_class=3, size=16)
+    few = build(tmp_path / "few", train_per_class=6, heldout_per_class=3, size=16, labelled_per_class=2)
+    classes = sorted(p.name for p in (full / "train").iterdir())
+    assert len(classes) == 10 and sorted(p.name for p in (few / "train").iterdir()) == classes
+    for name in classes:
+        kept = sorted(p.name for p in (few / "train" / name).iterdir())
+        assert kept == ["0000.png", "0001.png"]
+        for file in kept:
+            assert (few / "train" / name / file).read_bytes() == (full / "train" / name / file).read_bytes()
+        held_out = sorted((full / "val" / name).iterdir())
+        assert len(held_out) == 3
+        for file in held_out:
+            assert (few / "val" / name / file.name).read_bytes() == file.read_bytes()
