@@ -24,7 +24,6 @@ __all__ = [
     "normalize_clip",
     "pretrain_clip",
     "resize_clip",
-    "to_float_clip",
     "to_uint8_clip",
 ]
 
@@ -65,44 +64,31 @@ def multiscale_crop_box(
 
 
 def resize_clip(clip: Tensor, size: tuple[int, int]) -> Tensor:
-    """(T, C, H, W) uint8 or float -> (T, C, h, w) of the same dtype, bilinear with antialiasing (VideoMAE resizes
-    with PIL BILINEAR)."""
+    """(T, 3, H, W) uint8 -> (T, 3, h, w) uint8, bilinear with antialiasing (VideoMAE resizes with PIL BILINEAR);
+    channels-last, the layout of PyTorch's fast uint8 kernel."""
     if tuple(clip.shape[-2:]) == tuple(size):
         return clip
-    if clip.dtype == torch.uint8:  # the fast uint8 kernel wants channels-last
-        clip = clip.contiguous(memory_format=torch.channels_last)
+    clip = clip.contiguous(memory_format=torch.channels_last)
     return F.interpolate(clip, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def normalize_clip(clip: Tensor, mean: Sequence[float], std: Sequence[float], *, in_chans: int = 3) -> Tensor:
-    """(T, 3, H, W) uint8 in [0, 255], or (T, C, H, W) float in [0, 1] -> (C, T, H, W) float normalized per
-    channel; ``in_chans=1`` turns a uint8 RGB clip into ITU-R 601 luma (PIL's "L").
+    """(T, 3, H, W) uint8 RGB in [0, 255] -> (C, T, H, W) float normalized per channel; ``in_chans=1`` makes it
+    ITU-R 601 luma (PIL's "L").
 
-    A uint8 clip becomes float once, straight into the (C, T, H, W) layout, and is scaled in place: about 14x
-    faster on one core than converting, normalizing and transposing in three steps.
+    The clip becomes float once, straight into the (C, T, H, W) layout, and is scaled in place: about 14x faster
+    on one core than converting, normalizing and transposing in three steps.
     """
-    if clip.dtype == torch.uint8:
-        x = clip.transpose(0, 1).to(torch.float32, memory_format=torch.contiguous_format)  # (3, T, H, W), 0-255
-        if in_chans == 1:
-            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1, 1)).sum(0, keepdim=True)  # (1, T, H, W)
-        m, s = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1, 1), torch.tensor(std, dtype=x.dtype).view(-1, 1, 1, 1)
-        return x.mul_(1.0 / (255.0 * s)).sub_(m / s)
-    m = torch.tensor(mean, dtype=clip.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=clip.dtype).view(1, -1, 1, 1)
-    return ((clip - m) / s).transpose(0, 1).contiguous()
+    x = clip.transpose(0, 1).to(torch.float32, memory_format=torch.contiguous_format)  # (3, T, H, W), 0-255
+    if in_chans == 1:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1, 1)).sum(0, keepdim=True)  # (1, T, H, W)
+    m, s = torch.tensor(mean).view(-1, 1, 1, 1), torch.tensor(std).view(-1, 1, 1, 1)
+    return x.mul_(1.0 / (255.0 * s)).sub_(m / s)
 
 
 def to_uint8_clip(frames: np.ndarray) -> Tensor:
     """uint8 (T, H, W, 3) -> a (T, 3, H, W) uint8 view of the same memory (channels-last), no copy."""
     return torch.from_numpy(frames).permute(0, 3, 1, 2)
-
-
-def to_float_clip(frames: np.ndarray, in_chans: int) -> Tensor:
-    """uint8 (T, H, W, 3) -> float (T, C, H, W) in [0, 1]; 1 channel = ITU-R 601 luma, as PIL's "L"."""
-    clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
-    if in_chans == 1:
-        clip = (clip * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    return clip
 
 
 def pretrain_clip(
