@@ -28,6 +28,7 @@ from .decoder import DecoderArgs
 from .masking import MaskingArgs
 
 __all__ = [
+    "COMPOSITE",
     "ClassifyConfig",
     "ClassifyOptimConfig",
     "Config",
@@ -36,6 +37,7 @@ __all__ = [
     "LinprobeConfig",
     "ModelConfig",
     "OptimConfig",
+    "PartConfig",
     "TrainConfig",
     "bundled_configs",
     "config_to_dict",
@@ -104,8 +106,14 @@ class ModelConfig:
     # size and patch size; optimizer, schedule and epochs start fresh (anymae.core.init_from, issue 16)
     init_from: str | None = None
     init_bands: tuple[int, ...] | None = None  # init_from: the file's input channel for each model channel
+    # modality: composite (issue 18): one model over several registered modalities, each a named part with its own
+    # tokenizer, masking, target and decoder (PartConfig); the encoder and the widths above are shared.
+    parts: dict[str, Any] = field(default_factory=dict)
+    modality_dropout: float = 0.0  # composite: share of training samples that lose one part (chosen at random)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if self.init_bands is not None and (self.init_from is None or not self.init_bands or min(self.init_bands) < 0):
             raise ValueError(f"init_bands must be channel indices >= 0 of init_from's file, got {self.init_bands}")
         if self.norm_pix_loss and self.target not in ("pixels", "norm_pix"):
@@ -126,6 +134,33 @@ class ModelConfig:
                 f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by "
                 f"decoder_num_heads {self.decoder_num_heads}"
             )
+
+
+# ``model.modality`` of a model over several modalities; its ``model.parts`` name them.
+COMPOSITE = "composite"
+
+
+@dataclass
+class PartConfig:
+    """One part of a composite model (``model.parts.<name>``): a registered modality with its own tokenizer,
+    masking, target and decoder. The defaults are those of :class:`ModelConfig`."""
+
+    modality: str = ""  # a registered modality; default: the part's name
+    tokenizer: Any = field(default_factory=dict)  # validated against that modality's tokenizer_config
+    masking: str = "random"
+    masking_options: dict[str, Any] = field(default_factory=dict)
+    mask_ratio: float = 0.75
+    target: str = "pixels"
+    decoder: str = "global"  # the part's own decoder (decoder_embed_dim, depth and heads are model.*'s)
+    decoder_options: dict[str, Any] = field(default_factory=dict)
+    pred_masked_only: bool = False
+    loss_weight: float = 1.0  # the total loss is the sum of loss_weight x the part's masked-patch loss
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.loss_weight < 0:
+            raise ValueError(f"loss_weight must be >= 0, got {self.loss_weight}")
 
 
 def _check_lr_schedule(cfg: OptimConfig | ClassifyOptimConfig) -> None:
@@ -484,8 +519,26 @@ def resolve_config(raw: dict[str, Any], registry: Registry | None = None) -> Con
     data_raw = raw.pop("data", None)
     cfg = from_dict(Config, raw, "")
     cfg.model = resolve_model_config(model_raw, registry)
-    cfg.data = from_dict(registry.modality(cfg.model.modality).data_config, data_raw, "data")
+    if cfg.model.modality == COMPOSITE:
+        cfg.data = _resolve_part_data(cfg.model, data_raw, registry)
+    else:
+        cfg.data = from_dict(registry.modality(cfg.model.modality).data_config, data_raw, "data")
     return cfg
+
+
+def _resolve_part_data(model: ModelConfig, raw: Any, registry: Registry) -> dict[str, Any]:
+    """A composite's ``data``: one section per part (``data.<part>``), each its modality's data_config."""
+    raw = dict(raw or {})
+    for key in raw:
+        if key not in model.parts:
+            raise ConfigError(
+                f"unknown config key 'data.{key}': a composite's data has one section per part "
+                f"({', '.join(model.parts)})"
+            )
+    return {
+        name: from_dict(registry.modality(part.modality).data_config, raw.get(name), f"data.{name}")
+        for name, part in model.parts.items()
+    }
 
 
 def resolve_model_config(raw: Any, registry: Registry | None = None) -> ModelConfig:
@@ -494,6 +547,11 @@ def resolve_model_config(raw: Any, registry: Registry | None = None) -> ModelCon
     raw = dict(raw or {})
     tokenizer_raw = raw.pop("tokenizer", None)
     cfg = from_dict(ModelConfig, raw, "model")
+    if cfg.modality == COMPOSITE:
+        return _resolve_composite(cfg, raw, tokenizer_raw, registry)
+    for key in ("parts", "modality_dropout"):
+        if getattr(cfg, key):
+            raise ConfigError(f"config model.{key} is for model.modality: {COMPOSITE}; this model is {cfg.modality!r}")
     try:
         modality = registry.modality(cfg.modality)
         registry.masking_strategy(cfg.masking)
@@ -504,6 +562,58 @@ def resolve_model_config(raw: Any, registry: Registry | None = None) -> ModelCon
     check_decoder_options(decoder, cfg.decoder_options)
     check_masking_options(registry.masking_strategy(cfg.masking), cfg.masking_options)
     cfg.tokenizer = from_dict(modality.tokenizer_config, tokenizer_raw, "model.tokenizer")
+    return cfg
+
+
+# ModelConfig keys that a composite sets per part (model.parts.<name>.<key>) or does not support.
+_PER_PART = ("masking", "masking_options", "mask_ratio", "norm_pix_loss", "target", "decoder", "decoder_options",
+             "pred_masked_only")  # fmt: skip
+_NOT_COMPOSITE = {
+    "init_from": "starting a composite from another checkpoint's weights is not supported yet",
+    "init_bands": "starting a composite from another checkpoint's weights is not supported yet",
+}
+
+
+def _resolve_composite(cfg: ModelConfig, raw: dict[str, Any], tokenizer_raw: Any, registry: Registry) -> ModelConfig:
+    """``model.modality: composite``: validate ``model.parts`` (at least two, each a registered modality with its
+    own tokenizer, masking, target and decoder) and refuse the single-modality keys, naming them."""
+    if tokenizer_raw:
+        raise ConfigError("config model.tokenizer: a composite model has one per part (model.parts.<name>.tokenizer)")
+    defaults = ModelConfig()
+    for key in _PER_PART:  # a saved config holds every key at its default
+        if key in raw and raw[key] != getattr(defaults, key):
+            raise ConfigError(f"config model.{key}: a composite model sets it per part (model.parts.<name>.{key})")
+    for key, reason in _NOT_COMPOSITE.items():
+        if raw.get(key) is not None:
+            raise ConfigError(f"config model.{key}: {reason}")
+    if len(cfg.parts) < 2:
+        raise ConfigError(f"config model.parts: a composite model needs at least two parts, got {list(cfg.parts)}")
+    parts = {}
+    for name, part_raw in cfg.parts.items():
+        where = f"model.parts.{name}"
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
+            raise ConfigError(f"config {where}: a part name must be an identifier (letters, digits, _)")
+        if isinstance(part_raw, PartConfig):  # already validated (a config resolved twice)
+            part_raw = config_to_dict(part_raw)
+        part_raw = dict(part_raw or {}) if isinstance(part_raw, dict) or part_raw is None else part_raw
+        tokenizer = part_raw.pop("tokenizer", None) if isinstance(part_raw, dict) else None
+        part = from_dict(PartConfig, part_raw, where)
+        part.modality = part.modality or str(name)
+        if part.modality == COMPOSITE:
+            raise ConfigError(f"config {where}.modality: a part cannot itself be a composite")
+        try:
+            modality = registry.modality(part.modality)
+            registry.target(part.target)
+            decoder = registry.decoder(part.decoder)
+            strategy = registry.masking_strategy(part.masking)
+        except KeyError as exc:
+            raise ConfigError(f"config {where}: {exc.args[0]}") from None
+        _check_options(decoder, part.decoder_options, f"{where}.decoder_options", "decoder", DECODER_ARGUMENTS)
+        _check_options(strategy, part.masking_options, f"{where}.masking_options", "masking strategy",
+                       MASKING_ARGUMENTS)  # fmt: skip
+        part.tokenizer = from_dict(modality.tokenizer_config, tokenizer, f"{where}.tokenizer")
+        parts[str(name)] = part
+    cfg.parts = parts
     return cfg
 
 

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,10 @@ __all__ = [
     "EpochSampler",
     "SafeDataset",
     "dataset_traits",
+    "input_size",
     "sample_seed",
     "seeded",
+    "to_device",
 ]
 
 
@@ -53,6 +56,8 @@ class DatasetTraits:
     ``samples_per_item``: S > 1 training samples stacked per item, inputs ``(S, ...)`` folded into the batch
     (VideoMAE's repeated sampling / augmentation; the label is repeated).
     ``sample_weights``: returns one weight per item, for class-balanced sampling (``balanced_sampling``).
+    ``source``: the file item ``i`` is read from; a composite model's data pairs its parts' items by it (the same
+    file name in each part's folder, or one media file that holds every part), else by index.
     """
 
     classes: tuple[str, ...] = ()
@@ -60,6 +65,7 @@ class DatasetTraits:
     num_views: int = 1
     samples_per_item: int = 1
     sample_weights: Callable[[], Sequence[float]] | None = None
+    source: Callable[[int], Path] | None = None
 
 
 class DatasetWithTraits(Dataset):
@@ -71,6 +77,18 @@ class DatasetWithTraits(Dataset):
 def dataset_traits(dataset: Dataset) -> DatasetTraits:
     """``dataset``'s declared traits; a dataset that declares none (any torch ``Dataset``) has the defaults."""
     return dataset.traits if isinstance(dataset, DatasetWithTraits) else DatasetTraits()
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    """A model input batch on ``device``: a tensor, or a composite model's ``{part: tensor}``."""
+    if isinstance(x, dict):
+        return {name: value.to(device, non_blocking=True) for name, value in x.items()}
+    return x.to(device, non_blocking=True)
+
+
+def input_size(x: Any) -> int:
+    """N, the samples in a model input batch (a tensor or ``{part: tensor}``)."""
+    return next(iter(x.values())).shape[0] if isinstance(x, dict) else x.shape[0]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

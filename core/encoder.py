@@ -89,14 +89,23 @@ class MaskedEncoder(nn.Module):
         )
         self.norm = norm_layer(embed_dim)
 
-    def forward(self, tokens: Tensor, ids_keep: Tensor | None = None) -> Tensor:
-        """tokens: (N, L, D), ids_keep: (N, L_vis) or None for all -> (N, num_prefix + L_vis, D)."""
+    def forward(self, tokens: Tensor, ids_keep: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
+        """tokens: (N, L, D), ids_keep: (N, L_vis) or None for all -> (N, num_prefix + L_vis, D).
+
+        ``valid`` (N, L_vis) bool, False for kept slots that no token may attend to (a composite model's part
+        removed from a sample, issue 18): those slots are left out of every attention as keys."""
         x = tokens + self.pos_embed[:, self.num_prefix :]  # positions are added before masking
         if ids_keep is not None:
             x = gather_tokens(x, ids_keep)  # (N, L_vis, D)
         if self.cls_token is not None:
             cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)  # (N, 1, D)
             x = torch.cat([cls, x], dim=1)  # (N, 1 + L_vis, D)
+        if valid is None:
+            for block in self.blocks:
+                x = block(x)
+            return self.norm(x)
+        keys = torch.cat([valid.new_ones(valid.shape[0], self.num_prefix), valid], dim=1)  # (N, num_prefix + L_vis)
+        attn_mask = keys[:, None, None, :]  # (N, 1, 1, num_prefix + L_vis), broadcast over heads and queries
         for block in self.blocks:
-            x = block(x)
+            x = block(x, attn_mask=attn_mask)
         return self.norm(x)

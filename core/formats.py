@@ -275,7 +275,7 @@ def build_and_load(
     fixed tables, so a stored one must equal them (a learned table is refused, naming the difference).
     """
     cfg = resolve_model_config(model_raw, registry)
-    with_decoder = any(k.startswith("decoder.") for k in state)
+    with_decoder = any(k.startswith("decoder.") or ".decoder." in k for k in state)  # a composite's parts.*.decoder
     model = build_model(cfg, registry=registry, with_decoder=with_decoder)
     for key, stored in (tables or {}).items():
         if with_decoder or not key.startswith("decoder."):

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .data import DataError, dataset_traits
+from .data import DataError, dataset_traits, to_device
 from .evaluation import LabelledSafeDataset
 from .metrics import topk_correct
 from .model import MaskedAutoencoder
@@ -108,7 +108,7 @@ def compute_features(
     )
     rows, labels = [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
-        x, y = batch["input"].to(device, non_blocking=True), batch["label"]
+        x, y = to_device(batch["input"], device), batch["label"]
         if views > 1:
             n = x.shape[0]
             rows.append(features(x.flatten(0, 1)).float().view(n, views, -1).mean(dim=1).cpu())  # (N, D)

@@ -14,11 +14,19 @@ from torch import Tensor, nn
 
 from .encoder import MaskedEncoder
 from .loss import masked_mse
-from .masking import MaskingStrategy, gather_tokens, keep_count, noise_from_mask, random_masking, shuffle_from_noise
+from .masking import (
+    MaskingStrategy,
+    SampleMasker,
+    gather_tokens,
+    keep_count,
+    noise_from_mask,
+    random_masking,
+    shuffle_from_noise,
+)
 from .targets import PixelTarget, Target
 from .tokenizer import Tokenizer
 
-__all__ = ["MaskChoice", "MaskedAutoencoder"]
+__all__ = ["MaskChoice", "MaskedAutoencoder", "init_linear_and_norm", "target_to_pixels"]
 
 
 class MaskChoice(TypedDict, total=False):
@@ -70,7 +78,14 @@ class MaskedAutoencoder(nn.Module):
                 nn.init.normal_(token, std=0.02)
         for part in (self.encoder, self.decoder):
             if part is not None:
-                part.apply(_init_linear_and_norm)
+                part.apply(init_linear_and_norm)
+
+    def sample_masker(self) -> SampleMasker:
+        """The data pipeline's per-sample mask: the model's strategy at its ratio."""
+        return SampleMasker(self.masking, self.tokenizer.grid, self.mask_ratio)
+
+    def decoders(self) -> list[nn.Module]:
+        return [] if self.decoder is None else [self.decoder]
 
     # --- the paper's stages -----------------------------------------------------------------------------
     def forward_encoder(
@@ -105,28 +120,8 @@ class MaskedAutoencoder(nn.Module):
         return self.target(self.tokenizer.patchify(x), tokenizer=self.tokenizer)
 
     def pred_to_pixels(self, x: Tensor, pred: Tensor, mask: Tensor | None = None) -> Tensor:
-        """A prediction (N, L, P) in target space -> patch values (N, L, P).
-
-        Without ``mask`` every token is mapped back with its own true patch's statistics (the MAE paper's
-        figures, VideoMAE's visualization). With ``mask (N, L)``, 1 = removed, removed tokens are mapped back
-        from the visible patches only: once with each visible patch as the reference, averaged. For a target
-        that de-normalizes as ``pred * std + mean`` (norm-pix, VideoMAE's per-channel target) that is the
-        visible patches' average mean and std, so the result never reads a removed patch (issue 22).
-        """
-        patches = self.tokenizer.patchify(x)  # (N, L, P)
-        true_stats = self.target.to_pixels(pred, patches, tokenizer=self.tokenizer)
-        if mask is None:
-            return true_stats
-        num_visible = int((mask[0] == 0).sum())  # every row keeps the same count
-        if num_visible == 0:
-            raise ValueError("mask removes every token: no visible patch to take statistics from")
-        visible_ids = torch.argsort(mask, dim=1, stable=True)[:, :num_visible]  # (N, L_vis), kept (0) first
-        visible = gather_tokens(patches, visible_ids)  # (N, L_vis, P)
-        visible_stats = torch.zeros_like(true_stats)  # (N, L, P)
-        for j in range(num_visible):
-            reference = visible[:, j : j + 1].expand_as(patches)  # visible patch j in every position
-            visible_stats += self.target.to_pixels(pred, reference, tokenizer=self.tokenizer) / num_visible
-        return torch.where(mask.bool().unsqueeze(-1), visible_stats, true_stats)
+        """A prediction (N, L, P) in target space -> patch values (N, L, P) (:func:`target_to_pixels`)."""
+        return target_to_pixels(self.target, self.tokenizer, x, pred, mask)
 
     def forward_loss(self, x: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
         """Mean over removed tokens of the per-token MSE between pred (N, L, P) and the target."""
@@ -180,7 +175,8 @@ class MaskedAutoencoder(nn.Module):
         return self.masking(batch=n, grid=self.tokenizer.grid, mask_ratio=ratio, device=tokens.device)
 
 
-def _init_linear_and_norm(module: nn.Module) -> None:
+def init_linear_and_norm(module: nn.Module) -> None:
+    """The official init of one module: xavier-uniform Linear weights, zero biases, LayerNorm 1/0."""
     if isinstance(module, nn.Linear):
         nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
@@ -188,3 +184,30 @@ def _init_linear_and_norm(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def target_to_pixels(
+    target: Target, tokenizer: Tokenizer, x: Tensor, pred: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """A prediction (N, L, P) in ``target``'s space -> patch values (N, L, P).
+
+    Without ``mask`` every token is mapped back with its own true patch's statistics (the MAE paper's
+    figures, VideoMAE's visualization). With ``mask (N, L)``, 1 = removed, removed tokens are mapped back
+    from the visible patches only: once with each visible patch as the reference, averaged. For a target
+    that de-normalizes as ``pred * std + mean`` (norm-pix, VideoMAE's per-channel target) that is the
+    visible patches' average mean and std, so the result never reads a removed patch (issue 22).
+    """
+    patches = tokenizer.patchify(x)  # (N, L, P)
+    true_stats = target.to_pixels(pred, patches, tokenizer=tokenizer)
+    if mask is None:
+        return true_stats
+    num_visible = int((mask[0] == 0).sum())  # every row keeps the same count
+    if num_visible == 0:
+        raise ValueError("mask removes every token: no visible patch to take statistics from")
+    visible_ids = torch.argsort(mask, dim=1, stable=True)[:, :num_visible]  # (N, L_vis), kept (0) first
+    visible = gather_tokens(patches, visible_ids)  # (N, L_vis, P)
+    visible_stats = torch.zeros_like(true_stats)  # (N, L, P)
+    for j in range(num_visible):
+        reference = visible[:, j : j + 1].expand_as(patches)  # visible patch j in every position
+        visible_stats += target.to_pixels(pred, reference, tokenizer=tokenizer) / num_visible
+    return torch.where(mask.bool().unsqueeze(-1), visible_stats, true_stats)

@@ -16,15 +16,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .build import build_model
-from .config import Config, ConfigError, config_to_dict
-from .data import DataError, SafeDataset, dataset_traits
+from .composite import MultiModalMAE
+from .composite_data import CompositeModality
+from .composite_eval import check_composite
+from .config import COMPOSITE, Config, ConfigError, config_to_dict
+from .data import DataError, SafeDataset, dataset_traits, input_size, to_device
 from .distributed import DistContext, gather_full_state, run_then_teardown, setup
 from .figures import render_figure
 from .init_from import init_model_from
 from .knn import knn_accuracy
 from .loading import CHECKPOINT_FORMAT
 from .loss import masked_mse, patch_mean_baseline
-from .masking import SampleMasker, sample_mask
+from .masking import sample_mask
 from .model import MaskedAutoencoder
 from .optim import param_groups_weight_decay, step_in_backward
 from .run import seed_everything
@@ -74,7 +77,12 @@ class PretrainTask(Task):
         self.fsdp = _use_fsdp(cfg, ctx)
         _check_step_in_backward(cfg, ctx)
         self.step_in_backward = cfg.optim.step_in_backward
-        self.modality = registry.modality(cfg.model.modality)
+        self.composite = cfg.model.modality == COMPOSITE
+        self.modality = (
+            CompositeModality(cfg.model.parts, registry=registry)
+            if self.composite
+            else registry.modality(cfg.model.modality)
+        )
         # Everything that can fail on the user's inputs fails here, before a model is built.
         self.train_set = self.modality.build_dataset(cfg.data, cfg.model.tokenizer, split="train")
         self.heldout_set = self.modality.build_dataset(cfg.data, cfg.model.tokenizer, split="heldout")
@@ -82,17 +90,18 @@ class PretrainTask(Task):
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.model: MaskedAutoencoder = build_model(cfg.model, registry=registry).to(device)
+        self.model: MaskedAutoencoder | MultiModalMAE = build_model(cfg.model, registry=registry).to(device)
         # model.init_from: a checkpoint's weights, adapted (issue 16); a resumed run restores its own instead.
         self.init_report = None if resume else init_model_from(self.model, cfg.model, registry=registry,
                                                                log=ctx.is_main)  # fmt: skip
-        self.masker = SampleMasker(self.model.masking, self.model.tokenizer.grid, self.model.mask_ratio)
+        self.masker = self.model.sample_masker()  # a composite's draws each part's mask and its modality dropout
         # Items may stack S views of one file (VideoMAE's repeated sampling): S masks, flattened per step.
         self.views_per_item = dataset_traits(self.train_set).samples_per_item
         # Optional end of the input pipeline on the device (e.g. images with data.decode=gpu): its collate runs
         # in the workers, the transform itself in the step.
         self.device_transform = self.modality.device_transform(cfg.data, cfg.model.tokenizer, device=device)
         self.heldout: tuple[float, float] | None = None  # the last check's (loss, baseline)
+        self.part_losses: dict[str, torch.Tensor] = {}  # a composite's loss of each part, last micro-batch
         self.knn_sets = self._knn_sets()
 
     def _knn_sets(self) -> tuple[Dataset, Dataset] | None:
@@ -135,11 +144,17 @@ class PretrainTask(Task):
         if self.device_transform is not None:  # may mark more bad samples in batch["bad"], counted by the trainer
             x = self.device_transform(batch)
         else:
-            x = batch["input"].to(self.device, non_blocking=True)
+            x = to_device(batch["input"], self.device)
         mask = batch["mask"].to(self.device, non_blocking=True)
         if self.views_per_item > 1:  # (N, S, ...) -> (N*S, ...)
             x, mask = x.flatten(0, 1), mask.flatten(0, 1)
-        return net(x, mask=mask)[0], x.shape[0]
+        out = net(x, mask=mask)
+        if self.composite:
+            self.part_losses = out.losses
+        return out[0], input_size(x)
+
+    def step_record(self) -> dict[str, float]:
+        return {f"loss_{name}": round(float(loss), 6) for name, loss in self.part_losses.items()}
 
     def check(self, trainer: Trainer, epoch: int) -> Check:
         """Held-out masked-patch loss and figure, run by rank 0 (an FSDP model is first gathered on every rank)."""
@@ -149,20 +164,30 @@ class PretrainTask(Task):
         if not self.ctx.is_main:
             return Check({}, "")
         path = trainer.run_dir / f"reconstruction-epoch{epoch + 1:04d}.png"
-        loss, baseline, figure = evaluate_heldout(
-            model, self.modality, self.cfg, self.heldout_set, device=self.device, path=path
-        )
+        extra = ""
+        if self.composite:  # each part's loss, and how much each part's loss owes to the others (issue 18)
+            held = check_composite(model, self.modality, self.cfg, self.heldout_set, device=self.device, path=path)
+            record, loss, baseline, figure = held.record, held.loss, held.baseline, held.figure
+            extra = "".join(f"\n{line}" for line in held.cross_lines)
+        else:
+            loss, baseline, figure = evaluate_heldout(
+                model, self.modality, self.cfg, self.heldout_set, device=self.device, path=path
+            )
+            record = {}
         self.heldout = (loss, baseline)
         ratio = loss / baseline if baseline else float("nan")
-        record = {"heldout_loss": loss, "baseline_loss": baseline, "heldout_ratio": round(ratio, 6)}
+        record.update(heldout_loss=loss, baseline_loss=baseline, heldout_ratio=round(ratio, 6))
         line = (
             f"train loss {trainer.epoch_loss:.4f}, held-out masked-patch loss {loss:.4f} vs {baseline:.4f} for "
             f"the trivial baseline ({ratio:.2f}x)"
         )
+        if self.composite:
+            line += " (" + ", ".join(held.part_summaries) + ")"
         if self.knn_sets is not None:  # DINO's weighted k-NN of the held-out features against the training ones
             knn = knn_accuracy(model, *self.knn_sets, batch_size=self.cfg.train.batch_size, device=self.device)
             record.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
             line += f", k-NN top-1 {knn['knn_top1']:.1f}%"
+        line += extra
         return Check(record, line, figure=figure)
 
     def payload(self) -> dict[str, Any]:
@@ -263,6 +288,8 @@ def _use_fsdp(cfg: Config, ctx: DistContext) -> bool:
     train = cfg.train
     if train.distributed != "fsdp":
         return False
+    if cfg.model.modality == COMPOSITE:
+        raise ConfigError("train.distributed=fsdp: a composite model (model.modality: composite) trains under ddp")
     if train.precision == "fp16" and cfg.optim.fused:
         raise ConfigError(
             "train.distributed=fsdp with train.precision=fp16 needs optim.fused=false (torch's fused AdamW "

@@ -131,6 +131,11 @@ class Task(ABC):
     def loss(self, net: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """The loss of one micro-batch (inside autocast) and its number of samples."""
 
+    def step_record(self) -> dict[str, float]:
+        """More values for the logged training row, from the last micro-batch on this rank (e.g. each part's
+        loss of a composite model)."""
+        return {}
+
     @abstractmethod
     def check(self, trainer: Trainer, epoch: int) -> Check:
         """The periodic held-out check after ``epoch`` (0-based), called on every rank."""
@@ -253,7 +258,7 @@ class Trainer:
             if stepped and state.epoch_losses and state.step % train.log_every_steps == 0:
                 self.metrics.log(step=state.step, epoch=round(epoch + it / per_epoch, 6), loss=state.epoch_losses[-1],
                                  lr=self.lr, grad_norm=grad_norm, samples_per_s=round(rate, 2),
-                                 bad_samples=state.bad_samples)  # fmt: skip
+                                 bad_samples=state.bad_samples, **self.task.step_record())  # fmt: skip
             bar.set_postfix(loss=f"{state.epoch_losses[-1] if state.epoch_losses else float('nan'):.4f}",
                             lr=f"{self.lr:.2e}", samples_s=f"{rate:.1f}")  # fmt: skip
             if it + 1 < per_epoch:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anymae.core.data import BadSampleError, DataError, DatasetWithTraits
+from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
 from anymae.core.files import find_files, under_root
 
 from .decode import crop_waveform, load_waveform, roll_mag_augment
@@ -318,6 +318,14 @@ class AudioClips(DatasetWithTraits):
 
     def __len__(self) -> int:
         return len(self.clips.files) * self.repeats
+
+    @property
+    def traits(self) -> DatasetTraits:
+        return DatasetTraits(source=self.source)
+
+    def source(self, index: int) -> Path:
+        """The file item ``index`` is read from."""
+        return self.clips.files[index % len(self.clips.files)]
 
     def load(self, path: Path) -> Tensor:
         """One file -> (1, T, F); a file that cannot be decoded raises BadSampleError naming it."""

@@ -83,7 +83,11 @@ class VideoClips(DatasetWithTraits):
 
     @property
     def traits(self) -> DatasetTraits:
-        return DatasetTraits(samples_per_item=self.samples_per_item)
+        return DatasetTraits(samples_per_item=self.samples_per_item, source=self.source)
+
+    def source(self, index: int) -> Path:
+        """The file item ``index`` is read from."""
+        return self.files[index % len(self.files)] if self.mode == "random" else self.files[index // self.num_clips]
 
     def __len__(self) -> int:
         per_file = self.num_clips if self.mode == "uniform" else self.repeats
