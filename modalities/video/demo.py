@@ -22,6 +22,7 @@ import numpy as np
 
 from anymae.core.files import generate_once
 
+from .audiovisual_demo import AUDIOVISUAL_DEMO_ROOT, demo_audiovisual_root
 from .decode import write_video
 
 __all__ = [
@@ -156,4 +157,8 @@ def resolve_root(root: str) -> Path:
     return DEMO_ROOTS[root]() if root in DEMO_ROOTS else Path(root).expanduser()
 
 
-DEMO_ROOTS: dict[str, Callable[[], Path]] = {BUILTIN_DEMO_ROOT: demo_videos_root, MOTION_DEMO_ROOT: demo_motion_root}
+DEMO_ROOTS: dict[str, Callable[[], Path]] = {
+    BUILTIN_DEMO_ROOT: demo_videos_root,
+    MOTION_DEMO_ROOT: demo_motion_root,
+    AUDIOVISUAL_DEMO_ROOT: demo_audiovisual_root,
+}
