@@ -154,8 +154,7 @@ class SafeDataset(DatasetWithTraits):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         seed = sample_seed(self.seed, epoch, index)
-        with seeded(seed):
-            item, bad = self._load(index)
+        item, bad = self._load(index, seed)
         out = {"input": item[0] if isinstance(item, (list, tuple)) else item, "bad": bad}
         if self.mask_fn is not None:
             masks = [
@@ -165,14 +164,18 @@ class SafeDataset(DatasetWithTraits):
             out["mask"] = masks[0] if self.masks_per_item == 1 else torch.stack(masks)
         return out
 
-    def _load(self, index: int) -> tuple[Any, int]:
+    def _load(self, index: int, seed: int) -> tuple[Any, int]:
         n = len(self)
         for step in range(n):
             i = (index + step) % n
             if i in self.bad:
                 continue
             try:
-                return self.dataset[i], int(step > 0)
+                # Seeded afresh for every attempt: a substitute draws the same crops whether or not this process
+                # has already met the unreadable item (which may have drawn some before failing), so a resumed
+                # run stays exact.
+                with seeded(seed):
+                    return self.dataset[i], int(step > 0)
             except Exception as exc:  # any decode failure is this sample's problem, not the run's
                 reason = str(exc) if isinstance(exc, BadSampleError) else f"sample {i}: {type(exc).__name__}: {exc}"
                 self.bad[i] = reason

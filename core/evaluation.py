@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .classify import Classifier
-from .data import DataError, SafeDataset, dataset_traits, sample_seed, seeded
+from .data import DataError, SafeDataset, dataset_traits, sample_seed
 from .distributed import DistContext, all_sum
 from .metrics import mean_average_precision, topk_correct
 
@@ -28,8 +28,7 @@ class LabelledSafeDataset(SafeDataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        with seeded(sample_seed(self.seed, epoch, index)):
-            (x, label), bad = self._load(index)
+        (x, label), bad = self._load(index, sample_seed(self.seed, epoch, index))
         label = torch.as_tensor(label, dtype=torch.float32) if isinstance(label, (Tensor, list)) else int(label)
         return {"input": x, "label": label, "bad": bad}
 

@@ -40,7 +40,7 @@ from torchvision.io import ImageReadMode, decode_png
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tf
 
-from anymae.core.data import BadSampleError, DataError, DatasetWithTraits
+from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
 from anymae.core.files import find_files
 
 __all__ = [
@@ -312,6 +312,14 @@ class ImageFiles(DatasetWithTraits):
 
     def __len__(self) -> int:
         return len(self.files) * self.repeats
+
+    @property
+    def traits(self) -> DatasetTraits:
+        return DatasetTraits(source=self.source)
+
+    def source(self, index: int) -> Path:
+        """The file item ``index`` is read from."""
+        return self.files[index % len(self.files)]
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.transform(self.reader(self.files[index % len(self.files)]))

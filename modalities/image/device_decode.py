@@ -43,13 +43,13 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import default_collate
 from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from anymae.core.data import BadSampleError, DataError
+from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
 
 from .data import full_precision_format, high_bit_mode, load_image
 
@@ -95,7 +95,7 @@ class EncodedBatch:
         return len(self.sizes)
 
 
-class CropDrawingFiles(Dataset):
+class CropDrawingFiles(DatasetWithTraits):
     """Image files whose items draw the paper's RandomResizedCrop box and flip with the same generator calls as
     the PIL path (``pretrain_transform``) for the same seed; ``repeats`` as in
     :class:`~anymae.modalities.image.data.ImageFiles`. The base of the decode paths that crop tensors."""
@@ -111,6 +111,14 @@ class CropDrawingFiles(Dataset):
 
     def __len__(self) -> int:
         return len(self.files) * self.repeats
+
+    @property
+    def traits(self) -> DatasetTraits:
+        return DatasetTraits(source=self.source)
+
+    def source(self, index: int) -> Path:
+        """The file item ``index`` is read from."""
+        return self.files[index % len(self.files)]
 
     def draw(self, image: Image.Image) -> tuple[tuple[int, int, int, int], bool]:
         """(RandomResizedCrop's (top, left, height, width) for ``image``'s size, RandomHorizontalFlip's draw)."""

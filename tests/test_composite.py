@@ -1,0 +1,240 @@
+"""Composite models (issue 18): one MAE over several modalities, each part masked, decoded and scored its own way."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image, write_image
+from einops import rearrange
+
+from anymae.core.build import build_model
+from anymae.core.composite import MultiModalMAE
+from anymae.core.composite_data import CompositeModality
+from anymae.core.config import ConfigError, resolve_config, resolve_model_config
+from anymae.core.loading import load_model
+from anymae.core.masking import keep_count
+from anymae.core.task_pretrain import pretrain
+from anymae.modalities.audio.encode import encode_audio
+from anymae.plugins import get_registry
+from anymae.testing import check_composite
+
+AUDIO_TOKENIZER = {"target_length": 64, "num_mel_bins": 32, "patch_size": 16}  # 4 x 2 = 8 tokens
+VIDEO_TOKENIZER = {"num_frames": 4, "img_size": 32, "patch_size": 8, "tubelet_size": 2}  # 2 x 4 x 4 = 32 tokens
+TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_embed_dim": 16, "decoder_depth": 1,
+        "decoder_num_heads": 2}  # fmt: skip
+
+
+def image_audio(**model: Any) -> MultiModalMAE:
+    """Image (32 px, patch 8: 16 tokens, norm-pix) + audio (8 tokens, pixels, weight 0.5), at a fixed init."""
+    parts = {
+        "image": {"tokenizer": {"img_size": 32, "patch_size": 8}, "target": "norm_pix"},
+        "audio": {"tokenizer": AUDIO_TOKENIZER, "mask_ratio": 0.5, "loss_weight": 0.5},
+    }
+    torch.manual_seed(0)
+    return build_model(resolve_model_config({"modality": "composite", "parts": parts, **TINY, **model}))
+
+
+def inputs(batch: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {"image": torch.randn(batch, 3, 32, 32, generator=generator),
+            "audio": torch.randn(batch, 1, 64, 32, generator=generator)}  # fmt: skip
+
+
+def test_each_part_is_masked_by_its_own_strategy_and_ratio():
+    parts = {
+        "video": {"tokenizer": VIDEO_TOKENIZER, "masking": "tube", "mask_ratio": 0.9},
+        "audio": {"tokenizer": AUDIO_TOKENIZER, "masking": "random", "mask_ratio": 0.75},
+    }
+    model = build_model(resolve_model_config({"modality": "composite", "parts": parts, **TINY}))
+    mask = model.draw_mask(64, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (64, 32 + 8)
+    video, audio = model.part_mask(mask, "video"), model.part_mask(mask, "audio")
+    tubes = video.view(64, 2, 16)  # (N, T/t, H/p * W/p): a tube masks one place in every frame
+    assert torch.equal(tubes[:, 0], tubes[:, 1])
+    assert (tubes[:, 0].sum(1) == int(0.9 * 16)).all()  # VideoMAE's TubeMaskingGenerator: int(ratio x places)
+    assert (audio.sum(1) == 8 - keep_count(8, 0.75)).all()  # 6 of 8
+    assert len({tuple(row.tolist()) for row in audio}) > 10  # drawn per sample
+
+
+def test_modality_dropout_removes_one_whole_part_from_that_share_of_samples():
+    model = image_audio(modality_dropout=0.3)
+    mask = model.draw_mask(4000, generator=torch.Generator().manual_seed(1), dropout=True)
+    image_gone = model.part_mask(mask, "image").all(1)
+    audio_gone = model.part_mask(mask, "audio").all(1)
+    assert not (image_gone & audio_gone).any()
+    assert abs(float((image_gone | audio_gone).float().mean()) - 0.3) < 0.03
+    assert abs(float(image_gone.float().mean()) - 0.15) < 0.03
+    kept = model.part_mask(mask, "image")[~image_gone]
+    assert (kept.sum(1) == 12).all()  # the others keep their strategy's mask
+    assert not model.draw_mask(500, generator=torch.Generator().manual_seed(1)).view(500, -1)[:, :16].all(1).any()
+
+
+def test_total_loss_is_the_weighted_sum_of_the_part_losses_computed_by_hand():
+    model = image_audio()
+    x = inputs()
+    mask = model.draw_mask(3, generator=torch.Generator().manual_seed(2))
+    out = model(x, mask=mask)
+    # image: the paper's patchify ((h p) (w q) c -> (h w) (p q c)) and norm-pix (unbiased var, eps 1e-6)
+    patches = rearrange(x["image"], "n c (h p) (w q) -> n (h w) (p q c)", p=8, q=8)
+    target = (patches - patches.mean(-1, keepdim=True)) / (patches.var(-1, keepdim=True) + 1e-6).sqrt()
+    removed = mask[:, :16]
+    image_loss = ((out.pred["image"] - target) ** 2).mean(-1)[removed].mean()
+    audio_target = model.parts["audio"].tokenizer.patchify(x["audio"])  # pixels: the patches themselves
+    audio_loss = ((out.pred["audio"] - audio_target) ** 2).mean(-1)[mask[:, 16:]].mean()
+    assert torch.allclose(out.losses["image"], image_loss, atol=1e-6)
+    assert torch.allclose(out.losses["audio"], audio_loss, atol=1e-6)
+    assert torch.allclose(out.loss, image_loss + 0.5 * audio_loss, atol=1e-6)
+
+
+def test_the_encoder_joins_the_parts_and_a_dropped_part_is_invisible_and_scores_nothing():
+    model = image_audio().eval()
+    x = inputs()
+    mask = model.draw_mask(3, generator=torch.Generator().manual_seed(3))
+    dropped = mask.clone()
+    dropped[0, 16:] = True  # sample 0 loses its audio
+    louder = {**x, "audio": x["audio"] * 3 + 1}
+    with torch.no_grad():
+        a, b = model(x, mask=dropped), model(louder, mask=dropped)
+        alone = model({"image": x["image"]}, mask=dropped)  # the audio left out of the inputs
+    assert torch.allclose(a.pred["image"][0], b.pred["image"][0], atol=1e-5)  # sample 0 cannot see its audio
+    assert not torch.allclose(a.pred["image"][1], b.pred["image"][1], atol=1e-3)  # sample 1 does
+    assert torch.allclose(a.pred["image"][0], alone.pred["image"][0], atol=1e-5)
+    assert set(alone.pred) == {"image"}
+    target = model.parts["audio"].tokenizer.patchify(x["audio"])
+    rows = ((a.pred["audio"] - target) ** 2).mean(-1)[1:][mask[1:, 16:]]  # only the samples that have it
+    assert torch.allclose(a.losses["audio"], rows.mean(), atol=1e-6)
+
+
+def test_encode_on_any_subset_of_the_parts():
+    model = image_audio().eval()
+    x = inputs()
+    with torch.no_grad():
+        both, image, audio = model.encode(x), model.encode({"image": x["image"]}), model.encode({"audio": x["audio"]})
+    assert both.shape == (3, 1 + 24, 32) and image.shape == (3, 1 + 16, 32) and audio.shape == (3, 1 + 8, 32)
+    assert not torch.allclose(both[:, 1:17], image[:, 1:])  # the image tokens see the audio when it is there
+    with pytest.raises(KeyError, match="its parts: image, audio"):
+        model.encode({"depth": x["image"]})
+
+
+def test_the_contract_check_passes_on_composites_of_the_built_in_modalities():
+    video = {"tokenizer": VIDEO_TOKENIZER, "masking": "tube", "mask_ratio": 0.9, "decoder": "videomae",
+             "target": "videomae", "pred_masked_only": True}  # fmt: skip
+    audio = {"tokenizer": {**AUDIO_TOKENIZER, "target_length": 160, "num_mel_bins": 128}, "mask_ratio": 0.8,
+             "masking": "time_frequency", "decoder": "local",
+             "decoder_options": {"window_size": [2, 2], "shift_size": [1, 0]}}  # fmt: skip
+    check_composite({"video": video, "audio": audio}, model={"cls_token": False})
+    check_composite({"image": {"tokenizer": {"img_size": 32, "patch_size": 8}, "target": "norm_pix"},
+                     "audio": {"tokenizer": AUDIO_TOKENIZER}})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "message"),
+    [
+        ({"mask_ratio": 0.9}, {}, "model.mask_ratio: a composite model sets it per part"),
+        ({"tokenizer": {"img_size": 32}}, {}, "model.tokenizer: a composite model has one per part"),
+        ({"parts": {"image": {}}}, {}, "needs at least two parts"),
+        ({"parts": {"image": {}, "sound": {}}}, {}, "model.parts.sound"),  # no modality 'sound'
+        ({"parts": {"image": {}, "audio": {"mask_ratio": 1.5}}}, {}, "model.parts.audio"),
+        ({"parts": {"image": {}, "audio": {"decoder_options": {"windows": 2}}}}, {}, "parts.audio.decoder_options"),
+        ({"init_from": "x.pt"}, {}, "model.init_from"),
+        ({}, {"depth": {"root": "x"}}, "'data.depth'"),
+        ({}, {"audio": {"sample_rat": 1}}, "data.audio.sample_rat"),
+    ],
+)
+def test_composite_configs_refuse_what_they_cannot_honour_naming_the_key(model, data, message):
+    raw_model = {"modality": "composite", "parts": {"image": {}, "audio": {}}, **model}
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        resolve_config({"model": raw_model, "data": data})
+
+
+def test_single_modality_configs_refuse_composite_keys():
+    with pytest.raises(ConfigError, match=r"model\.parts is for model\.modality: composite"):
+        resolve_model_config({"modality": "image", "parts": {"image": {}, "audio": {}}})
+
+
+def write_pairs(root: Path, count: int, *, split: str = "train", skip_audio: tuple[int, ...] = ()) -> None:
+    """root/image/<split>/sNNN.png and root/audio/<split>/sNNN.wav: an image and a tone per name."""
+    for i in range(count):
+        write_image(root / "image" / split / f"s{i:03d}.png", make_image(i, size=(40, 40)))
+        if i not in skip_audio:
+            t = np.arange(12000) / 16000
+            path = root / "audio" / split / f"s{i:03d}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            encode_audio(path, 0.4 * np.sin(2 * np.pi * (300 + 40 * i) * t), sample_rate=16000)
+
+
+def composite_config(tmp_path: Path, root: Path, **train: Any) -> Any:
+    raw = {
+        "name": "av",
+        "model": {"modality": "composite", **TINY, "modality_dropout": 0.25, "parts": {
+            "image": {"tokenizer": {"img_size": 32, "patch_size": 8}, "target": "norm_pix"},
+            "audio": {"tokenizer": AUDIO_TOKENIZER, "mask_ratio": 0.8, "loss_weight": 0.5}}},
+        "data": {"image": {"root": str(root / "image"), "heldout_split": "heldout"},
+                 "audio": {"root": str(root / "audio"), "mean": -6.0, "std": 4.0, "repeats": 1}},
+        "optim": {"lr": 1e-3, "warmup_epochs": 1},
+        "train": {"epochs": 2, "batch_size": 4, "num_workers": 0, "device": "cpu", "pin_memory": False,
+                  "output_dir": str(tmp_path / "runs"), "log_every_steps": 1, "heldout_batches": 1,
+                  "figure_samples": 2, "max_bad_fraction": 0.2, "save_every_epochs": 1, **train},
+    }  # fmt: skip
+    return resolve_config(raw)
+
+
+def test_a_composite_pretrains_resumes_exactly_and_round_trips_through_its_checkpoint(tmp_path):
+    root = tmp_path / "data"
+    write_pairs(root, 8)
+    write_pairs(root, 4, split="heldout")
+    (root / "audio" / "train" / "s003.wav").write_bytes(b"not audio")  # a bad part makes a counted bad sample
+    straight = pretrain(composite_config(tmp_path, root, run_name="straight"), progress=False)
+    rows = [json.loads(line) for line in straight.metrics.read_text().splitlines()]
+    assert {"loss_image", "loss_audio"} <= set(rows[0])
+    assert max(row.get("bad_samples", 0) for row in rows) >= 1
+    assert straight.figure is not None and straight.figure.is_file()
+    assert "heldout_loss_audio_others_dropped" in rows[-1] or any("heldout_loss_audio" in row for row in rows)
+
+    # The first epoch's checkpoint, copied into a run of its own, resumed to the end.
+    (tmp_path / "runs" / "resumed").mkdir()
+    first = shutil.copy(straight.run_dir / "checkpoint-0001.pt", tmp_path / "runs" / "resumed")
+    resumed = pretrain(composite_config(tmp_path, root, run_name="resumed"), resume=str(first), progress=False)
+    assert resumed.run_dir == tmp_path / "runs" / "resumed"
+    a, b = torch.load(straight.checkpoint, weights_only=False), torch.load(resumed.checkpoint, weights_only=False)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+    model = load_model(straight.checkpoint).eval()
+    assert isinstance(model, MultiModalMAE) and list(model.parts) == ["image", "audio"]
+    twin = build_model(composite_config(tmp_path, root).model).eval()
+    twin.load_state_dict(a["model"])
+    x = inputs(2)
+    mask = model.draw_mask(2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model(x, mask=mask).loss, twin(x, mask=mask).loss)
+
+
+def test_the_check_prints_each_parts_loss_and_the_cross_modal_line(tmp_path, capsys):
+    root = tmp_path / "data"
+    write_pairs(root, 8)
+    write_pairs(root, 4, split="heldout")
+    pretrain(composite_config(tmp_path, root, epochs=1), progress=False)
+    out = capsys.readouterr().out
+    assert "(image " in out and ", audio " in out
+    assert "cross-modal check: audio masked loss" in out and "with the image visible vs" in out
+    assert "with the image dropped (the same audio masks)" in out
+
+
+def test_parts_are_paired_by_file_name_and_unpaired_files_left_out(tmp_path):
+    root = tmp_path / "data"
+    write_pairs(root, 6, skip_audio=(2,))
+    cfg = composite_config(tmp_path, root)
+    modality = CompositeModality(cfg.model.parts, registry=get_registry())
+    with pytest.warns(UserWarning, match="1 items of part 'image' have no partner"):
+        paired = modality.build_dataset(cfg.data, split="train")
+    assert len(paired) == 5
+    names = [(paired.parts["image"].source(p["image"]).stem, paired.parts["audio"].source(p["audio"]).stem)
+             for p in paired.index]  # fmt: skip
+    assert all(a == b for a, b in names) and "s002" not in {a for a, _ in names}
