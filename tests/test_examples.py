@@ -133,3 +133,46 @@ def assert_plot_shows_the_series_and_its_removed_spans(path: Path, series: np.nd
             drawn_over = grey[s // patch] and colour(near, (220, 30, 30)).any()  # red is drawn after black
             assert colour(near, (0, 0, 0)).any() or drawn_over, (ch, s)
     assert all(grey == spans[0] for grey in spans) and sum(spans[0]) == removed
+
+
+def test_a_composite_with_the_third_party_timeseries_part_trains_resumes_and_round_trips(examples_site, tmp_path):
+    """Issue 18: a part can be any registered modality, a pip-installed one included."""
+    import shutil
+
+    from conftest import make_image, write_image
+
+    from anymae.core.composite import MultiModalMAE
+    from anymae.core.config import resolve_config
+    from anymae.core.loading import load_model
+    from anymae.core.task_pretrain import pretrain
+    from anymae.testing import check_composite
+
+    parts = {
+        "series": {"modality": "timeseries", "tokenizer": {"channels": 2, "length": 64, "patch_size": 8}},
+        "image": {"tokenizer": {"img_size": 32, "patch_size": 8}, "mask_ratio": 0.5, "loss_weight": 2.0},
+    }
+    check_composite(parts)
+    for i in range(8):  # 8 images and 2 series x 4 windows: paired by index (the series have no files)
+        write_image(tmp_path / "images" / "train" / f"i{i}.png", make_image(i, size=(40, 40)))
+
+    def config(name: str) -> object:
+        return resolve_config({
+            "name": name,
+            "model": {"modality": "composite", "parts": parts, "embed_dim": 32, "depth": 1, "num_heads": 2,
+                      "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2, "modality_dropout": 0.2},
+            "data": {"series": {"num_series": 2, "series_length": 256, "windows_per_series": 4, "heldout_fraction": 0},
+                     "image": {"root": str(tmp_path / "images"), "heldout_split": None}},
+            "optim": {"lr": 1e-3, "warmup_epochs": 1},
+            "train": {"epochs": 2, "batch_size": 4, "num_workers": 0, "device": "cpu", "save_every_epochs": 1,
+                      "output_dir": str(tmp_path / "runs"), "run_name": name},
+        })  # fmt: skip
+
+    straight = pretrain(config("straight"), progress=False)
+    (tmp_path / "runs" / "resumed").mkdir()
+    first = shutil.copy(straight.run_dir / "checkpoint-0001.pt", tmp_path / "runs" / "resumed")
+    resumed = pretrain(config("resumed"), resume=str(first), progress=False)
+    a, b = torch.load(straight.checkpoint, weights_only=False), torch.load(resumed.checkpoint, weights_only=False)
+    assert all(torch.equal(value, b["model"][key]) for key, value in a["model"].items())
+    model = load_model(straight.checkpoint)
+    assert isinstance(model, MultiModalMAE) and list(model.parts) == ["series", "image"]
+    assert type(model.parts["series"].tokenizer).__module__.startswith("anymae_timeseries")
