@@ -14,6 +14,7 @@ from .composite import MultiModalMAE, Part
 from .config import COMPOSITE, ModelConfig, check_decoder_options, config_to_dict
 from .decoder import DecoderArgs
 from .encoder import MaskedEncoder
+from .joint_decoder import JointDecoder
 from .model import MaskedAutoencoder
 
 __all__ = [
@@ -63,7 +64,7 @@ def build_composite(cfg: ModelConfig, *, registry: Registry, with_decoder: bool 
     for name, part_cfg in cfg.parts.items():
         tokenizer = registry.modality(part_cfg.modality).build_tokenizer(part_cfg.tokenizer, embed_dim=cfg.embed_dim)
         decoder = None
-        if with_decoder:
+        if with_decoder and not cfg.joint_decoder:
             decoder = _build_decoder(cfg, part_cfg.decoder, part_cfg.decoder_options, tokenizer, registry=registry)
         parts[name] = Part(
             tokenizer=tokenizer,
@@ -86,9 +87,24 @@ def build_composite(cfg: ModelConfig, *, registry: Registry, with_decoder: bool 
         norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps),
         cls_token=cfg.cls_token,
     )
+    joint = None
+    if with_decoder and cfg.joint_decoder:
+        joint = JointDecoder(
+            in_dim=cfg.embed_dim,
+            embed_dim=cfg.decoder_embed_dim,
+            depth=cfg.decoder_depth,
+            num_heads=cfg.decoder_num_heads,
+            mlp_ratio=cfg.decoder_mlp_ratio,
+            qkv_bias=cfg.qkv_bias,
+            tables={name: part.tokenizer.position_table(cfg.decoder_embed_dim) for name, part in parts.items()},
+            out_dims={name: part.tokenizer.patch_dim for name, part in parts.items()},
+            num_prefix=int(cfg.cls_token),
+            norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps),
+        )
     model = MultiModalMAE(
         parts=parts,
         encoder=encoder,
+        decoder=joint,
         modality_dropout=cfg.modality_dropout,
         config={"model": config_to_dict(cfg), "with_decoder": with_decoder},
     )

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .encoder import MaskedEncoder
+from .joint_decoder import JointDecoder
 from .loss import masked_mse
 from .masking import MaskingStrategy, keep_count, sample_mask
 from .model import init_linear_and_norm, target_to_pixels
@@ -99,7 +100,9 @@ class MultiModalMAE(nn.Module):
 
     ``encoder`` is a :class:`MaskedEncoder` whose position table is the parts' own tables concatenated in part
     order (each part keeps the positions its modality defines); each part adds its modality embedding to its
-    tokens. ``modality_dropout`` is the share of training samples that lose one part (drawn with the mask).
+    tokens. ``decoder``: a :class:`~anymae.core.joint_decoder.JointDecoder` over every part's tokens (CAV-MAE), or
+    None for each part's own decoder. ``modality_dropout`` is the share of training samples that lose one part
+    (drawn with the mask).
     """
 
     def __init__(
@@ -107,12 +110,16 @@ class MultiModalMAE(nn.Module):
         *,
         parts: dict[str, Part],
         encoder: MaskedEncoder,
+        decoder: JointDecoder | None = None,
         modality_dropout: float = 0.0,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.parts = nn.ModuleDict(parts)
         self.encoder = encoder
+        self.decoder = decoder  # one decoder over every part's tokens; None: each part's own
+        if decoder is not None and any(p.decoder is not None for p in parts.values()):
+            raise ValueError("a joint decoder replaces the parts' own decoders: build the parts without one")
         self.modality_dropout = modality_dropout
         self.spans: dict[str, tuple[int, int]] = {}  # part -> its [start, stop) in the joint token sequence
         start = 0
@@ -133,15 +140,21 @@ class MultiModalMAE(nn.Module):
     def initialize_weights(self) -> None:
         """The official MAE init for the encoder and decoders (as :class:`MaskedAutoencoder`); CLS, mask tokens
         and modality embeddings N(0, 0.02) (CAV-MAE's modality embeddings are truncated-normal 0.02)."""
-        tokens = [self.encoder.cls_token, *(getattr(p.decoder, "mask_token", None) for p in self.parts.values())]
-        for token in [*tokens, *(p.modality_embed for p in self.parts.values())]:
+        decoders = self.decoders()
+        tokens = [self.encoder.cls_token, *(getattr(d, "mask_token", None) for d in decoders)]
+        tokens += [p.modality_embed for p in self.parts.values()]
+        if self.decoder is not None:
+            tokens += list(self.decoder.modality_embed.values())
+        for token in tokens:
             if token is not None:
                 nn.init.normal_(token, std=0.02)
-        for module in (self.encoder, *(p.decoder for p in self.parts.values())):
-            if module is not None:
-                module.apply(init_linear_and_norm)
+        for module in (self.encoder, *decoders):
+            module.apply(init_linear_and_norm)
 
     def decoders(self) -> list[nn.Module]:
+        """The joint decoder, or each part's."""
+        if self.decoder is not None:
+            return [self.decoder]
         return [p.decoder for p in self.parts.values() if p.decoder is not None]
 
     def sample_masker(self, *, dropout: bool = True) -> CompositeMasker:
@@ -236,12 +249,18 @@ class MultiModalMAE(nn.Module):
             mask = self.draw_mask(n, dropout=self.training)
         mask = mask.to(device)
         latent, layouts = self.forward_encoder(x, mask)
-        preds, losses = {}, {}
+        if self.decoder is not None:
+            columns = {name: (slice(lay.offset, lay.offset + lay.ids_keep.shape[1]), lay.ids_restore, lay.present)
+                       for name, lay in layouts.items()}  # fmt: skip
+            preds = self.decoder(latent, columns)
+        else:
+            preds = {name: self.forward_decoder(latent, layout, name) for name, layout in layouts.items()}
+        losses = {}
         total = latent.new_zeros((), dtype=torch.float32)
         for name, layout in layouts.items():
-            pred = self.forward_decoder(latent, layout, name)
+            pred = preds[name]
             loss = self.forward_loss(x[name], pred, self.part_mask(mask, name), name, layout.present)
-            preds[name], losses[name] = pred, loss.detach()
+            losses[name] = loss.detach()
             total = total + self.parts[name].loss_weight * loss
         return CompositeOutput(total, preds, mask.float(), losses)
 

@@ -110,6 +110,7 @@ class ModelConfig:
     # tokenizer, masking, target and decoder (PartConfig); the encoder and the widths above are shared.
     parts: dict[str, Any] = field(default_factory=dict)
     modality_dropout: float = 0.0  # composite: share of training samples that lose one part (chosen at random)
+    joint_decoder: bool = False  # composite: one decoder over every part's tokens (CAV-MAE) instead of each part's own
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.modality_dropout < 1.0:
@@ -549,7 +550,7 @@ def resolve_model_config(raw: Any, registry: Registry | None = None) -> ModelCon
     cfg = from_dict(ModelConfig, raw, "model")
     if cfg.modality == COMPOSITE:
         return _resolve_composite(cfg, raw, tokenizer_raw, registry)
-    for key in ("parts", "modality_dropout"):
+    for key in ("parts", "modality_dropout", "joint_decoder"):
         if getattr(cfg, key):
             raise ConfigError(f"config model.{key} is for model.modality: {COMPOSITE}; this model is {cfg.modality!r}")
     try:
@@ -612,6 +613,11 @@ def _resolve_composite(cfg: ModelConfig, raw: dict[str, Any], tokenizer_raw: Any
         _check_options(strategy, part.masking_options, f"{where}.masking_options", "masking strategy",
                        MASKING_ARGUMENTS)  # fmt: skip
         part.tokenizer = from_dict(modality.tokenizer_config, tokenizer, f"{where}.tokenizer")
+        if cfg.joint_decoder:
+            for key in ("decoder", "decoder_options", "pred_masked_only"):
+                if getattr(part, key) != getattr(PartConfig(), key):
+                    raise ConfigError(f"config {where}.{key}: the part has no decoder of its own with "
+                                      "model.joint_decoder: true")  # fmt: skip
         parts[str(name)] = part
     cfg.parts = parts
     return cfg

@@ -133,6 +133,24 @@ def test_the_contract_check_passes_on_composites_of_the_built_in_modalities():
                      "audio": {"tokenizer": AUDIO_TOKENIZER}})  # fmt: skip
 
 
+def test_a_joint_decoder_predicts_each_part_from_every_parts_tokens():
+    model = image_audio(joint_decoder=True).eval()
+    assert model.parts["image"].decoder is None and model.decoders() == [model.decoder]
+    parts = {"image": {"tokenizer": {"img_size": 32, "patch_size": 8}}, "audio": {"tokenizer": AUDIO_TOKENIZER}}
+    check_composite(parts, model={"joint_decoder": True})
+    x = inputs()
+    mask = model.draw_mask(3, generator=torch.Generator().manual_seed(4))
+    other = {**x, "image": x["image"].flip(0)}
+    with torch.no_grad():
+        a, b = model(x, mask=mask), model(other, mask=mask)
+        dropped = model.drop(mask, ["image"])
+        c, d = model(x, mask=dropped), model(other, mask=dropped)
+    assert not torch.allclose(a.pred["audio"], b.pred["audio"], atol=1e-4)  # the audio heads read the image tokens
+    assert torch.allclose(c.pred["audio"], d.pred["audio"], atol=1e-5)  # ... unless the image is dropped
+    assert set(model.state_dict()) >= {"decoder.heads.image.weight", "decoder.heads.audio.weight",
+                                       "decoder.modality_embed.audio"}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("model", "data", "message"),
     [
@@ -143,6 +161,7 @@ def test_the_contract_check_passes_on_composites_of_the_built_in_modalities():
         ({"parts": {"image": {}, "audio": {"mask_ratio": 1.5}}}, {}, "model.parts.audio"),
         ({"parts": {"image": {}, "audio": {"decoder_options": {"windows": 2}}}}, {}, "parts.audio.decoder_options"),
         ({"init_from": "x.pt"}, {}, "model.init_from"),
+        ({"joint_decoder": True, "parts": {"image": {}, "audio": {"decoder": "local"}}}, {}, "parts.audio.decoder"),
         ({}, {"depth": {"root": "x"}}, "'data.depth'"),
         ({}, {"audio": {"sample_rat": 1}}, "data.audio.sample_rat"),
     ],
@@ -156,6 +175,8 @@ def test_composite_configs_refuse_what_they_cannot_honour_naming_the_key(model, 
 def test_single_modality_configs_refuse_composite_keys():
     with pytest.raises(ConfigError, match=r"model\.parts is for model\.modality: composite"):
         resolve_model_config({"modality": "image", "parts": {"image": {}, "audio": {}}})
+    with pytest.raises(ConfigError, match=r"model\.joint_decoder is for model\.modality: composite"):
+        resolve_model_config({"modality": "image", "joint_decoder": True})
 
 
 def write_pairs(root: Path, count: int, *, split: str = "train", skip_audio: tuple[int, ...] = ()) -> None:

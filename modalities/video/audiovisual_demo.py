@@ -4,12 +4,12 @@ MAE demo; generated once, deterministically, at first use.
 Each clip is 3.2 s: 32 frames of 32x32 RGB at 10 fps and a mono 16 kHz sound track, both in one ``.mp4``
 (H.264, or MPEG-4 part 2 when this FFmpeg has no libx264, and AAC). The picture is a dark background with a faint,
 slowly drifting texture (something for a video MAE to predict, unrelated to the sound) and one bright disc moving
-at a constant velocity that bounces off the borders. The sound is a sine tone whose pitch follows the disc's
-height, ``f = 200 Hz * 2 ** (4 * (1 - y / (H - 1)))`` (top 3200 Hz, bottom 200 Hz), plus faint white noise.
+at a constant velocity that bounces off the borders. The sound is a tone (four harmonics) whose pitch follows the
+disc's height, ``f = 200 Hz * 2 ** (4 * (1 - y / (H - 1)))`` (top 3200 Hz, bottom 200 Hz), plus faint white noise.
 So the sound says where the disc is vertically and the picture says the pitch: a model that masks one
 modality can fill it in from the other, which neither the video nor the audio demo can show.
 
-Written into ``$ANYMAE_CACHE`` (default ``~/.cache/anymae``)/``demo_audiovisual-v1``, ``train/`` (160 clips)
+Written into ``$ANYMAE_CACHE`` (default ``~/.cache/anymae``)/``demo_audiovisual-v2``, ``train/`` (160 clips)
 and ``heldout/`` (16), ``clipNNNN.mp4`` numbered by seed; a temporary folder is renamed into place so a
 half-written set is never used.
 """
@@ -35,13 +35,17 @@ __all__ = [
 ]
 
 AUDIOVISUAL_DEMO_ROOT = "builtin:demo_audiovisual"
-VERSION = "v1"  # bump when the generator changes, so old caches are not reused
+VERSION = "v2"  # bump when the generator changes, so old caches are not reused
 SIZE = (32, 32)  # H, W
 FRAMES, FPS = 32, 10  # 3.2 s
 RATE = 16_000  # AudioMAE's rate
 NUM_TRAIN, NUM_HELDOUT = 160, 16
 LOW_HZ, OCTAVES = 200.0, 4  # bottom of the frame -> 200 Hz, top -> 3200 Hz
-AMPLITUDE, NOISE = 0.5, 0.02
+AMPLITUDE, NOISE = 0.5, 0.003
+# Harmonics k = 1..4 at amplitude 1/k (below 7 kHz): four lines that move together in the spectrogram instead of
+# one thin line, so that the pitch weighs in a masked-patch loss (v1's single sine with 0.02 noise: the audio's
+# pixel loss was mostly noise floor, and a joint model gained < 0.1% from the video).
+HARMONICS, MAX_HZ = 4, 7000.0
 AUDIO_FRAME = 1024  # samples per AAC frame
 
 
@@ -100,8 +104,11 @@ def make_audiovisual_clip(
     num_samples = round(frames / fps * sample_rate)
     t = np.arange(num_samples) / sample_rate
     y = np.interp(t, np.arange(frames + 1) / fps, centres[:, 0])  # (S,) height at every sample
-    phase = 2 * np.pi * np.cumsum(pitch_of_height(y, h)) / sample_rate
-    wave = AMPLITUDE * np.sin(phase) + NOISE * rng.standard_normal(num_samples)
+    pitch = pitch_of_height(y, h)  # (S,)
+    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
+    weights = [(k * pitch < MAX_HZ) / k for k in range(1, HARMONICS + 1)]  # (S,) each: no harmonic above MAX_HZ
+    tone = sum(w * np.sin(k * phase) for k, w in enumerate(weights, start=1)) / sum(1 / k for k in range(1, 5))
+    wave = AMPLITUDE * tone + NOISE * rng.standard_normal(num_samples)
     return video, wave.astype(np.float32), centres[:frames, 0].copy()
 
 
