@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-from anymae.plugins.manager import Registry, resolve_registry
+from anymae.plugins.manager import COMPOSITE, Registry, resolve_registry
 
 from .decoder import DecoderArgs
 from .masking import MaskingArgs
@@ -135,10 +135,6 @@ class ModelConfig:
                 f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by "
                 f"decoder_num_heads {self.decoder_num_heads}"
             )
-
-
-# ``model.modality`` of a model over several modalities; its ``model.parts`` name them.
-COMPOSITE = "composite"
 
 
 @dataclass

@@ -22,6 +22,7 @@ import pluggy
 from . import hookspecs
 
 __all__ = [
+    "COMPOSITE",
     "ENTRY_POINT_GROUP",
     "DuplicateNameError",
     "PluginError",
@@ -34,6 +35,8 @@ __all__ = [
     "resolve_registry",
 ]
 
+# ``model.modality`` of a model over several modalities (``model.parts``): a core model, not a registered modality.
+COMPOSITE = "composite"
 ENTRY_POINT_GROUP = "anymae"
 hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT_NAME)
 
@@ -101,6 +104,12 @@ class Registry:
 
     def modality(self, name: str) -> Any:
         """The registered :class:`anymae.core.Modality` called ``name``."""
+        if name == COMPOSITE:
+            raise KeyError(
+                f"{name!r} is a model over several modalities (model.parts), not one registered modality: this "
+                "command does not take composite models yet (pretrain does; in Python, MultiModalMAE.encode gives "
+                "features of any of its parts)"
+            )
         return self._lookup("modality", self.modalities, name)
 
     def masking_strategy(self, name: str) -> Callable[..., Any]:

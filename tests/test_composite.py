@@ -259,3 +259,19 @@ def test_parts_are_paired_by_file_name_and_unpaired_files_left_out(tmp_path):
     names = [(paired.parts["image"].source(p["image"]).stem, paired.parts["audio"].source(p["audio"]).stem)
              for p in paired.index]  # fmt: skip
     assert all(a == b for a, b in names) and "s002" not in {a for a, _ in names}
+
+
+def test_the_check_scores_joint_features_by_knn_when_every_part_has_labels(tmp_path):
+    root = tmp_path / "data"
+    for label in ("low", "high"):  # class folders in both parts; the pairs keep their class
+        for split, count in (("train", 4), ("heldout", 2)):
+            for i in range(count):
+                seed = i + (0 if label == "low" else 50) + (0 if split == "train" else 10)
+                write_image(root / "image" / split / label / f"s{i}.png", make_image(seed, size=(40, 40)))
+                tone = 0.4 * np.sin(2 * np.pi * (300 if label == "low" else 2000) * np.arange(12000) / 16000)
+                (root / "audio" / split / label).mkdir(parents=True, exist_ok=True)
+                encode_audio(root / "audio" / split / label / f"s{i}.wav", tone, sample_rate=16000)
+    result = pretrain(composite_config(tmp_path, root, epochs=1), progress=False)
+    rows = [json.loads(line) for line in result.metrics.read_text().splitlines()]
+    knn = [row["knn_top1"] for row in rows if "knn_top1" in row]
+    assert len(knn) == 1 and 0.0 <= knn[0] <= 100.0

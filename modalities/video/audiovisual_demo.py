@@ -3,13 +3,13 @@ MAE demo; generated once, deterministically, at first use.
 
 Each clip is 3.2 s: 32 frames of 32x32 RGB at 10 fps and a mono 16 kHz sound track, both in one ``.mp4``
 (H.264, or MPEG-4 part 2 when this FFmpeg has no libx264, and AAC). The picture is a dark background with a faint,
-slowly drifting texture (something for a video MAE to predict, unrelated to the sound) and one bright disc moving
-at a constant velocity that bounces off the borders. The sound is a tone (four harmonics) whose pitch follows the
+slowly drifting texture (something for a video MAE to predict, unrelated to the sound) and one bright disc that
+jumps to a new random place every 0.4 s. The sound is a tone (four harmonics) whose pitch follows the
 disc's height, ``f = 200 Hz * 2 ** (4 * (1 - y / (H - 1)))`` (top 3200 Hz, bottom 200 Hz), plus faint white noise.
 So the sound says where the disc is vertically and the picture says the pitch: a model that masks one
 modality can fill it in from the other, which neither the video nor the audio demo can show.
 
-Written into ``$ANYMAE_CACHE`` (default ``~/.cache/anymae``)/``demo_audiovisual-v2``, ``train/`` (160 clips)
+Written into ``$ANYMAE_CACHE`` (default ``~/.cache/anymae``)/``demo_audiovisual-v4``, ``train/`` (160 clips)
 and ``heldout/`` (16), ``clipNNNN.mp4`` numbered by seed; a temporary folder is renamed into place so a
 half-written set is never used.
 """
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 AUDIOVISUAL_DEMO_ROOT = "builtin:demo_audiovisual"
-VERSION = "v2"  # bump when the generator changes, so old caches are not reused
+VERSION = "v4"  # bump when the generator changes, so old caches are not reused
 SIZE = (32, 32)  # H, W
 FRAMES, FPS = 32, 10  # 3.2 s
 RATE = 16_000  # AudioMAE's rate
@@ -45,7 +45,11 @@ AMPLITUDE, NOISE = 0.5, 0.003
 # Harmonics k = 1..4 at amplitude 1/k (below 7 kHz): four lines that move together in the spectrogram instead of
 # one thin line, so that the pitch weighs in a masked-patch loss (v1's single sine with 0.02 noise: the audio's
 # pixel loss was mostly noise floor, and a joint model gained < 0.1% from the video).
-HARMONICS, MAX_HZ = 4, 7000.0
+HARMONICS, MAX_HZ = 1, 7000.0
+# The disc jumps to a new random place every NOTE_FRAMES frames (0.4 s), and the tone to the matching pitch: a
+# melody that neither stream can extrapolate from its own neighbours, so a model that masks a stretch of one has to
+# read the other (v2's disc moved on straight lines, which each stream predicted alone: < 0.3% gain from the other).
+NOTE_FRAMES = 16
 AUDIO_FRAME = 1024  # samples per AAC frame
 
 
@@ -64,10 +68,10 @@ def make_audiovisual_clip(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clip number ``seed`` -> (video uint8 (T, H, W, 3), wave float32 (S,), heights float64 (T,)).
 
-    ``heights[t]`` is the disc centre's row in frame ``t``; ``S = round(T / fps * sample_rate)``. The tone's
-    frequency follows :func:`pitch_of_height` of the height interpolated linearly between frame times (the motion
-    continues one frame past the last, so the final 1 / fps seconds are not a held pitch); its phase is
-    continuous (the integral of the frequency), so a pitch change makes no click.
+    ``heights[t]`` is the disc centre's row in frame ``t``; ``S = round(T / fps * sample_rate)``. The disc
+    rests at a random place for ``NOTE_FRAMES`` frames, then jumps to another; the tone's frequency is
+    :func:`pitch_of_height` of the height of the frame on screen at each sample, with a continuous phase (the
+    integral of the frequency), so a jump makes no click.
     """
     rng = np.random.default_rng(seed)
     h, w = size
@@ -79,14 +83,13 @@ def make_audiovisual_clip(
     periods = rng.uniform(6, 12, size=2)
     drifts = rng.uniform(0.15, 0.4, size=2) * rng.choice([-1, 1], size=2)
 
-    # The disc: bright, random colour, constant velocity with a vertical part large enough to change the pitch.
+    # The disc: bright, random colour, a new random place every NOTE_FRAMES frames.
     radius = rng.uniform(4.0, 5.0)
     colour = rng.uniform(0.6, 1.0, size=3).astype(np.float32)
     colour[rng.integers(3)] = 1.0  # at least one saturated channel: bright whatever the draw
     lo, hi = np.array([radius, radius]), np.array([h - 1 - radius, w - 1 - radius])
-    start = rng.uniform(lo, hi)
-    velocity = rng.uniform(0.8, 2.0, size=2) * rng.choice([-1, 1], size=2)  # (dy, dx) px per frame
-    centres = _bounce(start + np.arange(frames + 1)[:, None] * velocity, lo, hi)  # (T + 1, 2)
+    notes = rng.uniform(lo, hi, size=(-(-frames // NOTE_FRAMES), 2))  # (notes, 2) places (y, x)
+    centres = np.repeat(notes, NOTE_FRAMES, axis=0)[:frames]  # (T, 2)
 
     video = np.empty((frames, h, w, 3), dtype=np.uint8)
     for f in range(frames):
@@ -103,21 +106,13 @@ def make_audiovisual_clip(
 
     num_samples = round(frames / fps * sample_rate)
     t = np.arange(num_samples) / sample_rate
-    y = np.interp(t, np.arange(frames + 1) / fps, centres[:, 0])  # (S,) height at every sample
+    y = centres[np.minimum((t * fps).astype(int), frames - 1), 0]  # (S,) the height on screen at every sample
     pitch = pitch_of_height(y, h)  # (S,)
     phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
     weights = [(k * pitch < MAX_HZ) / k for k in range(1, HARMONICS + 1)]  # (S,) each: no harmonic above MAX_HZ
     tone = sum(w * np.sin(k * phase) for k, w in enumerate(weights, start=1)) / sum(1 / k for k in range(1, 5))
     wave = AMPLITUDE * tone + NOISE * rng.standard_normal(num_samples)
-    return video, wave.astype(np.float32), centres[:frames, 0].copy()
-
-
-def _bounce(positions: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Unbounded straight-line positions (..., 2) -> positions reflected between ``lo`` and ``hi`` (exact
-    bounces, a triangle wave per axis)."""
-    span = hi - lo
-    u = np.mod(positions - lo, 2 * span)
-    return lo + np.where(u <= span, u, 2 * span - u)
+    return video, wave.astype(np.float32), centres[:, 0].copy()
 
 
 def write_audiovisual_clip(
