@@ -28,7 +28,7 @@ from .model import init_linear_and_norm, target_to_pixels
 from .targets import Target
 from .tokenizer import Tokenizer
 
-__all__ = ["CompositeMasker", "CompositeOutput", "MultiModalMAE", "Part"]
+__all__ = ["CompositeMasker", "CompositeOutput", "MultiModalMAE", "Part", "PartsView"]
 
 Inputs = Mapping[str, Tensor]  # part name -> that modality's input batch (N, ...)
 
@@ -272,6 +272,13 @@ class MultiModalMAE(nn.Module):
         mask = torch.zeros(n, self.num_tokens, dtype=torch.bool, device=device)
         return self.forward_encoder(x, mask)[0]
 
+    def restricted(self, names: Sequence[str]) -> PartsView:
+        """This model seen through some of its parts: ``encode`` takes the full inputs and keeps only ``names``
+        (for k-NN / features of one part, or of a subset; the weights are this model's own)."""
+        for name in names:
+            self._span(name)
+        return PartsView(self, names)
+
     # --- helpers ------------------------------------------------------------------------------------------
     def _span(self, name: str) -> tuple[int, int]:
         if name not in self.spans:
@@ -288,6 +295,22 @@ class MultiModalMAE(nn.Module):
                 f"mask must be bool (N, L) = ({n}, {self.num_tokens}) over the parts "
                 f"{', '.join(f'{k} {b - a}' for k, (a, b) in self.spans.items())}, got {mask.dtype} {tuple(mask.shape)}"
             )
+
+
+class PartsView(nn.Module):
+    """:meth:`MultiModalMAE.restricted`: ``encode`` over some of the parts (a module holding the model itself)."""
+
+    def __init__(self, model: MultiModalMAE, names: Sequence[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, list(names)
+
+    @property
+    def encoder(self) -> MaskedEncoder:
+        return self.model.encoder
+
+    def encode(self, x: Inputs) -> Tensor:
+        """(N, num_prefix + L_names, D): the features of the parts ``names`` seen alone."""
+        return self.model.encode({name: x[name] for name in self.names})
 
 
 class _Layout(NamedTuple):

@@ -187,6 +187,12 @@ class PretrainTask(Task):
             knn = knn_accuracy(model, *self.knn_sets, batch_size=self.cfg.train.batch_size, device=self.device)
             record.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
             line += f", k-NN top-1 {knn['knn_top1']:.1f}%"
+            if self.composite:  # ... and of each part's features alone
+                for name in model.parts:
+                    alone = knn_accuracy(model.restricted([name]), *self.knn_sets,
+                                         batch_size=self.cfg.train.batch_size, device=self.device)  # fmt: skip
+                    record[f"knn_top1_{name}"] = alone["knn_top1"]
+                    line += f" ({name} alone {alone['knn_top1']:.1f}%)"
         line += extra
         return Check(record, line, figure=figure)
 

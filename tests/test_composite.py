@@ -273,5 +273,6 @@ def test_the_check_scores_joint_features_by_knn_when_every_part_has_labels(tmp_p
                 encode_audio(root / "audio" / split / label / f"s{i}.wav", tone, sample_rate=16000)
     result = pretrain(composite_config(tmp_path, root, epochs=1), progress=False)
     rows = [json.loads(line) for line in result.metrics.read_text().splitlines()]
-    knn = [row["knn_top1"] for row in rows if "knn_top1" in row]
-    assert len(knn) == 1 and 0.0 <= knn[0] <= 100.0
+    knn = [row for row in rows if "knn_top1" in row]
+    assert len(knn) == 1 and {"knn_top1_image", "knn_top1_audio"} <= set(knn[0])
+    assert knn[0]["knn_top1_audio"] == 100.0  # a 300 Hz against a 2 kHz tone: any features tell them apart
