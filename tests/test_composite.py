@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import make_image, write_image
 from einops import rearrange
 
 from anymae.core.build import build_model
 from anymae.core.composite import MultiModalMAE
 from anymae.core.composite_data import CompositeModality
-from anymae.core.config import ConfigError, resolve_config, resolve_model_config
+from anymae.core.config import ConfigError, config_to_dict, resolve_config, resolve_model_config
 from anymae.core.loading import load_model
 from anymae.core.masking import keep_count
 from anymae.core.task_pretrain import pretrain
@@ -276,3 +281,32 @@ def test_the_check_scores_joint_features_by_knn_when_every_part_has_labels(tmp_p
     knn = [row for row in rows if "knn_top1" in row]
     assert len(knn) == 1 and {"knn_top1_image", "knn_top1_audio"} <= set(knn[0])
     assert knn[0]["knn_top1_audio"] == 100.0  # a 300 Hz against a 2 kHz tone: any features tell them apart
+
+
+def test_two_ddp_ranks_train_a_composite_like_one_process_with_their_joint_batch(tmp_path):
+    """Rank r takes samples r, r + 2, ... of each step (EpochSampler): 2 ranks x batch 2 = 1 process x batch 4."""
+    root = tmp_path / "data"
+    write_pairs(root, 8)
+    write_pairs(root, 4, split="heldout")
+    configs = {}
+    for name, batch in (("one", 4), ("ddp", 2)):
+        cfg = composite_config(tmp_path, root, run_name=name, batch_size=batch, epochs=1, figure_samples=0)
+        cfg.model.modality_dropout = 0.0  # dropped parts change a rank's loss normalisation: not a 1:1 comparison
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(yaml.safe_dump(config_to_dict(cfg)))
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANYMAE_")}
+    env.update(OMP_NUM_THREADS="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port.getsockname()[1]))
+    port.close()
+    command = [sys.executable, "-m", "anymae.core.cli", "pretrain", "--no-progress"]
+    ranks = [subprocess.Popen([*command, str(configs["ddp"])], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]  # fmt: skip
+    errors = [rank.communicate(timeout=180)[1] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], errors
+    single = subprocess.run([*command, str(configs["one"])], capture_output=True, text=True, timeout=180)
+    assert single.returncode == 0, single.stderr
+    a = torch.load(tmp_path / "runs" / "one" / "checkpoint-0001.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "runs" / "ddp" / "checkpoint-0001.pt", weights_only=False)["model"]
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
