@@ -102,14 +102,14 @@ def test_demo_root_writes_the_layout_into_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(av_demo, "NUM_TRAIN", 2)
     monkeypatch.setattr(av_demo, "NUM_HELDOUT", 1)
     root = video_demo.DEMO_ROOTS[AUDIOVISUAL_DEMO_ROOT]()
-    assert root == tmp_path / "demo_audiovisual-v4"
+    assert root == tmp_path / "demo_audiovisual-v5"
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.mp4")) == [
         "heldout/clip0002.mp4",
         "train/clip0000.mp4",
         "train/clip0001.mp4",
     ]
     assert audio_demo.DEMO_ROOTS[AUDIOVISUAL_DEMO_ROOT]() == root  # the audio plugin resolves the same folder
-    assert [p.name for p in tmp_path.iterdir()] == ["demo_audiovisual-v4"]  # no staging folder left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["demo_audiovisual-v5"]  # no staging folder left behind
 
 
 def test_audio_plugin_does_not_import_the_video_plugin():

@@ -310,3 +310,31 @@ def test_two_ddp_ranks_train_a_composite_like_one_process_with_their_joint_batch
     b = torch.load(tmp_path / "runs" / "ddp" / "checkpoint-0001.pt", weights_only=False)["model"]
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_a_joint_decoder_learns_to_read_one_part_from_the_other():
+    """Two image parts that are copies of each other, made of noise: after a short training, a removed patch of one
+    is predicted far better with the other part visible than with it dropped (half its counterparts are visible),
+    which only attention across the parts can do."""
+    parts = {name: {"modality": "image", "tokenizer": {"img_size": 8, "patch_size": 4, "in_chans": 1},
+                    "mask_ratio": 0.5} for name in ("left", "right")}  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(resolve_model_config({"modality": "composite", "parts": parts, "embed_dim": 64, "depth": 1,
+                                              "num_heads": 4, "decoder_embed_dim": 64, "decoder_depth": 1,
+                                              "decoder_num_heads": 4, "joint_decoder": True}))  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        x = torch.randn(32, 1, 8, 8, generator=generator)  # noise: unpredictable from the part itself
+        loss = model({"left": x, "right": x}, mask=model.draw_mask(32, generator=generator)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    x = torch.randn(256, 1, 8, 8, generator=generator)
+    mask = model.draw_mask(256, generator=generator)
+    with torch.no_grad():
+        seen = model({"left": x, "right": x}, mask=mask).losses["left"]
+        alone = model({"left": x, "right": x}, mask=model.drop(mask, ["right"])).losses["left"]
+    assert alone > 0.9  # nothing to predict noise from within the part
+    assert seen < 0.75 * alone, (float(seen), float(alone))

@@ -4,12 +4,12 @@ MAE demo; generated once, deterministically, at first use.
 Each clip is 3.2 s: 32 frames of 32x32 RGB at 10 fps and a mono 16 kHz sound track, both in one ``.mp4``
 (H.264, or MPEG-4 part 2 when this FFmpeg has no libx264, and AAC). The picture is a dark background with a faint,
 slowly drifting texture (something for a video MAE to predict, unrelated to the sound) and one bright disc that
-jumps to a new random place every 0.4 s. The sound is a tone (four harmonics) whose pitch follows the
-disc's height, ``f = 200 Hz * 2 ** (4 * (1 - y / (H - 1)))`` (top 3200 Hz, bottom 200 Hz), plus faint white noise.
+jumps to a new random place after 1.6 s. The sound is a pure tone whose pitch follows the disc's height,
+``f = 200 Hz * 2 ** (4 * (1 - y / (H - 1)))`` (top 3200 Hz, bottom 200 Hz), in silence.
 So the sound says where the disc is vertically and the picture says the pitch: a model that masks one
 modality can fill it in from the other, which neither the video nor the audio demo can show.
 
-Written into ``$ANYMAE_CACHE`` (default ``~/.cache/anymae``)/``demo_audiovisual-v4``, ``train/`` (160 clips)
+Written into ``$ANYMAE_CACHE`` (default ``~/.cache/anymae``)/``demo_audiovisual-v5``, ``train/`` (160 clips)
 and ``heldout/`` (16), ``clipNNNN.mp4`` numbered by seed; a temporary folder is renamed into place so a
 half-written set is never used.
 """
@@ -35,20 +35,18 @@ __all__ = [
 ]
 
 AUDIOVISUAL_DEMO_ROOT = "builtin:demo_audiovisual"
-VERSION = "v4"  # bump when the generator changes, so old caches are not reused
+VERSION = "v5"  # bump when the generator changes, so old caches are not reused
 SIZE = (32, 32)  # H, W
 FRAMES, FPS = 32, 10  # 3.2 s
 RATE = 16_000  # AudioMAE's rate
 NUM_TRAIN, NUM_HELDOUT = 160, 16
 LOW_HZ, OCTAVES = 200.0, 4  # bottom of the frame -> 200 Hz, top -> 3200 Hz
-AMPLITUDE, NOISE = 0.5, 0.003
-# Harmonics k = 1..4 at amplitude 1/k (below 7 kHz): four lines that move together in the spectrogram instead of
-# one thin line, so that the pitch weighs in a masked-patch loss (v1's single sine with 0.02 noise: the audio's
-# pixel loss was mostly noise floor, and a joint model gained < 0.1% from the video).
-HARMONICS, MAX_HZ = 1, 7000.0
-# The disc jumps to a new random place every NOTE_FRAMES frames (0.4 s), and the tone to the matching pitch: a
-# melody that neither stream can extrapolate from its own neighbours, so a model that masks a stretch of one has to
-# read the other (v2's disc moved on straight lines, which each stream predicted alone: < 0.3% gain from the other).
+# A pure tone in silence: v1-v4 added faint noise (and v2-v3 harmonics), whose spectrogram texture was most of a
+# masked band's loss and could not be predicted from anything, so it hid what the video adds (under 0.3%).
+AMPLITUDE, NOISE = 0.5, 0.0
+HARMONICS, MAX_HZ = 1, 7000.0  # harmonics k = 1..HARMONICS at amplitude 1/k, none above MAX_HZ
+# The disc rests at a random place for NOTE_FRAMES frames (1.6 s), then jumps to another, and the tone follows: no
+# stream can extrapolate the second place from the first (v1's straight-line motion each stream predicted alone).
 NOTE_FRAMES = 16
 AUDIO_FRAME = 1024  # samples per AAC frame
 
