@@ -3,6 +3,7 @@
 
 from .build import build_model
 from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from .composite import MultiModalMAE
 from .config import Config, ConfigError, ModelConfig, OptimConfig, TrainConfig, load_config
 from .data import BadSampleError, DataError, SafeDataset
 from .decoder import MaskedDecoder
@@ -29,6 +30,7 @@ __all__ = [
     "MaskingStrategy",
     "Modality",
     "ModelConfig",
+    "MultiModalMAE",
     "NonFiniteLossError",
     "OptimConfig",
     "PreemptedError",

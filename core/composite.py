@@ -303,6 +303,7 @@ class PartsView(nn.Module):
     def __init__(self, model: MultiModalMAE, names: Sequence[str]) -> None:
         super().__init__()
         self.model, self.names = model, list(names)
+        self.train(model.training)  # a new module is in training mode; the view starts as the model is
 
     @property
     def encoder(self) -> MaskedEncoder:
