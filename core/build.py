@@ -77,16 +77,7 @@ def build_composite(cfg: ModelConfig, *, registry: Registry, with_decoder: bool 
             loss_weight=part_cfg.loss_weight,
         )
         tables.append(tokenizer.position_table(cfg.embed_dim))
-    encoder = MaskedEncoder(
-        embed_dim=cfg.embed_dim,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        mlp_ratio=cfg.mlp_ratio,
-        qkv_bias=cfg.qkv_bias,
-        pos_table=torch.cat(tables),  # (L, D): each part's own positions
-        norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps),
-        cls_token=cfg.cls_token,
-    )
+    encoder = _encoder(cfg, torch.cat(tables))  # (L, D): each part's own positions
     joint = None
     if with_decoder and cfg.joint_decoder:
         joint = JointDecoder(
@@ -142,18 +133,22 @@ def _masking(name: str, options: dict[str, Any], *, registry: Registry) -> Any:
 def build_encoder(cfg: ModelConfig, *, registry: Registry, drop_path_rate: float = 0.0) -> tuple[Any, MaskedEncoder]:
     """The modality's tokenizer and the ViT encoder of ``cfg``, position tables computed for its grid."""
     tokenizer = registry.modality(cfg.modality).build_tokenizer(cfg.tokenizer, embed_dim=cfg.embed_dim)
-    encoder = MaskedEncoder(
+    return tokenizer, _encoder(cfg, tokenizer.position_table(cfg.embed_dim), drop_path_rate=drop_path_rate)
+
+
+def _encoder(cfg: ModelConfig, pos_table: torch.Tensor, *, drop_path_rate: float = 0.0) -> MaskedEncoder:
+    """The ViT encoder of ``cfg`` over the fixed positions ``pos_table`` (L, D)."""
+    return MaskedEncoder(
         embed_dim=cfg.embed_dim,
         depth=cfg.depth,
         num_heads=cfg.num_heads,
         mlp_ratio=cfg.mlp_ratio,
         qkv_bias=cfg.qkv_bias,
-        pos_table=tokenizer.position_table(cfg.embed_dim),
+        pos_table=pos_table,
         norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps),
         cls_token=cfg.cls_token,
         drop_path_rate=drop_path_rate,
     )
-    return tokenizer, encoder
 
 
 def set_fused_attn(model: nn.Module, enabled: bool) -> None:

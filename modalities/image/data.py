@@ -296,19 +296,15 @@ def eval_transform(
     )
 
 
-class ImageFiles(DatasetWithTraits):
-    """Image files -> normalized tensors (C, H, W); ``repeats`` > 1 lists every file that many times
-    per epoch (each with its own random crop), which keeps tiny datasets from ending an epoch every step."""
+class RepeatedFiles(DatasetWithTraits):
+    """Files listed ``repeats`` times per epoch: item ``i`` reads ``files[i % len(files)]`` (each repeat with its
+    own random crop), which keeps tiny datasets from ending an epoch every step. The base of every image
+    pre-training dataset."""
 
-    def __init__(
-        self, files: Sequence[Path], *, transform: transforms.Compose, reader: ImageReader, repeats: int = 1
-    ) -> None:
+    def __init__(self, files: Sequence[Path], *, repeats: int = 1) -> None:
         if not files:
             raise DataError("no image files given")
-        self.files = list(files)
-        self.transform = transform
-        self.reader = reader
-        self.repeats = repeats
+        self.files, self.repeats = list(files), repeats
 
     def __len__(self) -> int:
         return len(self.files) * self.repeats
@@ -320,6 +316,17 @@ class ImageFiles(DatasetWithTraits):
     def source(self, index: int) -> Path:
         """The file item ``index`` is read from."""
         return self.files[index % len(self.files)]
+
+
+class ImageFiles(RepeatedFiles):
+    """Image files -> normalized tensors (C, H, W) through a PIL ``transform``."""
+
+    def __init__(
+        self, files: Sequence[Path], *, transform: transforms.Compose, reader: ImageReader, repeats: int = 1
+    ) -> None:
+        super().__init__(files, repeats=repeats)
+        self.transform = transform
+        self.reader = reader
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.transform(self.reader(self.files[index % len(self.files)]))

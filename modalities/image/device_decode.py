@@ -49,9 +49,9 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
+from anymae.core.data import BadSampleError, DataError
 
-from .data import full_precision_format, high_bit_mode, load_image
+from .data import RepeatedFiles, full_precision_format, high_bit_mode, load_image
 
 __all__ = [
     "CropDrawingFiles",
@@ -95,30 +95,18 @@ class EncodedBatch:
         return len(self.sizes)
 
 
-class CropDrawingFiles(DatasetWithTraits):
+class CropDrawingFiles(RepeatedFiles):
     """Image files whose items draw the paper's RandomResizedCrop box and flip with the same generator calls as
     the PIL path (``pretrain_transform``) for the same seed; ``repeats`` as in
-    :class:`~anymae.modalities.image.data.ImageFiles`. The base of the decode paths that crop tensors."""
+    :class:`~anymae.modalities.image.data.RepeatedFiles`. The base of the decode paths that crop tensors."""
 
     def __init__(
         self, files: Sequence[Path], *, size: tuple[int, int], scale: tuple[float, float], hflip: bool, repeats: int = 1
     ) -> None:
-        if not files:
-            raise DataError("no image files given")
-        self.files, self.size, self.hflip, self.repeats = list(files), list(size), hflip, repeats
+        super().__init__(files, repeats=repeats)
+        self.size, self.hflip = list(size), hflip
         # The PIL path's own RandomResizedCrop: its get_params makes the same generator calls.
         self.crop = transforms.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC)
-
-    def __len__(self) -> int:
-        return len(self.files) * self.repeats
-
-    @property
-    def traits(self) -> DatasetTraits:
-        return DatasetTraits(source=self.source)
-
-    def source(self, index: int) -> Path:
-        """The file item ``index`` is read from."""
-        return self.files[index % len(self.files)]
 
     def draw(self, image: Image.Image) -> tuple[tuple[int, int, int, int], bool]:
         """(RandomResizedCrop's (top, left, height, width) for ``image``'s size, RandomHorizontalFlip's draw)."""
