@@ -319,12 +319,15 @@ def _visualize(args: argparse.Namespace) -> int:
     from anymae.plugins import get_registry
 
     from .checkpoint import CheckpointError
+    from .composite import MultiModalMAE
     from .config import from_dict, resolve_model_config
     from .figures import render_figure
     from .loading import load_model
     from .masking import sample_mask
 
     model = load_model(args.checkpoint)
+    if isinstance(model, MultiModalMAE):
+        return _visualize_composite(model, args)
     if model.decoder is None:
         raise CheckpointError(
             f"{args.checkpoint} has no decoder weights, so it cannot reconstruct; use a checkpoint with a decoder "
@@ -351,6 +354,40 @@ def _visualize(args: argparse.Namespace) -> int:
         modality, model, inputs=inputs, pred=pred, mask=mask, data=data_cfg, path=args.output, raw_stats=args.raw_stats
     )
     print(f"masked-patch loss {loss.item():.4f}; wrote {out}" + (f" ({caption})" if caption else ""))
+    return 0
+
+
+def _visualize_composite(model: Any, args: argparse.Namespace) -> int:
+    """``anymae visualize`` of a composite model: every input file is read by every part (a media file with a video
+    and an audio stream, say); one joint mask per file (each part's strategy and ratio); the parts' figures
+    stacked."""
+    import torch
+
+    from anymae.plugins import get_registry
+
+    from .checkpoint import CheckpointError
+    from .composite_data import CompositeModality
+    from .composite_eval import composite_figure
+    from .config import ConfigError, from_dict, resolve_model_config
+
+    if not model.decoders():
+        raise CheckpointError(f"{args.checkpoint} has no decoder weights, so it cannot reconstruct")
+    if args.mask_ratio is not None:
+        raise ConfigError("--mask-ratio: a composite model masks each part at its own ratio (model.parts.<part>)")
+    model.eval()
+    cfg = resolve_model_config(model.config["model"])
+    modality = CompositeModality(cfg.parts, registry=get_registry())
+    stored = model.config.get("data") or {}
+    data, inputs = {}, {}
+    for name, part in modality.modalities.items():
+        data[name] = from_dict(part.data_config, stored.get(name) or {}, f"data.{name}")
+        inputs[name] = part.load_inputs(args.inputs, data[name], cfg.parts[name].tokenizer)
+    mask = model.draw_mask(len(args.inputs), generator=torch.Generator().manual_seed(args.seed))
+    with torch.no_grad():
+        out = model(inputs, mask=mask)
+    path = composite_figure(model, modality, data, inputs, out, Path(args.output), raw_stats=args.raw_stats)
+    losses = ", ".join(f"{name} {float(loss):.4f}" for name, loss in out.losses.items())
+    print(f"masked-patch loss {float(out.loss):.4f} ({losses}); wrote {path}")
     return 0
 
 

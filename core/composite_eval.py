@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .composite import MultiModalMAE
+from .composite import CompositeOutput, MultiModalMAE
 from .composite_data import CompositeModality, stack_figures
 from .data import SafeDataset, to_device
 from .figures import render_figure
 from .loss import masked_mse, patch_mean_baseline
 
-__all__ = ["HeldoutParts", "check_composite"]
+__all__ = ["HeldoutParts", "check_composite", "composite_figure"]
 
 
 @dataclass
@@ -67,7 +67,8 @@ def check_composite(
             sums["alone"][name] += float(alone.losses[name]) * count
             counts[name] += count
         if i == 0 and cfg.train.figure_samples > 0:
-            figure = _figure(model, modality, cfg, x, out, path)
+            k = cfg.train.figure_samples
+            figure = composite_figure(model, modality, cfg.data, {n: v[:k] for n, v in x.items()}, out, path)
     mean = {key: {n: sums[key][n] / counts[n] for n in names} for key in sums}
     weights = {n: model.parts[n].loss_weight for n in names}
     held = HeldoutParts(
@@ -88,15 +89,26 @@ def check_composite(
     return held
 
 
-def _figure(model: MultiModalMAE, modality: CompositeModality, cfg: Any, x: dict, out: Any, path: Path) -> Path:
-    """Each part's reconstruction figure (its modality draws it), stacked into one PNG at ``path``."""
-    k = cfg.train.figure_samples
+def composite_figure(
+    model: MultiModalMAE,
+    modality: CompositeModality,
+    data: dict[str, Any],
+    x: dict[str, Any],
+    out: CompositeOutput,
+    path: Path,
+    *,
+    raw_stats: bool = False,
+) -> Path:
+    """Each part's reconstruction figure of the first ``len(x[part])`` samples of ``out`` (its modality draws it),
+    stacked into one PNG at ``path``."""
     figures = {}
     with tempfile.TemporaryDirectory() as scratch:
         for name, part in model.parts.items():
-            part_path = Path(scratch) / f"{name}.png"
-            drawn, _ = render_figure(modality.modalities[name], part, inputs=x[name][:k], pred=out.pred[name][:k],
-                                     mask=model.part_mask(out.mask, name)[:k], data=cfg.data[name],
-                                     path=part_path)  # fmt: skip
+            if name not in out.pred:
+                continue
+            k = x[name].shape[0]
+            drawn, _ = render_figure(modality.modalities[name], part, inputs=x[name], pred=out.pred[name][:k],
+                                     mask=model.part_mask(out.mask, name)[:k], data=data[name],
+                                     path=Path(scratch) / f"{name}.png", raw_stats=raw_stats)  # fmt: skip
             figures[name] = drawn
         return stack_figures(figures, path)

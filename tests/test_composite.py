@@ -338,3 +338,36 @@ def test_a_joint_decoder_learns_to_read_one_part_from_the_other():
         alone = model({"left": x, "right": x}, mask=model.drop(mask, ["right"])).losses["left"]
     assert alone > 0.9  # nothing to predict noise from within the part
     assert seen < 0.75 * alone, (float(seen), float(alone))
+
+
+def test_visualize_draws_every_parts_reconstruction_of_media_files_that_hold_them_all(tmp_path, capsys):
+    from anymae.core.cli import main
+    from anymae.modalities.video.audiovisual_demo import make_audiovisual_clip, write_audiovisual_clip
+
+    for split, seeds in (("train", range(4)), ("heldout", range(4, 6))):
+        for seed in seeds:
+            video, wave, _ = make_audiovisual_clip(seed)
+            write_audiovisual_clip(tmp_path / "clips" / split / f"c{seed}.mp4", video, wave)
+    clips = str(tmp_path / "clips")
+    raw = {
+        "name": "av",
+        "model": {"modality": "composite", **TINY, "joint_decoder": True, "cls_token": False, "parts": {
+            "video": {"tokenizer": {"num_frames": 8, "img_size": 32, "patch_size": 8, "tubelet_size": 2},
+                      "masking": "tube", "mask_ratio": 0.5},
+            "audio": {"tokenizer": {"target_length": 320, "num_mel_bins": 64, "patch_size": 16},
+                      "masking": "frequency", "mask_ratio": 0.75}}},
+        "data": {"video": {"root": clips, "heldout_split": "heldout", "sampling_rate": 4, "scales": [1.0]},
+                 "audio": {"root": clips, "train_crop": "start", "eval_crop": "start"}},
+        "optim": {"lr": 1e-3, "warmup_epochs": 1},
+        "train": {"epochs": 1, "batch_size": 2, "num_workers": 0, "device": "cpu", "output_dir": str(tmp_path / "runs"),
+                  "figure_samples": 1},
+    }  # fmt: skip
+    result = pretrain(resolve_config(raw), progress=False)
+    figure = tmp_path / "figure.png"
+    clip = str(tmp_path / "clips" / "heldout" / "c4.mp4")
+    assert main(["visualize", str(result.checkpoint), clip, clip, "--output", str(figure)]) == 0
+    out = capsys.readouterr().out
+    assert "(video " in out and ", audio " in out and figure.is_file()
+    from PIL import Image
+
+    assert Image.open(figure).height > Image.open(result.figure).height  # two samples drawn against one
