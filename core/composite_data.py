@@ -161,7 +161,10 @@ class CompositeModality:
 
 def stack_figures(figures: dict[str, Path], path: Path) -> Path:
     """Each part's figure, captioned with the part's name, one under the other, in one PNG at ``path``."""
-    images = [add_caption(Image.open(figure).convert("RGB"), f"part {name}") for name, figure in figures.items()]
+    images = []
+    for name, figure in figures.items():
+        with Image.open(figure) as image:
+            images.append(add_caption(image.convert("RGB"), f"part {name}"))
     width = max(image.width for image in images)
     canvas = Image.new("RGB", (width, sum(image.height for image in images)), "white")
     top = 0

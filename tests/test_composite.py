@@ -370,4 +370,5 @@ def test_visualize_draws_every_parts_reconstruction_of_media_files_that_hold_the
     assert "(video " in out and ", audio " in out and figure.is_file()
     from PIL import Image
 
-    assert Image.open(figure).height > Image.open(result.figure).height  # two samples drawn against one
+    with Image.open(figure) as two, Image.open(result.figure) as one:
+        assert two.height > one.height  # two samples drawn against one
