@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=20, help="neighbours that vote (DINO: 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(similarity / T) (DINO: 0.07)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for reading the data")
+    p.add_argument("--parts", default=None, help="a composite model: the parts whose features vote (default: all)")
     _add_encoder_options(p, batch_size=64)
     p.set_defaults(func=_knn)
 
@@ -267,7 +268,16 @@ def _eval(args: argparse.Namespace) -> int:
 def _knn(args: argparse.Namespace) -> int:
     from anymae.plugins import get_registry
 
-    from .config import ConfigError, apply_overrides, from_dict, read_config_source, resolve_model_config
+    from .composite_data import CompositeModality
+    from .config import (
+        COMPOSITE,
+        ConfigError,
+        apply_overrides,
+        from_dict,
+        read_config_source,
+        resolve_model_config,
+        resolve_part_data,
+    )
     from .distributed import resolve_device
     from .knn import default_pool, knn_accuracy
     from .loading import load_model
@@ -280,12 +290,24 @@ def _knn(args: argparse.Namespace) -> int:
         raise ConfigError(f"anymae knn takes data.KEY=VALUE overrides only, got {bad[0]!r}")
     model = load_model(args.checkpoint)
     model_cfg = resolve_model_config(model.config["model"])
-    modality = get_registry().modality(model_cfg.modality)
+    composite = model_cfg.modality == COMPOSITE
+    if args.parts is not None and not composite:
+        raise ConfigError(f"--parts is for composite models; {args.checkpoint} is a {model_cfg.modality} model")
+    registry = get_registry()
+    modality = (
+        CompositeModality(model_cfg.parts, registry=registry) if composite else registry.modality(model_cfg.modality)
+    )
     # The data section: the checkpoint's (anymae runs carry theirs), replaced by CONFIG's, then the overrides.
     data_raw = dict(model.config.get("data") or {})
     if config is not None:
         data_raw = dict(read_config_source(config)[1].get("data") or {})
-    data = from_dict(modality.data_config, apply_overrides({"data": data_raw}, overrides)["data"], "data")
+    data_raw = apply_overrides({"data": data_raw}, overrides)["data"]
+    if composite:  # one data section per part; the features of --parts (default: all of them, joint)
+        data = resolve_part_data(model_cfg, data_raw, registry)
+        if args.parts is not None:
+            model = model.restricted(args.parts.split(","))
+    else:
+        data = from_dict(modality.data_config, data_raw, "data")
     train_set = modality.build_labelled_dataset(data, model_cfg.tokenizer, split="train", augment=None)
     query_set = modality.build_labelled_dataset(data, model_cfg.tokenizer, split="heldout", augment=None)
     device = resolve_device(args.device)
@@ -293,8 +315,9 @@ def _knn(args: argparse.Namespace) -> int:
                          k=args.k, temperature=args.temperature, pool=args.pool, num_workers=args.num_workers,
                          progress=not args.no_progress)  # fmt: skip
     pool = args.pool or default_pool(model)
+    features = f"{pool} features" + (f" of {args.parts}" if args.parts else "")
     print(
-        f"k-NN (k={args.k}, T={args.temperature:g}, {pool} features): top-1 {stats['knn_top1']:.1f}%  "
+        f"k-NN (k={args.k}, T={args.temperature:g}, {features}): top-1 {stats['knn_top1']:.1f}%  "
         f"top-5 {stats['knn_top5']:.1f}%  ({int(stats['n'])} held-out vs {len(train_set)} training items)"
     )
     return 0

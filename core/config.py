@@ -47,6 +47,7 @@ __all__ = [
     "read_config_source",
     "resolve_config",
     "resolve_model_config",
+    "resolve_part_data",
 ]
 
 
@@ -517,13 +518,13 @@ def resolve_config(raw: dict[str, Any], registry: Registry | None = None) -> Con
     cfg = from_dict(Config, raw, "")
     cfg.model = resolve_model_config(model_raw, registry)
     if cfg.model.modality == COMPOSITE:
-        cfg.data = _resolve_part_data(cfg.model, data_raw, registry)
+        cfg.data = resolve_part_data(cfg.model, data_raw, registry)
     else:
         cfg.data = from_dict(registry.modality(cfg.model.modality).data_config, data_raw, "data")
     return cfg
 
 
-def _resolve_part_data(model: ModelConfig, raw: Any, registry: Registry) -> dict[str, Any]:
+def resolve_part_data(model: ModelConfig, raw: Any, registry: Registry) -> dict[str, Any]:
     """A composite's ``data``: one section per part (``data.<part>``), each its modality's data_config."""
     raw = dict(raw or {})
     for key in raw:

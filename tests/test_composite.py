@@ -266,7 +266,7 @@ def test_parts_are_paired_by_file_name_and_unpaired_files_left_out(tmp_path):
     assert all(a == b for a, b in names) and "s002" not in {a for a, _ in names}
 
 
-def test_the_check_scores_joint_features_by_knn_when_every_part_has_labels(tmp_path):
+def test_the_check_and_the_knn_command_score_joint_and_single_part_features(tmp_path, capsys):
     root = tmp_path / "data"
     for label in ("low", "high"):  # class folders in both parts; the pairs keep their class
         for split, count in (("train", 4), ("heldout", 2)):
@@ -281,6 +281,15 @@ def test_the_check_scores_joint_features_by_knn_when_every_part_has_labels(tmp_p
     knn = [row for row in rows if "knn_top1" in row]
     assert len(knn) == 1 and {"knn_top1_image", "knn_top1_audio"} <= set(knn[0])
     assert knn[0]["knn_top1_audio"] == 100.0  # a 300 Hz against a 2 kHz tone: any features tell them apart
+    from anymae.core.cli import main
+
+    capsys.readouterr()
+    assert main(["knn", str(result.checkpoint), "--parts", "audio", "--k", "3", "--no-progress"]) == 0
+    assert "cls features of audio): top-1 100.0%" in capsys.readouterr().out  # the same figure as the check's
+    assert main(["knn", str(result.checkpoint), "--k", "3", "--no-progress"]) == 0  # joint features
+    assert "top-1" in capsys.readouterr().out
+    assert main(["knn", str(result.checkpoint), "--parts", "depth", "--no-progress"]) == 1
+    assert "no part 'depth' in this model; its parts: image, audio" in capsys.readouterr().err
 
 
 def test_two_ddp_ranks_train_a_composite_like_one_process_with_their_joint_batch(tmp_path):
