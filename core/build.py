@@ -25,6 +25,7 @@ __all__ = [
     "checkpoint_encoder_blocks",
     "compile_blocks",
     "set_fused_attn",
+    "vit_encoder",
 ]
 
 
@@ -77,7 +78,7 @@ def build_composite(cfg: ModelConfig, *, registry: Registry, with_decoder: bool 
             loss_weight=part_cfg.loss_weight,
         )
         tables.append(tokenizer.position_table(cfg.embed_dim))
-    encoder = _encoder(cfg, torch.cat(tables))  # (L, D): each part's own positions
+    encoder = vit_encoder(cfg, torch.cat(tables))  # (L, D): each part's own positions
     joint = None
     if with_decoder and cfg.joint_decoder:
         joint = JointDecoder(
@@ -133,10 +134,10 @@ def _masking(name: str, options: dict[str, Any], *, registry: Registry) -> Any:
 def build_encoder(cfg: ModelConfig, *, registry: Registry, drop_path_rate: float = 0.0) -> tuple[Any, MaskedEncoder]:
     """The modality's tokenizer and the ViT encoder of ``cfg``, position tables computed for its grid."""
     tokenizer = registry.modality(cfg.modality).build_tokenizer(cfg.tokenizer, embed_dim=cfg.embed_dim)
-    return tokenizer, _encoder(cfg, tokenizer.position_table(cfg.embed_dim), drop_path_rate=drop_path_rate)
+    return tokenizer, vit_encoder(cfg, tokenizer.position_table(cfg.embed_dim), drop_path_rate=drop_path_rate)
 
 
-def _encoder(cfg: ModelConfig, pos_table: torch.Tensor, *, drop_path_rate: float = 0.0) -> MaskedEncoder:
+def vit_encoder(cfg: ModelConfig, pos_table: torch.Tensor, *, drop_path_rate: float = 0.0) -> MaskedEncoder:
     """The ViT encoder of ``cfg`` over the fixed positions ``pos_table`` (L, D)."""
     return MaskedEncoder(
         embed_dim=cfg.embed_dim,

@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from anymae.plugins.manager import Registry, resolve_registry
 
 from .adapt import make_pos_embed_learned, transfer_weights
-from .build import build_encoder, set_fused_attn
-from .config import config_to_dict, resolve_model_config
+from .build import build_encoder, build_model, set_fused_attn, vit_encoder
+from .composite import MultiModalMAE, PartsTokenizer
+from .config import COMPOSITE, config_to_dict, resolve_model_config
 from .encoder import MaskedEncoder
 from .masking import MaskingStrategy, shuffle_from_noise
 from .model import MaskedAutoencoder
@@ -96,7 +97,7 @@ class Classifier(nn.Module):
 
 
 def build_classifier(
-    pretrained: MaskedAutoencoder,
+    pretrained: MaskedAutoencoder | MultiModalMAE,
     *,
     num_classes: int,
     global_pool: bool,
@@ -107,6 +108,7 @@ def build_classifier(
     init_bands: tuple[int, ...] | None = None,
     token_masking: str | None = None,
     token_mask_ratio: float = 0.0,
+    parts: list[str] | None = None,
     registry: Registry | None = None,
 ) -> Classifier:
     """A :class:`Classifier` whose tokenizer and encoder weights are ``pretrained``'s; ``token_masking`` names
@@ -114,8 +116,21 @@ def build_classifier(
 
     ``tokenizer_overrides`` may change the input size, the channel count and the patch size: the weights are
     adapted (:func:`anymae.core.adapt.transfer_weights`; ``init_bands`` picks the checkpoint's channel for each
-    input channel), the adaptations printed and kept in ``config["init"]``."""
+    input channel), the adaptations printed and kept in ``config["init"]``.
+
+    A composite ``pretrained`` (issue 18) gives a classifier over ``parts`` (default: all of them) with a
+    :class:`~anymae.core.composite.PartsTokenizer`: inputs ``{part: tensor}``, features of those parts only."""
     registry = resolve_registry(registry)
+    if isinstance(pretrained, MultiModalMAE):
+        if tokenizer_overrides or init_bands or token_masking:
+            raise ValueError("tokenizer overrides, init_bands and token_masking do not apply to composite models yet")
+        return _composite_classifier(pretrained, parts=parts, num_classes=num_classes, global_pool=global_pool,
+                                     head_bn=head_bn, drop_path=drop_path, head_init_std=head_init_std,
+                                     registry=registry)  # fmt: skip
+    if parts is not None:
+        raise ValueError(
+            f"parts={parts!r} is for composite models; this one is {pretrained.config['model']['modality']}"
+        )
     model_raw = copy.deepcopy(pretrained.config["model"])
     model_raw["tokenizer"] = {**config_to_dict(model_raw.get("tokenizer") or {}), **(tokenizer_overrides or {})}
     cfg = resolve_model_config(model_raw, registry)
@@ -156,11 +171,47 @@ def build_classifier(
     )
 
 
+def _composite_classifier(
+    pretrained: MultiModalMAE,
+    *,
+    parts: list[str] | None,
+    num_classes: int,
+    global_pool: bool,
+    head_bn: bool,
+    drop_path: float,
+    head_init_std: float,
+    registry: Registry,
+) -> Classifier:
+    """The classifier of :func:`build_classifier` over some parts of a composite: fresh modules with the
+    pre-trained tokenizers, modality embeddings and shared encoder copied in."""
+    cfg = resolve_model_config(copy.deepcopy(pretrained.config["model"]), registry)
+    names = list(parts or pretrained.parts)
+    unknown = [name for name in names if name not in pretrained.parts]
+    if unknown or not names:
+        raise ValueError(f"parts {names} must name parts of the model: {', '.join(pretrained.parts)}")
+    shell = build_model(cfg, registry=registry, with_decoder=False)
+    shell.load_state_dict({k: v for k, v in pretrained.state_dict().items() if k.startswith(("encoder.", "parts."))
+                           and ".decoder." not in k})  # fmt: skip
+    tokenizer = PartsTokenizer({name: shell.parts[name] for name in names}, embed_dim=cfg.embed_dim)
+    encoder = vit_encoder(cfg, tokenizer.position_table(cfg.embed_dim), drop_path_rate=drop_path)
+    encoder.load_state_dict(shell.encoder.state_dict())  # blocks, norm, CLS; the positions are the parts' own
+    set_fused_attn(encoder, cfg.fused_attn)
+    head = {"num_classes": num_classes, "global_pool": global_pool, "head_bn": head_bn, "drop_path": drop_path,
+            "token_masking": None, "token_mask_ratio": 0.0, "parts": names}  # fmt: skip
+    return Classifier(tokenizer=tokenizer, encoder=encoder, num_classes=num_classes, global_pool=global_pool,
+                      head_bn=head_bn, head_init_std=head_init_std, norm_eps=cfg.norm_eps,
+                      config={"model": config_to_dict(cfg), "classifier": head})  # fmt: skip
+
+
 def classifier_from_config(config: dict[str, Any], registry: Registry | None = None) -> Classifier:
     """Rebuild an (untrained) :class:`Classifier` from the plain ``config`` stored in its checkpoint."""
     registry = resolve_registry(registry)
     cfg = resolve_model_config(config["model"], registry)
     head = dict(config["classifier"])
+    if cfg.modality == COMPOSITE:
+        shell = build_model(cfg, registry=registry, with_decoder=False)
+        stored = ("num_classes", "global_pool", "head_bn", "drop_path", "parts")
+        return build_classifier(shell, registry=registry, **{key: head[key] for key in stored})
     tokenizer, encoder = build_encoder(cfg, registry=registry)
     shell = MaskedAutoencoder(tokenizer=tokenizer, encoder=encoder, decoder=None, config={"model": config_to_dict(cfg)})
     stored = ("num_classes", "global_pool", "head_bn", "drop_path")  # the head, as build_classifier wrote it

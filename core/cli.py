@@ -233,22 +233,33 @@ def _classify(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from anymae.plugins import get_registry
 
-    from .config import ConfigError, apply_overrides, from_dict
+    from .composite_data import CompositeModality
+    from .config import COMPOSITE, ConfigError, apply_overrides, from_dict
     from .distributed import setup, teardown
     from .evaluation import evaluate, format_stats, load_classifier
 
     model = load_classifier(args.checkpoint)
     config = model.config
-    modality = get_registry().modality(config["model"]["modality"])
+    composite = config["model"]["modality"] == COMPOSITE
+    registry = get_registry()
     data_raw = dict(config.get("data") or {})
     if args.data_root:
+        if composite:
+            raise ConfigError("--data-root: a composite's data has a section per part; use data.<part>.root=...")
         data_raw["root"] = args.data_root
     bad = [o for o in args.overrides if not o.startswith("data.")]
     if bad:
         raise ConfigError(f"anymae eval takes data.KEY=VALUE overrides only, got {bad[0]!r}")
     data_raw = apply_overrides({"data": data_raw}, args.overrides)["data"]
-    data = from_dict(modality.data_config, data_raw, "data")
-    tokenizer = from_dict(modality.tokenizer_config, config["model"]["tokenizer"], "model.tokenizer")
+    if composite:  # the parts the classifier reads, each with its own data section
+        modality = CompositeModality.of(config["model"], config["classifier"]["parts"], registry=registry)
+        data = {name: from_dict(part.data_config, data_raw.get(name), f"data.{name}")
+                for name, part in modality.modalities.items()}  # fmt: skip
+        tokenizer = None
+    else:
+        modality = registry.modality(config["model"]["modality"])
+        data = from_dict(modality.data_config, data_raw, "data")
+        tokenizer = from_dict(modality.tokenizer_config, config["model"]["tokenizer"], "model.tokenizer")
     dataset = modality.build_labelled_dataset(
         data, tokenizer, split=args.split, augment=None, crop_pct=config.get("eval_crop_pct", 0.875)
     )

@@ -28,7 +28,7 @@ from .model import init_linear_and_norm, target_to_pixels
 from .targets import Target
 from .tokenizer import Tokenizer
 
-__all__ = ["CompositeMasker", "CompositeOutput", "MultiModalMAE", "Part", "PartsView"]
+__all__ = ["CompositeMasker", "CompositeOutput", "MultiModalMAE", "Part", "PartsTokenizer", "PartsView"]
 
 Inputs = Mapping[str, Tensor]  # part name -> that modality's input batch (N, ...)
 
@@ -295,6 +295,36 @@ class MultiModalMAE(nn.Module):
                 f"mask must be bool (N, L) = ({n}, {self.num_tokens}) over the parts "
                 f"{', '.join(f'{k} {b - a}' for k, (a, b) in self.spans.items())}, got {mask.dtype} {tuple(mask.shape)}"
             )
+
+
+class PartsTokenizer(Tokenizer):
+    """Some parts of a composite as one tokenizer, for a classifier over them: ``{part: input}`` -> each part's
+    tokens plus its modality embedding, concatenated in part order (N, L, D). Its ``parts`` keep the composite's
+    parameter names (``parts.<part>.tokenizer.*``, ``parts.<part>.modality_embed``). A classifier never patchifies."""
+
+    def __init__(self, parts: dict[str, Part], *, embed_dim: int) -> None:
+        super().__init__()
+        self.parts = nn.ModuleDict(parts)
+        self.embed_dim = embed_dim
+        self.grid = (sum(part.num_tokens for part in parts.values()),)
+        self.patch_dim = 0
+
+    def forward(self, x: Inputs) -> Tensor:
+        """x: part -> input (N, ...) -> (N, L, D)."""
+        missing = [name for name in self.parts if name not in x]
+        if missing:
+            raise KeyError(f"inputs lack the parts {missing}; this classifier reads {', '.join(self.parts)}")
+        return torch.cat([part.tokenizer(x[name]) + part.modality_embed for name, part in self.parts.items()], dim=1)
+
+    def position_table(self, width: int) -> Tensor:
+        """The parts' own tables, concatenated: (L, width)."""
+        return torch.cat([part.tokenizer.position_table(width) for part in self.parts.values()])
+
+    def patchify(self, x: Tensor) -> Tensor:
+        raise NotImplementedError("a composite classifier's tokenizer has no patches to regress")
+
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        raise NotImplementedError("a composite classifier's tokenizer has no patches to regress")
 
 
 class PartsView(nn.Module):

@@ -40,11 +40,20 @@ class PairedDataset(DatasetWithTraits):
             if stacked != 1:
                 raise DataError(f"data.{name}: its items stack {stacked} samples; a composite part needs one per item")
         self.index = _pair(parts)
+        if labelled:  # every part that names classes must name the same, in the same order
+            named = {name: list(dataset_traits(d).classes) for name, d in parts.items() if dataset_traits(d).classes}
+            if len({tuple(c) for c in named.values()}) > 1:
+                raise DataError(f"the parts' labelled data name different classes: {named}")
 
     @property
     def traits(self) -> DatasetTraits:
         first = dataset_traits(next(iter(self.parts.values())))
         return DatasetTraits(classes=first.classes, multi_label=first.multi_label)
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in index order (labelled data)."""
+        return list(self.traits.classes)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -141,14 +150,31 @@ class CompositeModality:
         return PairedDataset(sets)  # type: ignore[arg-type]
 
     def build_labelled_dataset(
-        self, data: dict[str, Any], tokenizer: Any = None, *, split: str, augment: dict[str, Any] | None = None
+        self,
+        data: dict[str, Any],
+        tokenizer: Any = None,
+        *,
+        split: str,
+        augment: dict[str, Any] | None = None,
+        crop_pct: float = 0.875,
     ) -> PairedDataset:
-        """Paired labelled items (the evaluation transform of each part when ``augment`` is None)."""
+        """Paired labelled items: each part's own augmentation for ``augment`` (its evaluation transform, with
+        ``crop_pct``, when None)."""
         sets = {}
         for name, modality in self.modalities.items():
-            tokenizer = self.configs[name].tokenizer
-            sets[name] = modality.build_labelled_dataset(data[name], tokenizer, split=split, augment=augment)
+            tok = self.configs[name].tokenizer
+            sets[name] = modality.build_labelled_dataset(
+                data[name], tok, split=split, augment=augment, crop_pct=crop_pct
+            )
         return PairedDataset(sets, labelled=True)
+
+    @classmethod
+    def of(cls, model_raw: dict[str, Any], parts: list[str] | None, *, registry: Registry) -> CompositeModality:
+        """The modalities of a checkpoint's composite ``model`` section, over ``parts`` (default: all)."""
+        from .config import resolve_model_config
+
+        configs = resolve_model_config(model_raw, registry).parts
+        return cls({name: configs[name] for name in (parts or configs)}, registry=registry)
 
     def device_transform(self, data: dict[str, Any], tokenizer: Any = None, *, device: Any) -> None:
         """A composite's input pipeline stays in the DataLoader workers: a part that asks for a device step

@@ -273,6 +273,7 @@ class LinprobeConfig:
     l2: tuple[float, ...] | None = None  # lbfgs: L2 strengths tried (default: 1e-5 ... 1); one value: no search
     l2_val_fraction: float | None = None  # lbfgs: share of the training split that picks l2 (default 0.2)
     max_iter: int | None = None  # lbfgs: L-BFGS iterations per fit (default 1000)
+    parts: list[str] | None = None  # modality: composite: the checkpoint's parts the classifier reads (default: all)
 
     def __post_init__(self) -> None:
         if self.num_classes is not None and self.num_classes < 2:
@@ -708,6 +709,11 @@ def load_classify_config(
     if not head.checkpoint:
         raise ConfigError(f"config {mode}.checkpoint is required: the pre-trained checkpoint to start from")
     refuse_unsupported(cfg, mode)
+    if head.modality == COMPOSITE:  # the parts, and so the data sections, are the checkpoint's
+        cfg.data = _composite_classify_data(cfg, mode, data_raw, registry)
+        return cfg
+    if head.parts is not None:
+        raise ConfigError(f"config {mode}.parts is for {mode}.modality: {COMPOSITE}; this is {head.modality!r}")
     try:
         modality = registry.modality(head.modality)
     except KeyError as exc:
@@ -719,6 +725,33 @@ def load_classify_config(
         except KeyError as exc:
             raise ConfigError(f"config {mode}.token_masking: {exc.args[0]}") from None
     return cfg
+
+
+def _composite_classify_data(cfg: ClassifyConfig, mode: str, data_raw: Any, registry: Registry) -> dict[str, Any]:
+    """A classifier over a composite checkpoint's parts: ``data.<part>`` for each of ``<mode>.parts`` (default:
+    all), validated against the parts the checkpoint declares; what a composite input cannot take is refused."""
+    from .loading import read_payload
+
+    head = cfg.head
+    payload = read_payload(Path(head.checkpoint))
+    model_raw = payload.get("config", {}).get("model", {}) if isinstance(payload, dict) else {}
+    if model_raw.get("modality") != COMPOSITE:
+        raise ConfigError(f"config {mode}.modality: {COMPOSITE}, but {head.checkpoint} is not a composite model")
+    model = resolve_model_config(model_raw, registry)
+    names = list(head.parts or model.parts)
+    unknown = [name for name in names if name not in model.parts]
+    if unknown:
+        raise ConfigError(
+            f"config {mode}.parts: {unknown} are not parts of {head.checkpoint} ({', '.join(model.parts)})"
+        )
+    refused = {"tokenizer": bool(head.tokenizer), "init_bands": head.init_bands is not None}
+    if isinstance(head, FinetuneConfig):
+        refused.update(mixup=head.mixup > 0, cutmix=head.cutmix > 0, token_masking=head.token_masking is not None)
+    for key, bad in refused.items():
+        if bad:
+            raise ConfigError(f"config {mode}.{key}: not supported for composite models yet")
+    model.parts = {name: model.parts[name] for name in names}
+    return resolve_part_data(model, data_raw, registry)
 
 
 # Settings a command cannot honour, with the reason; any value but the default is refused when the config is

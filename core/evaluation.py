@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .classify import Classifier
-from .data import DataError, SafeDataset, dataset_traits, sample_seed
+from .data import DataError, SafeDataset, dataset_traits, input_size, sample_seed, to_device
 from .distributed import DistContext, all_sum
 from .metrics import mean_average_precision, topk_correct
 
@@ -103,13 +103,13 @@ def evaluate(
     correct1 = correct5 = loss_sum = count = 0.0
     scores_seen, labels_seen = [], []
     for batch in loader:
-        x, y = batch["input"].to(device), batch["label"].to(device)
+        x, y = to_device(batch["input"], device), batch["label"].to(device)
         with autocast or nullcontext():
             scores = view_scores(model, x, views=views, reduce=view_reduce, multi_label=multi_label)
         c1, c5 = topk_correct(scores, y)
         correct1, correct5 = correct1 + c1, correct5 + c5
         loss_sum += _eval_loss(scores, y, probabilities=view_reduce != "logits", multi_label=multi_label)
-        count += x.shape[0]
+        count += input_size(x)
         if multi_label:
             scores_seen.append(scores.cpu())
             labels_seen.append(y.cpu())

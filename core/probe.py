@@ -32,7 +32,8 @@ from torch import Tensor, nn
 
 from .checkpoint import write_checkpoint
 from .classify import Classifier, build_classifier
-from .config import ClassifyConfig, ConfigError, config_to_dict, from_dict
+from .composite_data import CompositeModality
+from .config import COMPOSITE, ClassifyConfig, ConfigError, config_to_dict, from_dict
 from .data import DataError, dataset_traits
 from .distributed import resolve_device
 from .evaluation import evaluate, format_stats
@@ -201,9 +202,13 @@ def train_probe(cfg: ClassifyConfig, pretrained: Any, *, registry: Any = None, p
     check_probe_config(cfg)
     head, train = cfg.head, cfg.train
     seed_everything(train.seed)
-    modality = registry.modality(pretrained.config["model"]["modality"])
-    tok_raw = {**config_to_dict(pretrained.config["model"].get("tokenizer") or {}), **head.tokenizer}
-    tok_cfg = from_dict(modality.tokenizer_config, tok_raw, "model.tokenizer")
+    model_raw = pretrained.config["model"]
+    if model_raw["modality"] == COMPOSITE:  # each part's data and tokenizer
+        modality, tok_cfg = CompositeModality.of(model_raw, head.parts, registry=registry), None
+    else:
+        modality = registry.modality(model_raw["modality"])
+        tok_raw = {**config_to_dict(model_raw.get("tokenizer") or {}), **head.tokenizer}
+        tok_cfg = from_dict(modality.tokenizer_config, tok_raw, "model.tokenizer")
     crop = {"crop_pct": head.eval_crop_pct}
     train_set = modality.build_labelled_dataset(cfg.data, tok_cfg, split="train", augment=None, **crop)
     eval_set = modality.build_labelled_dataset(cfg.data, tok_cfg, split="heldout", augment=None, **crop)
@@ -224,6 +229,7 @@ def train_probe(cfg: ClassifyConfig, pretrained: Any, *, registry: Any = None, p
             head_init_std=0.01,
             tokenizer_overrides=head.tokenizer,
             init_bands=head.init_bands,
+            parts=head.parts,
             registry=registry,
         )
         .to(device)

@@ -21,8 +21,9 @@ from torch.utils.data import Dataset
 
 from .checkpoint import CheckpointError
 from .classify import Classifier, build_classifier, param_groups_lars, param_groups_layer_decay
-from .config import ClassifyConfig, config_to_dict, from_dict
-from .data import DataError, dataset_traits
+from .composite_data import CompositeModality
+from .config import COMPOSITE, ClassifyConfig, config_to_dict, from_dict
+from .data import DataError, dataset_traits, input_size, to_device
 from .distributed import DistContext, broadcast_object, run_then_teardown, setup
 from .evaluation import LabelledSafeDataset, evaluate, format_stats
 from .recipe_guard import warn_recipe_mismatch
@@ -140,9 +141,12 @@ class ClassifyTask(Task):
     def _datasets(self, pretrained: Any, registry: Any) -> tuple[Dataset, Dataset]:
         cfg, head = self.cfg, self.cfg.head
         model_raw = pretrained.config["model"]
-        modality = registry.modality(model_raw["modality"])
-        tok_raw = {**config_to_dict(model_raw.get("tokenizer") or {}), **head.tokenizer}
-        tok_cfg = from_dict(modality.tokenizer_config, tok_raw, "model.tokenizer")
+        if model_raw["modality"] == COMPOSITE:  # each part's data, tokenizer and augmentation
+            modality, tok_cfg = CompositeModality.of(model_raw, head.parts, registry=registry), None
+        else:
+            modality = registry.modality(model_raw["modality"])
+            tok_raw = {**config_to_dict(model_raw.get("tokenizer") or {}), **head.tokenizer}
+            tok_cfg = from_dict(modality.tokenizer_config, tok_raw, "model.tokenizer")
         if self.finetune:
             augment = {"recipe": "finetune", "auto_augment": head.auto_augment, "reprob": head.reprob,
                        "remode": head.remode, "recount": head.recount}  # fmt: skip
@@ -167,6 +171,7 @@ class ClassifyTask(Task):
             init_bands=head.init_bands,
             token_masking=head.token_masking if finetune else None,
             token_mask_ratio=head.token_mask_ratio if finetune else 0.0,
+            parts=head.parts,
             registry=registry,
         )
         model.config["classes"] = list(self.train_set.classes)
@@ -253,13 +258,13 @@ class ClassifyTask(Task):
             self.model.encoder.eval()  # frozen features: deterministic, no drop path
 
     def loss(self, net: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, int]:
-        x = batch["input"].to(self.device, non_blocking=True)
+        x = to_device(batch["input"], self.device)
         y = batch["label"].to(self.device, non_blocking=True)
         if self.views_per_item > 1:  # (N, S, ...) -> (N*S, ...), each view with its item's label
             x, y = x.flatten(0, 1), y.repeat_interleave(self.views_per_item, dim=0)
         if self.mixup is not None:
             x, y = self.mixup(x, y)
-        return self.criterion(net(x), y), x.shape[0]
+        return self.criterion(net(x), y), input_size(x)
 
     def check(self, trainer: Trainer, epoch: int) -> Check:
         """Accuracy on the held-out split, every rank taking its share of the samples."""

@@ -266,9 +266,10 @@ def test_parts_are_paired_by_file_name_and_unpaired_files_left_out(tmp_path):
     assert all(a == b for a, b in names) and "s002" not in {a for a, _ in names}
 
 
-def test_the_check_and_the_knn_command_score_joint_and_single_part_features(tmp_path, capsys):
-    root = tmp_path / "data"
-    for label in ("low", "high"):  # class folders in both parts; the pairs keep their class
+def write_labelled_pairs(root: Path) -> None:
+    """Class folders ``low`` / ``high`` in both parts (4 training, 2 held-out pairs each): a 300 Hz or 2 kHz tone
+    with an image; the pairs keep their class."""
+    for label in ("low", "high"):
         for split, count in (("train", 4), ("heldout", 2)):
             for i in range(count):
                 seed = i + (0 if label == "low" else 50) + (0 if split == "train" else 10)
@@ -276,6 +277,11 @@ def test_the_check_and_the_knn_command_score_joint_and_single_part_features(tmp_
                 tone = 0.4 * np.sin(2 * np.pi * (300 if label == "low" else 2000) * np.arange(12000) / 16000)
                 (root / "audio" / split / label).mkdir(parents=True, exist_ok=True)
                 encode_audio(root / "audio" / split / label / f"s{i}.wav", tone, sample_rate=16000)
+
+
+def test_the_check_and_the_knn_command_score_joint_and_single_part_features(tmp_path, capsys):
+    root = tmp_path / "data"
+    write_labelled_pairs(root)
     result = pretrain(composite_config(tmp_path, root, epochs=1), progress=False)
     rows = [json.loads(line) for line in result.metrics.read_text().splitlines()]
     knn = [row for row in rows if "knn_top1" in row]
@@ -381,3 +387,44 @@ def test_visualize_draws_every_parts_reconstruction_of_media_files_that_hold_the
 
     with Image.open(figure) as two, Image.open(result.figure) as one:
         assert two.height > one.height  # two samples drawn against one
+
+
+def test_composites_are_probed_fine_tuned_and_evaluated_on_all_parts_or_one(tmp_path, capsys):
+    from anymae.core.cli import main
+    from anymae.core.evaluation import load_classifier
+
+    root = tmp_path / "data"
+    write_labelled_pairs(root)
+    checkpoint = pretrain(composite_config(tmp_path, root, epochs=1, knn=False), progress=False).checkpoint
+    data = {"image": {"root": str(root / "image"), "heldout_split": "heldout"},
+            "audio": {"root": str(root / "audio"), "mean": -6.0, "std": 4.0}}  # fmt: skip
+    train = {"epochs": 2, "batch_size": 4, "num_workers": 0, "device": "cpu", "output_dir": str(tmp_path / "runs")}
+    runs = {
+        "probe": {"linprobe": {"checkpoint": str(checkpoint), "modality": "composite", "solver": "lbfgs",
+                               "parts": ["audio"]}, "data": {"audio": data["audio"]},
+                  "train": {k: v for k, v in train.items() if k != "epochs"}},
+        "sgd": {"linprobe": {"checkpoint": str(checkpoint), "modality": "composite"}, "data": data,
+                "optim": {"optimizer": "lars", "blr": 0.1}, "train": train},
+        "tune": {"finetune": {"checkpoint": str(checkpoint), "modality": "composite", "parts": ["audio"],
+                              "mixup": 0.0, "cutmix": 0.0},
+                 "data": {"audio": data["audio"]}, "train": train},
+    }  # fmt: skip
+    for name, raw in runs.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"name": name, **raw}))
+        command = "finetune" if "finetune" in raw else "linprobe"
+        assert main([command, str(path), "--no-progress"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "top-1 100.00%" in out  # the lbfgs probe of the audio part: a low against a high tone
+    best = tmp_path / "runs" / "probe" / "checkpoint-best.pt"
+    probe, pretrained = load_classifier(best).state_dict(), torch.load(checkpoint, weights_only=False)["model"]
+    for key in ("encoder.blocks.0.attn.qkv.weight", "parts.audio.modality_embed"):  # the pre-trained weights
+        assert torch.equal(probe[key if key.startswith("encoder") else f"tokenizer.{key}"], pretrained[key])
+    assert not any(key.startswith("tokenizer.parts.image") for key in probe)  # the audio part only
+    assert main(["eval", str(best)]) == 0
+    assert "heldout: 4 samples  top-1 100.00%" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "bad", **runs["tune"], "finetune": {**runs["tune"]["finetune"],
+                                                                               "mixup": 0.8}}))  # fmt: skip
+    assert main(["finetune", str(bad)]) == 1
+    assert "finetune.mixup: not supported for composite models yet" in capsys.readouterr().err
