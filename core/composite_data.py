@@ -4,9 +4,11 @@ the items of the parts are paired into ``{part: input}`` dicts.
 Pairing is by the file an item is read from (``DatasetTraits.source``) when every part's dataset declares it:
 the same file name in each part's folder (``video/train/x.mp4`` with ``audio/train/x.wav``), or one media file
 that holds every part (an ``.mp4`` with a video and an audio stream, read by the video and the audio plugin).
-Otherwise the parts' datasets must have the same length and are paired by index. Each part draws its own random
-crop: parts are aligned in time when each file is one clip (as in ``demo_audiovisual``); a window shared
-across parts is not drawn yet.
+Otherwise the parts' datasets must have the same length and are paired by index.
+
+Alignment in time: when every part's training items are random windows of a recording (``DatasetTraits.timed``:
+video clips, audio crops), one start time is drawn for the item and every part's window begins there, so a
+10-second clip's 1.6 s of frames and 1.6 s of sound are the same 1.6 s. Other parts draw their own crops.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -40,6 +43,9 @@ class PairedDataset(DatasetWithTraits):
             if stacked != 1:
                 raise DataError(f"data.{name}: its items stack {stacked} samples; a composite part needs one per item")
         self.index = _pair(parts)
+        # Parts whose items are random windows of recordings (a clip, a crop): one start time for all of them.
+        timed = {name: dataset_traits(dataset).timed for name, dataset in parts.items()}
+        self.timed = timed if all(t is not None for t in timed.values()) and len(timed) > 1 else None
         if labelled:  # every part that names classes must name the same, in the same order
             named = {name: list(dataset_traits(d).classes) for name, d in parts.items() if dataset_traits(d).classes}
             if len({tuple(c) for c in named.values()}) > 1:
@@ -60,9 +66,10 @@ class PairedDataset(DatasetWithTraits):
 
     def __getitem__(self, i: int) -> Any:
         inputs, label = {}, None
+        start = self._shared_start(i)
         for name, j in self.index[i].items():
             try:
-                item = self.parts[name][j]
+                item = self.parts[name][j] if start is None else self.timed[name].at(j, start)  # type: ignore[index]
             except Exception as exc:
                 raise BadSampleError(f"part {name}: {exc}") from exc
             if isinstance(item, (list, tuple)):
@@ -73,6 +80,18 @@ class PairedDataset(DatasetWithTraits):
         if label is None:
             raise DataError("no part of the composite's data gives labels")
         return inputs, label
+
+    def _shared_start(self, i: int) -> float | None:
+        """With timed parts: one start (seconds) drawn uniformly up to the latest at which every part's window
+        still fits its file, so that the parts' windows begin at the same moment."""
+        if self.timed is None:
+            return None
+        try:
+            spans = [self.timed[name].span(j) for name, j in self.index[i].items()]
+        except Exception as exc:
+            raise BadSampleError(f"item {i}: {exc}") from exc
+        latest = max(min(duration - window for duration, window in spans), 0.0)
+        return float(torch.rand(())) * latest
 
 
 def _pair(parts: dict[str, Dataset]) -> list[dict[str, int]]:

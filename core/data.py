@@ -30,6 +30,7 @@ __all__ = [
     "DatasetWithTraits",
     "EpochSampler",
     "SafeDataset",
+    "TimedItems",
     "dataset_traits",
     "input_size",
     "sample_seed",
@@ -47,6 +48,16 @@ class BadSampleError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class TimedItems:
+    """Training items that are windows of longer recordings (a random clip, a random crop), declared so that a
+    composite model can draw one start time for all its parts (issue 18): ``span(i)`` is ``(duration, window)``
+    of item ``i``'s file in seconds, ``at(i, start)`` the item with its window starting ``start`` seconds in."""
+
+    span: Callable[[int], tuple[float, float]]
+    at: Callable[[int, float], Any]
+
+
+@dataclass(frozen=True)
 class DatasetTraits:
     """What a dataset declares about its items beyond ``len`` and ``[]``; the defaults are a plain dataset.
 
@@ -58,6 +69,8 @@ class DatasetTraits:
     ``sample_weights``: returns one weight per item, for class-balanced sampling (``balanced_sampling``).
     ``source``: the file item ``i`` is read from; a composite model's data pairs its parts' items by it (the same
     file name in each part's folder, or one media file that holds every part), else by index.
+    ``timed``: the items are random windows of recordings (:class:`TimedItems`); a composite whose parts all
+    declare it draws one start time for all of them, so that they stay aligned in time.
     """
 
     classes: tuple[str, ...] = ()
@@ -66,6 +79,7 @@ class DatasetTraits:
     samples_per_item: int = 1
     sample_weights: Callable[[], Sequence[float]] | None = None
     source: Callable[[int], Path] | None = None
+    timed: TimedItems | None = None
 
 
 class DatasetWithTraits(Dataset):

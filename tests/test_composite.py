@@ -428,3 +428,37 @@ def test_composites_are_probed_fine_tuned_and_evaluated_on_all_parts_or_one(tmp_
                                                                                "mixup": 0.8}}))  # fmt: skip
     assert main(["finetune", str(bad)]) == 1
     assert "finetune.mixup: not supported for composite models yet" in capsys.readouterr().err
+
+
+def test_parts_of_long_recordings_draw_one_window_start_and_stay_aligned_in_time(tmp_path):
+    """6.4 s clips (a disc that changes place every 1.6 s, a tone at its height) and 1.6 s windows: the first video
+    frame of an item shows the note its sound starts with, for random starts across the whole clip."""
+    from anymae.modalities.video.audiovisual_demo import make_audiovisual_clip, write_audiovisual_clip
+
+    for seed in range(2):
+        video, wave, _ = make_audiovisual_clip(seed, frames=64)
+        write_audiovisual_clip(tmp_path / "clips" / "train" / f"c{seed}.mp4", video, wave)
+    clips = str(tmp_path / "clips")
+    cfg = resolve_config({
+        "model": {"modality": "composite", **TINY, "cls_token": False, "parts": {
+            "video": {"tokenizer": {"num_frames": 8, "img_size": 32, "patch_size": 8, "tubelet_size": 2}},
+            "audio": {"tokenizer": {"target_length": 160, "num_mel_bins": 64, "patch_size": 16}}}},
+        "data": {"video": {"root": clips, "heldout_split": None, "sampling_rate": 2, "scales": [1.0]},
+                 "audio": {"root": clips, "heldout_split": None}},
+    })  # fmt: skip
+    paired = CompositeModality(cfg.model.parts, registry=get_registry()).build_dataset(cfg.data, split="train")
+    assert paired.timed is not None
+    pairs = set()
+    for draw in range(16):
+        torch.manual_seed(draw)
+        item = paired[draw % 2]
+        frame = item["video"][:, 0].mean(0)  # (H, W): the first frame's brightness
+        row = int(frame.mean(1).argmax())  # the disc's row
+        pairs.add((row, int(item["audio"][0, :10].mean(0).argmax())))  # the tone's mel bin in the first 100 ms
+    assert len({row for row, _ in pairs}) >= 4  # windows that start in different notes
+    # Higher on screen (a smaller row) is a higher pitch (a larger mel bin): for every two items whose discs are
+    # more than a row apart (the row of a disc of radius 4-5 is found to a row), whatever clip they come from.
+    for row_a, bin_a in pairs:
+        for row_b, bin_b in pairs:
+            if row_a < row_b - 1:
+                assert bin_a > bin_b, sorted(pairs)

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
+from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits, TimedItems
 from anymae.core.files import find_files, under_root
 
-from .decode import crop_waveform, load_waveform, roll_mag_augment
+from .decode import audio_duration, crop_waveform, load_waveform, roll_mag_augment
 from .features import features, samples_for_frames
 
 __all__ = [
@@ -321,17 +321,35 @@ class AudioClips(DatasetWithTraits):
 
     @property
     def traits(self) -> DatasetTraits:
-        return DatasetTraits(source=self.source)
+        # Random crops can start where a composite model says (aligned with its other parts).
+        return DatasetTraits(
+            source=self.source, timed=TimedItems(self.span, self.at) if self.crop == "random" else None
+        )
 
     def source(self, index: int) -> Path:
         """The file item ``index`` is read from."""
         return self.clips.files[index % len(self.clips.files)]
 
-    def load(self, path: Path) -> Tensor:
-        """One file -> (1, T, F); a file that cannot be decoded raises BadSampleError naming it."""
+    def span(self, index: int) -> tuple[float, float]:
+        """(the file's duration, the window's length) in seconds."""
+        rate = self.settings.sample_rate
+        return audio_duration(self.source(index)), self.num_samples / rate
+
+    def at(self, index: int, start: float) -> Tensor:
+        """Item ``index`` with its window starting ``start`` seconds into the file (the latest start that fits
+        when later)."""
+        return self.load(self.source(index), start=start)
+
+    def load(self, path: Path, *, start: float | None = None) -> Tensor:
+        """One file -> (1, T, F), cropped by ``crop`` or at ``start`` seconds; a file that cannot be decoded raises
+        BadSampleError naming it."""
         s = self.settings
         wave = load_waveform(path, sample_rate=s.sample_rate)  # (S,), mean removed
-        wave = crop_waveform(wave, self.num_samples, mode=self.crop)
+        if start is None:
+            wave = crop_waveform(wave, self.num_samples, mode=self.crop)
+        else:
+            first = min(round(start * s.sample_rate), max(wave.shape[0] - self.num_samples, 0))
+            wave = wave[first : first + self.num_samples]
         if self.roll_mag_aug:
             wave = roll_mag_augment(wave)
         x = s.features(wave)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from anymae.core.data import BadSampleError
 
-__all__ = ["SAMPLE_RATE", "crop_waveform", "decode_audio", "load_waveform", "roll_mag_augment"]
+__all__ = ["SAMPLE_RATE", "audio_duration", "crop_waveform", "decode_audio", "load_waveform", "roll_mag_augment"]
 
 SAMPLE_RATE = 16_000  # AudioMAE's rate (AudioSet clips are 16 kHz)
 CROP_MODES = ("random", "center", "start")
@@ -92,6 +92,26 @@ def load_waveform(path: str | Path, *, sample_rate: int = SAMPLE_RATE) -> Tensor
     """``decode_audio`` with the clip's mean removed, as AudioMAE does before the filter bank: (S,)."""
     wave = decode_audio(path, sample_rate=sample_rate)
     return wave - wave.mean()
+
+
+def audio_duration(path: str | Path) -> float:
+    """Seconds of audio in ``path``'s first audio stream, from its header (the stream's, else the container's
+    duration); decoded when neither says. Errors as :func:`decode_audio`."""
+    path = Path(path)
+    try:
+        with av.open(str(path), mode="r") as container:
+            if not container.streams.audio:
+                raise BadSampleError(f"cannot read audio {path}: the file has no audio stream")
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+    except BadSampleError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
+        raise BadSampleError(f"cannot read audio {path}: {type(exc).__name__}: {exc}") from None
+    return decode_audio(path).shape[0] / SAMPLE_RATE
 
 
 def crop_waveform(

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
+from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits, TimedItems
 from anymae.core.files import ListedFile, find_files, read_file_list
 
-from .decode import VIDEO_EXTENSIONS, read_clips
+from .decode import VIDEO_EXTENSIONS, clip_indices, probe_video, read_clips, read_clips_at
 
 __all__ = ["VideoClips", "find_split", "read_list"]
 
@@ -83,7 +83,31 @@ class VideoClips(DatasetWithTraits):
 
     @property
     def traits(self) -> DatasetTraits:
-        return DatasetTraits(samples_per_item=self.samples_per_item, source=self.source)
+        # Random single clips can start where a composite model says (aligned with its other parts).
+        timed = TimedItems(self.span, self.at) if self.mode == "random" and self.num_clips == 1 else None
+        return DatasetTraits(samples_per_item=self.samples_per_item, source=self.source, timed=timed)
+
+    def span(self, index: int) -> tuple[float, float]:
+        """(the file's duration, a clip's length) in seconds, on the file's nominal frame grid."""
+        timeline = probe_video(self.source(index))
+        return timeline.num_grid_frames / timeline.fps, self.num_frames * self.sampling_rate / timeline.fps
+
+    def at(self, index: int, start: float) -> Tensor:
+        """Item ``index`` (a random-mode clip) starting ``start`` seconds into its file (the latest start that fits
+        when later), with the training transform."""
+        path = self.source(index)
+        fps, width = probe_video(path).fps, (self.num_frames - 1) * self.sampling_rate + 1
+
+        def choose(grid: int) -> list[list[int]]:
+            first = min(round(start * fps), max(grid - width, 0))
+            return [clip_indices(grid, start=first, num_frames=self.num_frames, sampling_rate=self.sampling_rate)]
+
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
+        clip = read_clips_at(path, choose)[0]
+        try:
+            return self.transform(clip, rng)
+        except (ValueError, RuntimeError) as exc:
+            raise BadSampleError(f"video {path}: cannot transform its frames {clip.shape}: {exc}") from None
 
     def source(self, index: int) -> Path:
         """The file item ``index`` is read from."""
