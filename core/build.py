@@ -6,6 +6,7 @@ from functools import partial
 from typing import Any
 
 import torch
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from anymae.plugins.manager import Registry, resolve_registry
@@ -13,7 +14,7 @@ from anymae.plugins.manager import Registry, resolve_registry
 from .composite import MultiModalMAE, Part
 from .config import COMPOSITE, ModelConfig, check_decoder_options, config_to_dict
 from .decoder import DecoderArgs
-from .encoder import MaskedEncoder
+from .encoder import MaskedEncoder, vit_blocks
 from .joint_decoder import JointDecoder
 from .model import MaskedAutoencoder
 
@@ -76,6 +77,7 @@ def build_composite(cfg: ModelConfig, *, registry: Registry, with_decoder: bool 
             target=registry.target(part_cfg.target),
             pred_masked_only=part_cfg.pred_masked_only,
             loss_weight=part_cfg.loss_weight,
+            blocks=_part_blocks(cfg),
         )
         tables.append(tokenizer.position_table(cfg.embed_dim))
     encoder = vit_encoder(cfg, torch.cat(tables))  # (L, D): each part's own positions
@@ -102,6 +104,13 @@ def build_composite(cfg: ModelConfig, *, registry: Registry, with_decoder: bool 
     )
     set_fused_attn(model, cfg.fused_attn)
     return model
+
+
+def _part_blocks(cfg: ModelConfig) -> nn.ModuleList:
+    """A composite part's own ``model.part_depth`` encoder blocks (CAV-MAE's modality-specific layers)."""
+    norm_layer = partial(nn.LayerNorm, eps=cfg.norm_eps)
+    return vit_blocks(Block, depth=cfg.part_depth, dim=cfg.embed_dim, num_heads=cfg.num_heads,
+                      mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, norm_layer=norm_layer)  # fmt: skip
 
 
 def _build_decoder(

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .encoder import MaskedEncoder
 from .joint_decoder import JointDecoder
 from .loss import masked_mse
-from .masking import MaskingStrategy, keep_count, sample_mask
+from .masking import MaskingStrategy, gather_tokens, keep_count, sample_mask
 from .model import init_linear_and_norm, target_to_pixels
 from .targets import Target
 from .tokenizer import Tokenizer
@@ -34,8 +34,8 @@ Inputs = Mapping[str, Tensor]  # part name -> that modality's input batch (N, ..
 
 
 class Part(nn.Module):
-    """One modality of a composite: tokenizer, modality embedding (1, 1, D), decoder, and how it is masked
-    and scored. ``decoder=None``: an encoder-only part."""
+    """One modality of a composite: tokenizer, modality embedding (1, 1, D), its own encoder ``blocks`` (none by
+    default), decoder, and how it is masked and scored. ``decoder=None``: an encoder-only part."""
 
     def __init__(
         self,
@@ -48,10 +48,13 @@ class Part(nn.Module):
         target: Target,
         pred_masked_only: bool = False,
         loss_weight: float = 1.0,
+        blocks: nn.ModuleList | None = None,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.modality_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        # CAV-MAE's modality-specific blocks: the part's visible tokens alone, before the shared encoder.
+        self.blocks = blocks if blocks is not None else nn.ModuleList()
         self.decoder = decoder
         self.masking, self.mask_ratio, self.target = masking, mask_ratio, target
         self.pred_masked_only, self.loss_weight = pred_masked_only, loss_weight
@@ -148,7 +151,7 @@ class MultiModalMAE(nn.Module):
         for token in tokens:
             if token is not None:
                 nn.init.normal_(token, std=0.02)
-        for module in (self.encoder, *decoders):
+        for module in (self.encoder, *decoders, *(p.blocks for p in self.parts.values())):
             module.apply(init_linear_and_norm)
 
     def decoders(self) -> list[nn.Module]:
@@ -211,8 +214,23 @@ class MultiModalMAE(nn.Module):
         present = torch.cat(valid, dim=1)  # (N, L_vis)
         if not bool(present.any(dim=1).all()):
             raise ValueError("a sample has every part removed: keep at least one part of each sample")
-        latent = self.encoder(joint, keep, None if bool(present.all()) else present)  # (N, num_prefix + L_vis, D)
+        x = gather_tokens(joint + self.encoder.pos_embed[:, self.encoder.num_prefix :], keep)  # (N, L_vis, D)
+        x = self._part_blocks(x, layouts)
+        latent = self.encoder.forward_visible(x, None if bool(present.all()) else present)  # (N, prefix + L_vis, D)
         return latent, layouts
+
+    def _part_blocks(self, x: Tensor, layouts: dict[str, _Layout]) -> Tensor:
+        """Each part's own blocks over its visible tokens (N, K_p, D), in place in x (N, L_vis, D)."""
+        if not any(len(self.parts[name].blocks) for name in layouts):
+            return x
+        pieces, start = [], 0
+        for name, layout in layouts.items():
+            piece = x[:, start : start + layout.ids_keep.shape[1]]  # (N, K_p, D)
+            for block in self.parts[name].blocks:
+                piece = block(piece)
+            pieces.append(piece)
+            start += layout.ids_keep.shape[1]
+        return torch.cat(pieces, dim=1)
 
     def forward_decoder(self, latent: Tensor, layout: _Layout, name: str) -> Tensor:
         """The part's decoder over its own slice of the latent -> pred (N, L_p, P_p) in target space; with
@@ -299,8 +317,10 @@ class MultiModalMAE(nn.Module):
 
 class PartsTokenizer(Tokenizer):
     """Some parts of a composite as one tokenizer, for a classifier over them: ``{part: input}`` -> each part's
-    tokens plus its modality embedding, concatenated in part order (N, L, D). Its ``parts`` keep the composite's
-    parameter names (``parts.<part>.tokenizer.*``, ``parts.<part>.modality_embed``). A classifier never patchifies."""
+    tokens plus its modality embedding and its own positions, through its own blocks, concatenated in part order
+    (N, L, D). The positions are added here, before the part blocks, so :meth:`position_table` is zero: the shared
+    encoder adds nothing more. Its ``parts`` keep the composite's parameter names (``parts.<part>.tokenizer.*``,
+    ``parts.<part>.modality_embed``, ``parts.<part>.blocks.*``). A classifier never patchifies."""
 
     def __init__(self, parts: dict[str, Part], *, embed_dim: int) -> None:
         super().__init__()
@@ -308,17 +328,25 @@ class PartsTokenizer(Tokenizer):
         self.embed_dim = embed_dim
         self.grid = (sum(part.num_tokens for part in parts.values()),)
         self.patch_dim = 0
+        for name, part in parts.items():  # fixed, recomputed from the grids: not stored in checkpoints
+            self.register_buffer(f"pos_{name}", part.tokenizer.position_table(embed_dim)[None], persistent=False)
 
     def forward(self, x: Inputs) -> Tensor:
         """x: part -> input (N, ...) -> (N, L, D)."""
         missing = [name for name in self.parts if name not in x]
         if missing:
             raise KeyError(f"inputs lack the parts {missing}; this classifier reads {', '.join(self.parts)}")
-        return torch.cat([part.tokenizer(x[name]) + part.modality_embed for name, part in self.parts.items()], dim=1)
+        pieces = []
+        for name, part in self.parts.items():
+            piece = part.tokenizer(x[name]) + part.modality_embed + getattr(self, f"pos_{name}")  # (N, L_p, D)
+            for block in part.blocks:
+                piece = block(piece)
+            pieces.append(piece)
+        return torch.cat(pieces, dim=1)
 
     def position_table(self, width: int) -> Tensor:
-        """The parts' own tables, concatenated: (L, width)."""
-        return torch.cat([part.tokenizer.position_table(width) for part in self.parts.values()])
+        """Zeros (L, width): the parts' positions are already in the tokens."""
+        return torch.zeros(self.grid[0], width)
 
     def patchify(self, x: Tensor) -> Tensor:
         raise NotImplementedError("a composite classifier's tokenizer has no patches to regress")

@@ -112,8 +112,11 @@ class ModelConfig:
     parts: dict[str, Any] = field(default_factory=dict)
     modality_dropout: float = 0.0  # composite: share of training samples that lose one part (chosen at random)
     joint_decoder: bool = False  # composite: one decoder over every part's tokens (CAV-MAE) instead of each part's own
+    part_depth: int = 0  # composite: blocks of each part's own before the shared `depth` (CAV-MAE: 11, then 1 shared)
 
     def __post_init__(self) -> None:
+        if self.part_depth < 0:
+            raise ValueError(f"part_depth must be >= 0, got {self.part_depth}")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if self.init_bands is not None and (self.init_from is None or not self.init_bands or min(self.init_bands) < 0):
@@ -548,7 +551,7 @@ def resolve_model_config(raw: Any, registry: Registry | None = None) -> ModelCon
     cfg = from_dict(ModelConfig, raw, "model")
     if cfg.modality == COMPOSITE:
         return _resolve_composite(cfg, raw, tokenizer_raw, registry)
-    for key in ("parts", "modality_dropout", "joint_decoder"):
+    for key in ("parts", "modality_dropout", "joint_decoder", "part_depth"):
         if getattr(cfg, key):
             raise ConfigError(f"config model.{key} is for model.modality: {COMPOSITE}; this model is {cfg.modality!r}")
     try:

@@ -97,6 +97,10 @@ class MaskedEncoder(nn.Module):
         x = tokens + self.pos_embed[:, self.num_prefix :]  # positions are added before masking
         if ids_keep is not None:
             x = gather_tokens(x, ids_keep)  # (N, L_vis, D)
+        return self.forward_visible(x, valid)
+
+    def forward_visible(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Visible tokens with their positions (N, L_vis, D) -> [CLS +] blocks + norm: (N, num_prefix + L_vis, D)."""
         if self.cls_token is not None:
             cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)  # (N, 1, D)
             x = torch.cat([cls, x], dim=1)  # (N, 1 + L_vis, D)

@@ -462,3 +462,22 @@ def test_parts_of_long_recordings_draw_one_window_start_and_stay_aligned_in_time
         for row_b, bin_b in pairs:
             if row_a < row_b - 1:
                 assert bin_a > bin_b, sorted(pairs)
+
+
+@pytest.mark.parametrize("part_depth", [0, 1])
+def test_a_classifier_over_the_parts_sees_what_encode_sees(part_depth):
+    """The classifier's features (CLS after the final norm) equal the composite's own ``encode`` of the same parts,
+    with and without CAV-MAE's modality-specific blocks (``model.part_depth``)."""
+    from anymae.core.classify import build_classifier
+
+    model = image_audio(part_depth=part_depth).eval()
+    if part_depth:
+        assert "parts.audio.blocks.0.attn.qkv.weight" in model.state_dict()
+        check_composite({"image": {"tokenizer": {"img_size": 32, "patch_size": 8}},
+                         "audio": {"tokenizer": AUDIO_TOKENIZER}}, model={"part_depth": part_depth})  # fmt: skip
+    x = inputs()
+    for parts in (None, ["audio"]):
+        classifier = build_classifier(model, num_classes=2, global_pool=False, parts=parts).eval()
+        seen = {name: x[name] for name in parts or x}
+        with torch.no_grad():
+            assert torch.allclose(classifier.forward_features(x), model.encode(seen)[:, 0], atol=1e-5), parts
