@@ -25,7 +25,7 @@ from .config import COMPOSITE, config_to_dict, resolve_model_config
 from .encoder import MaskedEncoder
 from .masking import MaskingStrategy, shuffle_from_noise
 from .model import MaskedAutoencoder
-from .tokenizer import Tokenizer
+from .tokenizer import TokenEmbedder
 
 __all__ = ["Classifier", "build_classifier", "layer_id", "param_groups_lars", "param_groups_layer_decay"]
 
@@ -45,7 +45,7 @@ class Classifier(nn.Module):
     def __init__(
         self,
         *,
-        tokenizer: Tokenizer,
+        tokenizer: TokenEmbedder,
         encoder: MaskedEncoder,
         num_classes: int,
         global_pool: bool,

@@ -26,7 +26,7 @@ from .loss import masked_mse
 from .masking import MaskingStrategy, gather_tokens, keep_count, sample_mask
 from .model import init_linear_and_norm, target_to_pixels
 from .targets import Target
-from .tokenizer import Tokenizer
+from .tokenizer import TokenEmbedder, Tokenizer
 
 __all__ = ["CompositeMasker", "CompositeOutput", "MultiModalMAE", "Part", "PartsTokenizer", "PartsView"]
 
@@ -315,19 +315,18 @@ class MultiModalMAE(nn.Module):
             )
 
 
-class PartsTokenizer(Tokenizer):
+class PartsTokenizer(TokenEmbedder):
     """Some parts of a composite as one tokenizer, for a classifier over them: ``{part: input}`` -> each part's
     tokens plus its modality embedding and its own positions, through its own blocks, concatenated in part order
     (N, L, D). The positions are added here, before the part blocks, so :meth:`position_table` is zero: the shared
     encoder adds nothing more. Its ``parts`` keep the composite's parameter names (``parts.<part>.tokenizer.*``,
-    ``parts.<part>.modality_embed``, ``parts.<part>.blocks.*``). A classifier never patchifies."""
+    ``parts.<part>.modality_embed``, ``parts.<part>.blocks.*``). It has no patches: a classifier regresses none."""
 
     def __init__(self, parts: dict[str, Part], *, embed_dim: int) -> None:
         super().__init__()
         self.parts = nn.ModuleDict(parts)
         self.embed_dim = embed_dim
         self.grid = (sum(part.num_tokens for part in parts.values()),)
-        self.patch_dim = 0
         for name, part in parts.items():  # fixed, recomputed from the grids: not stored in checkpoints
             self.register_buffer(f"pos_{name}", part.tokenizer.position_table(embed_dim)[None], persistent=False)
 
@@ -347,12 +346,6 @@ class PartsTokenizer(Tokenizer):
     def position_table(self, width: int) -> Tensor:
         """Zeros (L, width): the parts' positions are already in the tokens."""
         return torch.zeros(self.grid[0], width)
-
-    def patchify(self, x: Tensor) -> Tensor:
-        raise NotImplementedError("a composite classifier's tokenizer has no patches to regress")
-
-    def unpatchify(self, patches: Tensor) -> Tensor:
-        raise NotImplementedError("a composite classifier's tokenizer has no patches to regress")
 
 
 class PartsView(nn.Module):

@@ -10,7 +10,10 @@ delay or flush to handle; libswresample's output depends on the FFmpeg build and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -33,28 +36,20 @@ def decode_audio(path: str | Path, *, sample_rate: int = SAMPLE_RATE) -> Tensor:
     without audio samples, raises :class:`BadSampleError` naming the file.
     """
     path = Path(path)
-    try:
-        with av.open(str(path), mode="r") as container:
-            if not container.streams.audio:
-                raise BadSampleError(f"cannot read audio {path}: the file has no audio stream")
-            stream = container.streams.audio[0]
-            # Sample-format conversion only (rate=None, layout=None keep the source's).
-            to_float = av.AudioResampler(format="fltp")
-            chunks, rate = [], stream.rate or stream.codec_context.sample_rate
-            for frame in container.decode(stream):
-                rate = frame.sample_rate
-                plain = _as_float(frame)  # PCM / float frames: numpy, without a resampler call per frame
-                if plain is not None:
-                    chunks.append(plain)
-                    continue
-                for out in to_float.resample(frame):
-                    chunks.append(out.to_ndarray())  # (C, S_frame) float32
-            for out in to_float.resample(None):  # flush
-                chunks.append(out.to_ndarray())
-    except BadSampleError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
-        raise BadSampleError(f"cannot decode audio {path}: {type(exc).__name__}: {exc}") from None
+    with _audio_stream(path) as (container, stream):
+        # Sample-format conversion only (rate=None, layout=None keep the source's).
+        to_float = av.AudioResampler(format="fltp")
+        chunks, rate = [], stream.rate or stream.codec_context.sample_rate
+        for frame in container.decode(stream):
+            rate = frame.sample_rate
+            plain = _as_float(frame)  # PCM / float frames: numpy, without a resampler call per frame
+            if plain is not None:
+                chunks.append(plain)
+                continue
+            for out in to_float.resample(frame):
+                chunks.append(out.to_ndarray())  # (C, S_frame) float32
+        for out in to_float.resample(None):  # flush
+            chunks.append(out.to_ndarray())
     if not chunks or sum(c.shape[1] for c in chunks) == 0:
         raise BadSampleError(f"cannot read audio {path}: the audio stream holds no samples")
     if len({c.shape[0] for c in chunks}) != 1:
@@ -98,20 +93,27 @@ def audio_duration(path: str | Path) -> float:
     """Seconds of audio in ``path``'s first audio stream, from its header (the stream's, else the container's
     duration); decoded when neither says. Errors as :func:`decode_audio`."""
     path = Path(path)
+    with _audio_stream(path) as (container, stream):
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        if container.duration is not None:
+            return container.duration / av.time_base
+    return decode_audio(path).shape[0] / SAMPLE_RATE
+
+
+@contextmanager
+def _audio_stream(path: Path) -> Iterator[tuple[Any, Any]]:
+    """``path``'s container and first audio stream, open for the block; a file PyAV cannot open, one without an
+    audio stream, and PyAV's errors inside the block (decoding) raise :class:`BadSampleError` naming the file."""
     try:
         with av.open(str(path), mode="r") as container:
             if not container.streams.audio:
                 raise BadSampleError(f"cannot read audio {path}: the file has no audio stream")
-            stream = container.streams.audio[0]
-            if stream.duration is not None and stream.time_base is not None:
-                return float(stream.duration * stream.time_base)
-            if container.duration is not None:
-                return container.duration / av.time_base
+            yield container, container.streams.audio[0]
     except BadSampleError:
         raise
     except (av.error.FFmpegError, OSError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
-        raise BadSampleError(f"cannot read audio {path}: {type(exc).__name__}: {exc}") from None
-    return decode_audio(path).shape[0] / SAMPLE_RATE
+        raise BadSampleError(f"cannot decode audio {path}: {type(exc).__name__}: {exc}") from None
 
 
 def crop_waveform(
