@@ -12,7 +12,7 @@ for the periodic checks of pre-training.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import torch
@@ -119,7 +119,7 @@ def compute_features(
 
 
 def extract_features(
-    model: MaskedAutoencoder,
+    model: MaskedAutoencoder | Mapping[str, MaskedAutoencoder],
     dataset: Dataset,
     *,
     batch_size: int,
@@ -131,14 +131,18 @@ def extract_features(
 ) -> tuple[Tensor, Tensor]:
     """Frozen features of an MAE encoder over a labelled dataset -> (features (M, D), labels (M,)).
 
-    ``pool``: see :func:`pooled_features`; default :func:`default_pool`. The model runs in eval mode (restored
-    afterwards) and is not moved: put it on ``device`` first."""
-    pool = pool or default_pool(model)
-    was_training = model.training
-    model.eval()
+    ``model`` may be several encoders by name (e.g. a composite's joint features and each part's alone): their
+    features side by side in name order, (M, sum of D), the data read once. ``pool``: see
+    :func:`pooled_features`; default :func:`default_pool` of each. The models run in eval mode (restored
+    afterwards) and are not moved: put them on ``device`` first."""
+    models = dict(model) if isinstance(model, Mapping) else {"": model}
+    pools = {name: pool or default_pool(m) for name, m in models.items()}
+    modes = {name: m.training for name, m in models.items()}
+    for m in models.values():
+        m.eval()
     try:
         return compute_features(
-            lambda x: pooled_features(model, x, pool=pool),
+            lambda x: torch.cat([pooled_features(m, x, pool=pools[name]) for name, m in models.items()], dim=1),
             dataset,
             batch_size=batch_size,
             device=device,
@@ -147,7 +151,8 @@ def extract_features(
             desc=desc,
         )
     finally:
-        model.train(was_training)
+        for name, m in reversed(models.items()):
+            m.train(modes[name])
 
 
 @torch.no_grad()
@@ -193,7 +198,7 @@ def knn_classify(
 
 
 def knn_accuracy(
-    model: MaskedAutoencoder,
+    model: MaskedAutoencoder | Mapping[str, MaskedAutoencoder],
     train_set: Dataset,
     query_set: Dataset,
     *,
@@ -206,7 +211,9 @@ def knn_accuracy(
     progress: bool = False,
 ) -> dict[str, float]:
     """k-NN top-1 / top-5 (%) of ``query_set`` (e.g. the held-out split) against ``train_set``, both labelled
-    datasets with the same class numbering: ``{"knn_top1", "knn_top5", "n"}`` (``n``: queries)."""
+    datasets with the same class numbering: ``{"knn_top1", "knn_top5", "n"}`` (``n``: queries).
+
+    Several encoders by name (``{name: model}``) are scored on one read of the data: ``{name: {...}}``."""
     options = {"batch_size": batch_size, "device": device, "pool": pool, "num_workers": num_workers}
     (train_x, train_y), (query_x, query_y) = (
         extract_features(model, dataset, **options, progress=progress, desc=f"k-NN {name} features")
@@ -214,7 +221,13 @@ def knn_accuracy(
     )
     classes = dataset_traits(train_set).classes
     num_classes = max(len(classes), int(train_y.max()) + 1, int(query_y.max()) + 1)
-    scores = knn_classify(train_x, train_y, query_x, k=k, temperature=temperature, num_classes=num_classes)
-    top1, top5 = topk_correct(scores, query_y)
     n = query_y.shape[0]
-    return {"knn_top1": 100.0 * top1 / n, "knn_top5": 100.0 * top5 / n, "n": float(n)}
+    results, start = {}, 0
+    for name, m in model.items() if isinstance(model, Mapping) else [("", model)]:
+        stop = start + m.encoder.embed_dim  # this encoder's columns of the side-by-side features
+        scores = knn_classify(train_x[:, start:stop], train_y, query_x[:, start:stop], k=k,
+                              temperature=temperature, num_classes=num_classes)  # fmt: skip
+        top1, top5 = topk_correct(scores, query_y)
+        results[name] = {"knn_top1": 100.0 * top1 / n, "knn_top5": 100.0 * top5 / n, "n": float(n)}
+        start = stop
+    return results if isinstance(model, Mapping) else results[""]

@@ -184,15 +184,15 @@ class PretrainTask(Task):
         if self.composite:
             line += " (" + ", ".join(held.part_summaries) + ")"
         if self.knn_sets is not None:  # DINO's weighted k-NN of the held-out features against the training ones
-            knn = knn_accuracy(model, *self.knn_sets, batch_size=self.cfg.train.batch_size, device=self.device)
+            # A composite's joint features and each part's alone, on one read of the data.
+            views = {"": model, **({name: model.restricted([name]) for name in model.parts} if self.composite else {})}
+            scores = knn_accuracy(views, *self.knn_sets, batch_size=self.cfg.train.batch_size, device=self.device)
+            knn = scores.pop("")
             record.update(knn_top1=knn["knn_top1"], knn_top5=knn["knn_top5"])
             line += f", k-NN top-1 {knn['knn_top1']:.1f}%"
-            if self.composite:  # ... and of each part's features alone
-                for name in model.parts:
-                    alone = knn_accuracy(model.restricted([name]), *self.knn_sets,
-                                         batch_size=self.cfg.train.batch_size, device=self.device)  # fmt: skip
-                    record[f"knn_top1_{name}"] = alone["knn_top1"]
-                    line += f" ({name} alone {alone['knn_top1']:.1f}%)"
+            for name, alone in scores.items():
+                record[f"knn_top1_{name}"] = alone["knn_top1"]
+                line += f" ({name} alone {alone['knn_top1']:.1f}%)"
         line += extra
         return Check(record, line, figure=figure)
 
