@@ -20,7 +20,7 @@ from anymae.modalities.video import demo as demo_module
 from anymae.modalities.video.data import VideoClips
 from anymae.modalities.video.decode import write_video
 from anymae.modalities.video.modality import _train_transform
-from anymae.modalities.video.transforms import multiscale_crop_box, pretrain_clip
+from anymae.modalities.video.transforms import multiscale_crop_box, normalize_clip, pretrain_clip, to_uint8_clip
 
 TOKENIZER = VideoTokenizerConfig(num_frames=4, img_size=32, patch_size=8, tubelet_size=2)
 
@@ -219,3 +219,19 @@ def test_repeated_sampling_draws_one_mask_per_clip_and_trains(tmp_path):
     steps = [r for r in records if "lr" in r]
     assert len(steps) == 2 and all(math.isfinite(r["loss"]) for r in steps)  # 4 videos / batch 2
     assert steps[0]["lr"] == pytest.approx(1.0e-3 * (2 * 2) / 256)  # blr x (2 videos x 2 clips) / 256, no warm-up
+
+
+@pytest.mark.parametrize("in_chans", [3, 1])
+def test_normalize_clip_is_the_per_channel_formula_in_c_t_h_w(in_chans):
+    """Issue 20's single float conversion: (x / 255 - mean) / std per channel, (T, 3, H, W) channels-last uint8 in,
+    (C, T, H, W) out; T = 3 so that a copy that forgot the transpose would still fit and be caught."""
+    frames = np.random.default_rng(0).integers(0, 256, size=(3, 5, 7, 3), dtype=np.uint8)  # (T, H, W, 3)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    clip = to_uint8_clip(frames)  # (T, 3, H, W), a channels-last view
+    x = frames.astype(np.float64).transpose(3, 0, 1, 2)  # (3, T, H, W)
+    if in_chans == 1:
+        x, mean, std = (x * np.array([0.299, 0.587, 0.114]).reshape(3, 1, 1, 1)).sum(0, keepdims=True), (0.5,), (0.25,)
+    expected = (x / 255 - np.reshape(mean, (-1, 1, 1, 1))) / np.reshape(std, (-1, 1, 1, 1))
+    got = normalize_clip(clip, mean, std, in_chans=in_chans)
+    assert got.shape == (in_chans, 3, 5, 7) and got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)

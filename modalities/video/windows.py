@@ -12,7 +12,7 @@ from torch import Tensor
 
 from anymae.core.data import BadSampleError, DataError
 
-from .decode import _open, _upright, probe_video
+from .decode import THREAD_TYPE, _open, _upright, probe_video
 
 __all__ = ["video_windows"]
 
@@ -51,7 +51,7 @@ def video_windows(
     done = 0
     with _open(Path(path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = THREAD_TYPE
         try:
             for frame in container.decode(stream):
                 stamp = frame.pts if frame.pts is not None else frame.dts
