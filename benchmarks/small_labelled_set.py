@@ -45,6 +45,7 @@ PHOTOS = (
     "moon",
     "rocket",
 )
+EQUAL_MEAN, EQUAL_STD = 128.0, 48.0  # grey level and contrast of every crop with ``equalised=True``
 SHORT_SIDE = 256  # every photo is resized to this shorter side before cropping
 TRAIN_SHARE = 0.75  # training crops from the top 3/4 of each photo, held-out crops from the bottom 1/4
 
@@ -62,6 +63,21 @@ def _photos() -> Iterator[tuple[str, np.ndarray, int]]:
         yield name, pixels, int(pixels.shape[0] * TRAIN_SHARE)
 
 
+def equalise(crop: np.ndarray) -> np.ndarray:
+    """``crop`` (H, W, 3) uint8 as grey with mean EQUAL_MEAN and standard deviation EQUAL_STD (clipped to 0..255),
+    in three equal channels: colour, brightness and contrast no longer tell the photos apart, only structure does.
+    A flat crop becomes flat EQUAL_MEAN grey."""
+    grey = np.asarray(Image.fromarray(crop).convert("L"), dtype=np.float64)
+    spread = grey.std()
+    z = (grey - grey.mean()) / spread if spread > 1e-6 else np.zeros_like(grey)
+    out = np.clip(np.rint(EQUAL_MEAN + EQUAL_STD * z), 0, 255).astype(np.uint8)
+    return np.repeat(out[:, :, None], 3, axis=2)
+
+
+def _save(crop: np.ndarray, path: Path, equalised: bool) -> None:
+    Image.fromarray(equalise(crop) if equalised else crop).save(path)
+
+
 def build(
     root: Path,
     *,
@@ -70,12 +86,14 @@ def build(
     size: int = 32,
     seed: int = 0,
     labelled_per_class: int | None = None,
+    equalised: bool = False,
 ) -> Path:
     """Write the crops under ``root`` (``train/`` and ``val/``) and return ``root``.
 
     ``labelled_per_class`` keeps only the first that many of each photo's ``train_per_class`` training crops: the
     crops are drawn as for the full set, so the held-out crops are the same and the small training set is a
-    subset of the full one (a fewer-labels comparison changes nothing else).
+    subset of the full one (a fewer-labels comparison changes nothing else). ``equalised`` writes every crop through
+    :func:`equalise` (same crop boxes).
     """
     if train_per_class < 1 or heldout_per_class < 1:
         raise ValueError(f"need at least one crop per class and split, got {train_per_class}/{heldout_per_class}")
@@ -95,11 +113,13 @@ def build(
                 y = int(rng.integers(top, bottom - size + 1))
                 x = int(rng.integers(0, width - size + 1))
                 if i < keep[split]:  # the draw goes on regardless, so the next split's crops do not move
-                    Image.fromarray(pixels[y : y + size, x : x + size]).save(folder / f"{i:04d}.png")
+                    _save(pixels[y : y + size, x : x + size], folder / f"{i:04d}.png", equalised)
     return root
 
 
-def build_unlabelled(root: Path, *, per_photo: int = 1000, size: int = 32, seed: int = 1) -> Path:
+def build_unlabelled(
+    root: Path, *, per_photo: int = 1000, size: int = 32, seed: int = 1, equalised: bool = False
+) -> Path:
     """Write ``per_photo`` crops of each photo's training region, flat and without class names, under
     ``root/train/`` (an MAE pre-training folder: ``anymae pretrain ... data.root=root``) and return ``root``.
 
@@ -116,7 +136,7 @@ def build_unlabelled(root: Path, *, per_photo: int = 1000, size: int = 32, seed:
         for i in range(per_photo):
             y = int(rng.integers(0, cut - size + 1))
             x = int(rng.integers(0, width - size + 1))
-            Image.fromarray(pixels[y : y + size, x : x + size]).save(folder / f"{k * per_photo + i:06d}.png")
+            _save(pixels[y : y + size, x : x + size], folder / f"{k * per_photo + i:06d}.png", equalised)
     return root
 
 
@@ -146,6 +166,11 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help="write only the first N training crops of each class (same held-out crops; a subset of the full set)",
     )
+    parser.add_argument(
+        "--equalised",
+        action="store_true",
+        help=f"grey crops, mean {EQUAL_MEAN:g}, std {EQUAL_STD:g} (labelled and unlabelled): no colour/brightness cue",
+    )
     parser.add_argument("--random-init", nargs=2, metavar=("CONFIG", "PATH"), help="also write an untrained MAE")
     parser.add_argument("--init-seed", type=int, help="seed of the untrained MAE (default: --seed)")
     parser.add_argument(
@@ -160,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {random_init_checkpoint(args.random_init[0], Path(args.random_init[1]), seed=init_seed)}")
     if args.unlabelled:
         per_photo = int(args.unlabelled[1])
-        path = build_unlabelled(Path(args.unlabelled[0]), per_photo=per_photo, size=args.size, seed=args.seed + 1)
+        path = build_unlabelled(
+            Path(args.unlabelled[0]), per_photo=per_photo, size=args.size, seed=args.seed + 1, equalised=args.equalised
+        )
         print(f"wrote {len(PHOTOS)} x {per_photo} unlabelled crops under {path / 'train'}")
     root = build(
         args.root,
@@ -169,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         size=args.size,
         seed=args.seed,
         labelled_per_class=args.labelled_per_class,
+        equalised=args.equalised,
     )
     kept = args.train_per_class if args.labelled_per_class is None else args.labelled_per_class
     print(f"wrote {len(PHOTOS)} classes x ({kept} train + {args.heldout_per_class} val) under {root}")

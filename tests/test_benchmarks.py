@@ -164,3 +164,25 @@ def test_small_labelled_set_fewer_labels_is_a_subset_with_the_same_held_out_crop
         assert len(held_out) == 3
         for file in held_out:
             assert (few / "val" / name / file.name).read_bytes() == file.read_bytes()
+
+
+def test_small_labelled_set_equalised_crops_keep_only_structure(tmp_path):
+    """``--equalised`` crops are grey with a fixed mean and contrast: a hand-computed 2x2 case, a flat crop, and a
+    crop and its brighter, lower-contrast copy give the same pixels (only structure tells the photos apart)."""
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.small_labelled_set import build, equalise
+
+    step = np.array([[0, 0], [255, 255]], dtype=np.uint8)  # mean 127.5, std 127.5: z = -1, +1
+    assert np.array_equal(equalise(np.repeat(step[:, :, None], 3, axis=2))[:, :, 0], [[80, 80], [176, 176]])
+    assert np.array_equal(equalise(np.full((4, 4, 3), 17, np.uint8)), np.full((4, 4, 3), 128))
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (8, 8)).astype(np.float64)
+    crop = np.repeat(grey[:, :, None], 3, axis=2).astype(np.uint8)
+    washed = np.repeat((60 + 0.5 * grey)[:, :, None], 3, axis=2).round().astype(np.uint8)
+    assert np.abs(equalise(crop).astype(int) - equalise(washed).astype(int)).max() <= 2  # rounding of `washed`
+    root = build(tmp_path / "eq", train_per_class=2, heldout_per_class=1, size=16, equalised=True)
+    pixels = np.asarray(Image.open(root / "train" / "coffee" / "0000.png"))
+    assert pixels.shape == (16, 16, 3) and (pixels == pixels[:, :, :1]).all()
+    assert abs(pixels.mean() - 128) < 3 and abs(pixels.std() - 48) < 3
