@@ -249,6 +249,7 @@ class Config:
     """A whole run: ``model``, ``data`` (the modality's data_config), ``optim``, ``train``."""
 
     name: str = "run"
+    preset: str | None = None  # the name of the applied entry of the config's ``presets`` (e.g. crops)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: Any = None
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -673,7 +674,25 @@ def load_config(
     _, raw = read_config_source(source)
     if any(s in raw for s in CLASSIFY_SECTIONS):
         return load_classify_config(source, overrides, registry=registry)
-    return resolve_config(apply_overrides(raw, overrides), registry)
+    return resolve_config(apply_preset(raw, overrides), registry)
+
+
+def apply_preset(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``overrides`` to a raw config: ``preset: NAME`` (in the file or as ``preset=NAME``) first applies the
+    entry NAME of the config's ``presets`` section (a mapping of ``key.sub: value`` overrides), then the other
+    overrides. A config written by a run keeps the applied preset's name and has no ``presets`` section: it is
+    taken as it is. A preset the config does not define is refused, naming the ones it has."""
+    chosen = [o for o in overrides if o.startswith("preset=")]
+    raw = apply_overrides(raw, chosen)
+    presets = raw.pop("presets", None) or {}
+    preset = raw.get("preset")
+    if preset is not None and (presets or chosen):
+        if preset not in presets:
+            raise ConfigError(
+                f"config preset {preset!r} is not one of the config's presets: {', '.join(presets) or 'none'}"
+            )
+        apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in presets[preset].items()])
+    return apply_overrides(raw, [o for o in overrides if not o.startswith("preset=")])
 
 
 CLASSIFY_SECTIONS = ("finetune", "linprobe")
@@ -683,21 +702,11 @@ def load_classify_config(
     source: str | Path, overrides: Sequence[str] = (), *, mode: str | None = None, registry: Registry | None = None
 ) -> ClassifyConfig:
     """Read a fine-tuning / linear-probing config: it has a ``finetune`` or a ``linprobe`` section (``mode``,
-    when given, says which one it must be). ``preset: NAME`` applies ``presets.NAME`` (a mapping of
-    ``key.sub: value`` overrides) before the command-line overrides; ``data`` is validated against the
-    data_config of ``<section>.modality``."""
+    when given, says which one it must be). Presets and overrides as in :func:`apply_preset`; ``data`` is
+    validated against the data_config of ``<section>.modality``."""
     registry = resolve_registry(registry)
     _, raw = read_config_source(source)
-    raw = apply_overrides(raw, [o for o in overrides if o.startswith("preset=")])
-    presets = raw.pop("presets", None) or {}
-    preset = raw.get("preset")
-    if preset is not None:
-        if preset not in presets:
-            raise ConfigError(
-                f"config preset {preset!r} is not one of the config's presets: {', '.join(presets) or 'none'}"
-            )
-        apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in presets[preset].items()])
-    raw = apply_overrides(raw, [o for o in overrides if not o.startswith("preset=")])
+    raw = apply_preset(raw, overrides)
     found = [s for s in CLASSIFY_SECTIONS if s in raw]
     if len(found) != 1 or (mode is not None and found != [mode]):
         want = f"a {mode!r} section" if mode else "one of the sections 'finetune' or 'linprobe'"

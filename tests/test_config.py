@@ -166,6 +166,22 @@ def test_bundled_config_round_trips_through_yaml():
     assert again == cfg
 
 
+def test_pretraining_preset_applies_before_overrides_and_a_run_s_config_reloads_as_written(tmp_path: Path):
+    """``preset=crops`` of demo_image sets the in-domain pre-training of issue 21 (its values, then the command
+    line's); the config a run writes names the preset and reloads unchanged; an unknown preset is refused."""
+    cfg = load_config("demo_image", ["preset=crops", "train.epochs=3"])
+    assert cfg.preset == "crops" and cfg.model.tokenizer.img_size == 32 and cfg.data.heldout_split is None
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.run_name) == (3, 128, "demo_image_crops")
+    plain = load_config("demo_image")
+    assert plain.preset is None and plain.model.tokenizer.img_size == 64 and plain.train.epochs == 30
+    written = tmp_path / "config.yaml"
+    written.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    assert load_config(written) == cfg
+    with pytest.raises(ConfigError) as exc:
+        load_config("demo_image", ["preset=crop"])
+    assert "preset 'crop'" in _single_line(exc) and "crops" in _single_line(exc)
+
+
 def test_config_file_name_becomes_the_default_name(tmp_path: Path, tiny_config_dict):
     raw = copy.deepcopy(tiny_config_dict)
     del raw["name"]
