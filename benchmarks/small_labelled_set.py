@@ -4,7 +4,7 @@
 
 Each photo is resized so its shorter side is 256 px; training crops are drawn from its top three quarters and
 held-out crops from its bottom quarter, so no held-out pixel is in a training crop. The draw is seeded: the same
-arguments write the same files. It is the set of the README's "Fine-tuning on a small dataset" figures:
+arguments write the same files:
 
     python -m benchmarks.small_labelled_set /tmp/skcrops            # 130 training + 30 held-out crops per photo
     anymae finetune demo_image_finetune data.root=/tmp/skcrops
@@ -22,6 +22,13 @@ issue 21 comparison (benchmarks/RESULTS.md, "Small-data fine-tuning: MAE vs rand
     anymae finetune demo_image_finetune finetune.checkpoint=runs/demo_image/checkpoint-0030.pt data.root=/tmp/sk5 \
         train.batch_size=8
     anymae finetune demo_image_finetune finetune.checkpoint=/tmp/rand.pt data.root=/tmp/sk5 train.batch_size=8
+
+``--equalised`` makes every crop grey with a fixed mean and contrast (:func:`equalise`), so colour and brightness
+no longer give the photo away; with an in-domain MAE it is the set of the README's figures:
+
+    python -m benchmarks.small_labelled_set skcrops --equalised --unlabelled skcrops_unlabelled 1000
+    anymae pretrain demo_image preset=crops
+    anymae finetune demo_image_finetune finetune.checkpoint=runs/demo_image_crops/checkpoint-0080.pt data.root=skcrops
 """
 
 from __future__ import annotations
