@@ -259,10 +259,15 @@ def _reference_runner(name: str, arch: str, *, device: torch.device, mask_ratio:
 
 
 def _anymae_runner(name: str, arch: str, options: dict[str, Any], *, device: torch.device, mask_ratio: float) -> Runner:
-    """anymae's model and step as ``anymae pretrain`` runs them (core/task_pretrain.py), with ``options`` set."""
-    from anymae.core.build import build_model, checkpoint_decoder_blocks, checkpoint_encoder_blocks, compile_blocks
+    """anymae's model and step as ``anymae pretrain`` runs them (core/train/task_pretrain.py), with ``options`` set."""
+    from anymae.core.build.models import (
+        build_model,
+        checkpoint_decoder_blocks,
+        checkpoint_encoder_blocks,
+        compile_blocks,
+    )
     from anymae.core.config import OptimConfig, TrainConfig, from_dict, resolve_model_config
-    from anymae.core.optim import param_groups_weight_decay, step_in_backward
+    from anymae.core.train.optim import param_groups_weight_decay, step_in_backward
 
     sections = _split(options)
     cfg = resolve_model_config({**ARCHS[arch], "mask_ratio": mask_ratio, **sections["model"]})
@@ -474,7 +479,7 @@ def measured_gemm_flops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> flo
 
 # --- RESULTS.md ---------------------------------------------------------------------------------------------
 def machine_header(device: torch.device) -> str:
-    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"{device_name(device)}; torch {torch.__version__}; {today}"
 
 

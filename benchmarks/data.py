@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import InterpolationMode, v2
 
-from anymae.core.data import SafeDataset
+from anymae.core.data.samples import SafeDataset
 
 from .common import device_name, machine_header, markdown_table, write_section
 from .jpeg_data import IMAGENET_MEAN, IMAGENET_STD, write_jpegs

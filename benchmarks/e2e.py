@@ -81,7 +81,7 @@ def anymae_batches(root: Path, *, size: int, batch: int, workers: int, prefetch:
 def device_decode_batches(root: Path, *, size: int, batch: int, workers: int, device: torch.device) -> Iterator:
     """``data.decode: gpu`` as the engine runs it: SafeDataset items (per-sample seeds), the modality's collate
     in the workers and its ``device_transform`` per batch in this process."""
-    from anymae.core.data import SafeDataset
+    from anymae.core.data.samples import SafeDataset
     from anymae.modalities.image.modality import ImageDataConfig, ImageModality, ImageTokenizerConfig
 
     modality, tokenizer = ImageModality(), ImageTokenizerConfig(img_size=size)

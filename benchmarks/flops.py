@@ -98,7 +98,7 @@ def shape_from_model(model: Any, *, pred_masked_only: bool = False) -> MaeShape:
         decoder_mlp_ratio=dec_block.mlp.fc1.out_features / dec_width if dec_block is not None else 4.0,
         prefix=prefix,
         pred_masked_only=pred_masked_only,
-        head_on_prefix=False,  # core/decoder.py drops the prefix before the head
+        head_on_prefix=False,  # core/model/decoder.py drops the prefix before the head
     )
 
 

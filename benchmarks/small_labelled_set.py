@@ -152,8 +152,8 @@ def random_init_checkpoint(config: str, path: Path, *, seed: int = 0) -> Path:
     import torch
 
     from anymae.core import build_model
-    from anymae.core.checkpoint import write_checkpoint
     from anymae.core.config import load_config
+    from anymae.core.io.checkpoint import write_checkpoint
 
     torch.manual_seed(seed)
     mae = build_model(load_config(config).model)

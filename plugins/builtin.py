@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Unpack
 
-from anymae.core.decoder import DecoderArgs, MaskedDecoder
-from anymae.core.masking import random_masking
-from anymae.core.targets import NormPixTarget, PixelTarget
+from anymae.core.model.decoder import DecoderArgs, MaskedDecoder
+from anymae.core.model.masking import random_masking
+from anymae.core.model.targets import NormPixTarget, PixelTarget
 
 from .manager import hookimpl
 

@@ -57,7 +57,7 @@ def anymae_register_masking(register: Callable[[str, Any], None]) -> None:
     float ``noise (N, L)`` and how many tokens to keep; the core keeps the ``len_keep`` tokens with the
     smallest noise (a stable sort, so ties keep token order) and removes the rest. The paper's ``random``
     strategy is uniform noise with ``len_keep = int(L * (1 - mask_ratio))``. The keywords are
-    :class:`anymae.core.masking.MaskingArgs` (a strategy may declare them once as ``**args:
+    :class:`anymae.core.model.masking.MaskingArgs` (a strategy may declare them once as ``**args:
     Unpack[MaskingArgs]``); a strategy's own named keywords are its options, set in ``model.masking_options``.
     ``name`` is what configs put in ``model.masking``; duplicates are an error naming both plugins.
 
@@ -73,7 +73,7 @@ def anymae_register_masking(register: Callable[[str, Any], None]) -> None:
 def anymae_register_targets(register: Callable[[str, Any], None]) -> None:
     """Register reconstruction targets: call ``register(name, target)`` once per target.
 
-    ``target`` is an object with two methods (see :class:`anymae.core.targets.Target`):
+    ``target`` is an object with two methods (see :class:`anymae.core.model.targets.Target`):
     ``target(patches, *, tokenizer) -> (N, L, P)`` turns the tokenizer's patches ``(N, L, P)`` into what the
     decoder regresses, and ``target.to_pixels(pred, patches, *, tokenizer) -> (N, L, P)`` maps a prediction
     back to patch values for figures, using the true patches' statistics. ``name`` is what configs put in
@@ -94,12 +94,12 @@ def anymae_register_decoders(register: Callable[[str, Any], None]) -> None:
 
     ``builder(*, in_dim, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, out_dim, pos_table, norm_layer,
     grid, num_prefix, **options) -> nn.Module`` builds the decoder from the ``model.decoder_*`` config values
-    (the keywords are :class:`anymae.core.decoder.DecoderArgs`: a builder may declare them once as
+    (the keywords are :class:`anymae.core.model.decoder.DecoderArgs`: a builder may declare them once as
     ``**args: Unpack[DecoderArgs]``); ``pos_table`` is the tokenizer's ``(L, embed_dim)`` table (no prefix
     slot), ``num_prefix`` is 1 with a CLS token and 0 without, and ``options`` come from
     ``model.decoder_options`` (checked against the builder's named keywords before anything is built). A decoder
     that fills removed tokens with one learned mask token can subclass
-    :class:`anymae.core.decoder.MaskTokenDecoder` and write only ``forward_blocks``, as ``global``, ``videomae``
+    :class:`anymae.core.model.decoder.MaskTokenDecoder` and write only ``forward_blocks``, as ``global``, ``videomae``
     and ``local`` do. The module's ``forward(latent, ids_restore, select=None)`` maps the
     encoder output ``(N, num_prefix + L_vis, in_dim)`` to predictions ``(N, L, out_dim)`` in grid order, or,
     given token ids ``select (N, L_sel)``, to the predictions of those tokens only ``(N, L_sel, out_dim)``
@@ -120,7 +120,7 @@ def anymae_register_checkpoint_formats(register: Callable[[str, Any], None]) -> 
     """Register checkpoint formats that ``load_model`` (and so ``anymae visualize``, ``export``, ``convert``,
     ``eval`` and ``model.init_from``) can open: call ``register(name, fmt)`` once per format.
 
-    ``fmt`` is an :class:`anymae.core.formats.CheckpointFormat` (subclass it); each modality owns the formats of
+    ``fmt`` is an :class:`anymae.core.weights.formats.CheckpointFormat` (subclass it); each modality owns the formats of
     its architecture (the image plugin: ``official-mae`` for official MAE / timm ViT state dicts, ``hf-vitmae``
     for Hugging Face ViTMAE folders; video: ``videomae``; audio: ``audiomae``). It declares:
 
@@ -128,7 +128,7 @@ def anymae_register_checkpoint_formats(register: Callable[[str, Any], None]) -> 
       given, ``payload`` what the file holds (``torch.load(weights_only=True)``, or a ``.safetensors`` state
       dict), ``None`` for a folder;
     - ``load(path, payload, *, options, registry) -> MaskedAutoencoder``: the converted model;
-      ``options`` (:class:`anymae.core.formats.LoadOptions`) has ``strict`` (refuse missing or unexpected keys,
+      ``options`` (:class:`anymae.core.weights.formats.LoadOptions`) has ``strict`` (refuse missing or unexpected keys,
       naming them), ``num_heads`` (a hint the tensors do not hold, ``--num-heads``) and ``norm_pix_loss``
       (overrides the target the format assumes);
     - optionally ``load_classifier(path, payload, *, num_heads, registry)``: the classifier the source holds,
@@ -138,7 +138,7 @@ def anymae_register_checkpoint_formats(register: Callable[[str, Any], None]) -> 
     - ``fallback = True`` for a layout that others extend: fallbacks are asked after every other format.
 
     Formats are asked after anymae's own files, in registration order, fallbacks last. The core's kit
-    (:mod:`anymae.core.formats`) has what formats share: ``unwrap_state``, ``rename_keys``, ``count_blocks``,
+    (:mod:`anymae.core.weights.formats`) has what formats share: ``unwrap_state``, ``rename_keys``, ``count_blocks``,
     ``infer_heads``, ``read_hugging_face_folder``, ``build_and_load`` (with the fixed-table check) and
     ``build_classifier_and_load``. A plain object with just ``detect`` and ``load(path, payload, *, strict,
     registry)`` is accepted too (it gets no hints, classifiers or exports).

@@ -257,7 +257,7 @@ def _run_registration(
 
 def _unpack_registration(kind: str, plugin: str, args: tuple[Any, ...]) -> tuple[str, Any]:
     if kind == "modality":
-        from anymae.core.modality import Modality
+        from anymae.core.model.modality import Modality
 
         if len(args) != 1 or not isinstance(args[0], Modality):
             raise PluginError(f"register() takes one anymae.core.Modality instance, got {args!r}")

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from anymae.core.build import build_model
+from anymae.core.build.models import build_model
 from anymae.core.config import resolve_model_config
-from anymae.core.masking import keep_count
+from anymae.core.model.masking import keep_count
 from anymae.plugins.manager import Registry, resolve_registry
 
 __all__ = ["check_composite", "check_modality"]
@@ -113,7 +113,7 @@ def check_composite(
     registry: Registry | None = None,
     batch: int = 2,
 ) -> None:
-    """Assert a composite of the modalities in ``parts`` works with the core (issue 18); raises ``AssertionError``.
+    """Assert a composite of the modalities in ``parts`` works with the core; raises ``AssertionError``.
 
     ``parts``: ``model.parts`` (part name -> ``{"modality": ..., "tokenizer": {...}, "masking": ..., ...}``);
     ``model``: other ``model`` keys. Builds a tiny composite and checks: each part's mask slice keeps the count

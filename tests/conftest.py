@@ -60,7 +60,7 @@ def tiny_mae(**model: Any) -> Any:
     any model key (``modality``, ``tokenizer``, ``cls_token``, ...)."""
     import torch
 
-    from anymae.core.build import build_model
+    from anymae.core.build.models import build_model
     from anymae.core.config import resolve_model_config
 
     cfg = {"tokenizer": {"img_size": 16, "patch_size": 8}, "embed_dim": 16, "depth": 1, "num_heads": 2,

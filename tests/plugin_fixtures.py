@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from anymae.core.modality import Modality
+from anymae.core.model.modality import Modality
 from anymae.plugins import hookimpl
 
 __all__ = [
@@ -193,7 +193,7 @@ class SeqModality(Modality):
     def load_inputs(self, paths: Sequence[str | Path], data: SeqDataConfig, tokenizer: Any) -> Tensor:
         return torch.stack([torch.load(p) for p in paths])
 
-    def render_reconstruction(self, *, inputs, pred, mask, tokenizer, data, path) -> Path:
+    def render_reconstruction(self, *, inputs, pred, mask, tokenizer, data, path, caption="") -> Path:
         rows = torch.cat([inputs[:, 0], tokenizer.unpatchify(pred)[:, 0]])  # (2N, T)
         rows = (rows - rows.min()) / (rows.max() - rows.min() + 1e-6)
         Image.fromarray((rows.numpy() * 255).astype(np.uint8)).save(path)

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from anymae.core.config import load_config
-from anymae.core.data import DataError, sample_seed, seeded
+from anymae.core.data.samples import DataError, sample_seed, seeded
 from anymae.modalities.audio.classification import Augmentation, LabelledClips, balanced_sample_weights, spec_augment
 from anymae.modalities.audio.data import ClipList, FeatureSettings
 from anymae.modalities.audio.decode import crop_waveform, load_waveform
@@ -281,8 +281,8 @@ def test_demo_configs_read_the_generated_classes(tmp_path, monkeypatch):
 
 
 def test_pretrain_finetune_linprobe_eval_through_the_cli(tmp_path, capsys):
-    from anymae.core.checkpoint import read_checkpoint
     from anymae.core.cli import main
+    from anymae.core.io.checkpoint import read_checkpoint
 
     root = audioset_folder(tmp_path / "as")
     pretrain = {

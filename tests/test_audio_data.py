@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from anymae.core.config import load_config, resolve_config
-from anymae.core.data import DataError
-from anymae.modalities.audio.data import AudioClips, FeatureSettings, read_clip_list, sliding_windows
+from anymae.core.data.samples import DataError
+from anymae.modalities.audio.data import AudioClips, FeatureSettings, read_clip_list
 from anymae.modalities.audio.demo import CLASSES, generate_demo_sounds
 from anymae.modalities.audio.encode import encode_audio
 from anymae.modalities.audio.modality import AudioModality
@@ -101,16 +101,6 @@ def test_modality_builds_train_and_heldout_sets_and_names_missing_keys(tmp_path)
     cfg.data.root = ""
     with pytest.raises(DataError, match=r"data\.root"):
         modality.build_dataset(cfg.data, cfg.model.tokenizer, split="train")
-
-
-def test_sliding_windows_cover_the_whole_file(tmp_path):
-    path = tone_file(tmp_path / "long.wav", seconds=2.0)  # 198 frames of 64-frame windows
-    windows = sliding_windows(path, SETTINGS)
-    assert windows.shape == (4, 1, 64, 32)  # starts at frames 0, 64, 128, 192
-    first = AudioClips(read_clip_list(tmp_path), settings=SETTINGS, crop="start")[0]
-    assert torch.allclose(windows[0], first)
-    pad = (0 - SETTINGS.mean) / (2 * SETTINGS.std)
-    assert torch.allclose(windows[-1, 0, 6:], torch.full((58, 32), pad))  # the tail is zero-padded
 
 
 def test_spectrogram_figure_has_three_rows_per_clip_and_greys_removed_patches(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
-from anymae.core.data import BadSampleError, DataError, SafeDataset
+from anymae.core.data.samples import BadSampleError, DataError, SafeDataset
 from anymae.modalities.audio.data import AudioClips, ClipList, FeatureSettings
 from anymae.modalities.audio.decode import crop_waveform, decode_audio, load_waveform, roll_mag_augment
 from anymae.modalities.audio.encode import CODECS, encode_audio

@@ -13,10 +13,10 @@ from timm.models.swin_transformer_v2_cr import SwinTransformerV2CrBlock
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from anymae.core.build import build_model
-from anymae.core.checkpoint import CheckpointError
+from anymae.core.build.models import build_model
 from anymae.core.config import ConfigError, load_config, resolve_config, resolve_model_config
-from anymae.core.masking import shuffle_from_noise
+from anymae.core.io.checkpoint import CheckpointError
+from anymae.core.model.masking import shuffle_from_noise
 from anymae.modalities.audio.decoder import LocalDecoder, SwinBlock, shift_attention_mask
 from anymae.modalities.audio.interop import load_audiomae
 from anymae.modalities.audio.masking import time_frequency_mask, time_frequency_masking
@@ -388,7 +388,7 @@ def test_audiomae_vit_base_config_builds_the_reference_architecture():
 def test_masking_options_set_the_official_mask_2d_probabilities_from_a_config():
     """``model.masking_options`` reaches the registered ``time_frequency`` strategy: the official ``mask_2d``
     defaults (0.7 time, 0.3 frequency) give its draw, whatever ``mask_ratio`` says."""
-    from anymae.core.build import build_model
+    from anymae.core.build.models import build_model
     from anymae.core.config import resolve_model_config
 
     cfg = resolve_model_config(

@@ -12,13 +12,13 @@ import torch
 from timm.data import Mixup
 from torch import nn
 
-from anymae.core.build import build_model
-from anymae.core.classify import build_classifier
+from anymae.core.build.classifier import build_classifier
+from anymae.core.build.models import build_model
 from anymae.core.config import resolve_model_config
-from anymae.core.data import DataError, DatasetTraits, DatasetWithTraits, EpochSampler
-from anymae.core.evaluation import evaluate, view_scores
-from anymae.core.metrics import average_precision, mean_average_precision, topk_correct
-from anymae.core.task_classify import FrameMixup, MultiLabelMixup
+from anymae.core.data.samples import DataError, DatasetTraits, DatasetWithTraits, EpochSampler
+from anymae.core.evaluate.classification import evaluate, view_scores
+from anymae.core.evaluate.metrics import average_precision, mean_average_precision, topk_correct
+from anymae.core.train.task_classify import FrameMixup, MultiLabelMixup
 
 TINY_MODEL = {
     "modality": "image",

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from anymae.core.cli import main
-from anymae.core.masking import random_masking, sample_mask
+from anymae.core.model.masking import random_masking, sample_mask
 
 HEADER, PAD = 18, 4  # the reconstruction grid's title strip and cell padding (modalities/image/visualize.py)
 FILL = (127, 127, 127)  # removed patches in the "masked" column: grey 0.5, as uint8(0.5 * 255)
@@ -193,9 +193,9 @@ def video_grid_rows(path: Path, *, samples: int, frames: int, size: int, patch: 
 
 
 def test_visualize_video_shows_kept_tubes_of_the_input_and_grey_removed_ones(tmp_path, capsys):
-    from anymae.core.build import build_model
-    from anymae.core.checkpoint import write_checkpoint
+    from anymae.core.build.models import build_model
     from anymae.core.config import resolve_model_config
+    from anymae.core.io.checkpoint import write_checkpoint
     from anymae.modalities.video.decode import write_video
 
     raw = {"modality": "video", "tokenizer": {"num_frames": 4, "img_size": 32, "patch_size": 8, "tubelet_size": 2},
@@ -259,7 +259,7 @@ def test_console_script_reports_a_bad_key_without_traceback(tiny_config_file):
 
 
 def test_visualize_with_an_encoder_only_checkpoint_is_a_one_line_error(tmp_path, capsys):
-    from anymae.core.build import build_model
+    from anymae.core.build.models import build_model
     from anymae.core.config import resolve_model_config
 
     cfg = resolve_model_config(

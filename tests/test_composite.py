@@ -18,13 +18,13 @@ import yaml
 from conftest import make_image, write_image
 from einops import rearrange
 
-from anymae.core.build import build_model
-from anymae.core.composite import MultiModalMAE
-from anymae.core.composite_data import CompositeModality
+from anymae.core.build.composite_data import CompositeModality
+from anymae.core.build.models import build_model
 from anymae.core.config import ConfigError, config_to_dict, resolve_config, resolve_model_config
-from anymae.core.loading import load_model
-from anymae.core.masking import keep_count
-from anymae.core.task_pretrain import pretrain
+from anymae.core.model.composite import MultiModalMAE
+from anymae.core.model.masking import keep_count
+from anymae.core.train.task_pretrain import pretrain
+from anymae.core.weights.loading import load_model
 from anymae.modalities.audio.encode import encode_audio
 from anymae.plugins import get_registry
 from anymae.testing import check_composite
@@ -391,7 +391,7 @@ def test_visualize_draws_every_parts_reconstruction_of_media_files_that_hold_the
 
 def test_composites_are_probed_fine_tuned_and_evaluated_on_all_parts_or_one(tmp_path, capsys):
     from anymae.core.cli import main
-    from anymae.core.evaluation import load_classifier
+    from anymae.core.evaluate.classification import load_classifier
 
     root = tmp_path / "data"
     write_labelled_pairs(root)
@@ -468,7 +468,7 @@ def test_parts_of_long_recordings_draw_one_window_start_and_stay_aligned_in_time
 def test_a_classifier_over_the_parts_sees_what_encode_sees(part_depth):
     """The classifier's features (CLS after the final norm) equal the composite's own ``encode`` of the same parts,
     with and without CAV-MAE's modality-specific blocks (``model.part_depth``)."""
-    from anymae.core.classify import build_classifier
+    from anymae.core.build.classifier import build_classifier
 
     model = image_audio(part_depth=part_depth).eval()
     if part_depth:

@@ -15,7 +15,6 @@ import pytest
 import torch
 from test_finetune import _add_labelled_val, _classify_overrides
 
-from anymae.core import probe, task_classify, task_pretrain, trainer
 from anymae.core.config import (
     ClassifyOptimConfig,
     ConfigError,
@@ -25,9 +24,10 @@ from anymae.core.config import (
     load_classify_config,
     resolve_config,
 )
-from anymae.core.loading import load_model
-from anymae.core.task_classify import ClassifyTask, train_classifier
-from anymae.core.task_pretrain import PretrainTask, pretrain
+from anymae.core.train import probe, task_classify, task_pretrain, trainer
+from anymae.core.train.task_classify import ClassifyTask, train_classifier
+from anymae.core.train.task_pretrain import PretrainTask, pretrain
+from anymae.core.weights.loading import load_model
 
 
 class _Reads:

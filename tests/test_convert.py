@@ -18,14 +18,14 @@ from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
 from anymae.core import CheckpointError, load_model
-from anymae.core.build import build_model
-from anymae.core.checkpoint import write_checkpoint
-from anymae.core.classify import build_classifier
+from anymae.core.build.classifier import build_classifier
+from anymae.core.build.models import build_model
 from anymae.core.cli import main
 from anymae.core.config import resolve_model_config
-from anymae.core.convert import convert
-from anymae.core.evaluation import load_classifier
-from anymae.core.task_classify import CLASSIFIER_FORMAT
+from anymae.core.evaluate.classification import load_classifier
+from anymae.core.io.checkpoint import write_checkpoint
+from anymae.core.train.task_classify import CLASSIFIER_FORMAT
+from anymae.core.weights.convert import convert
 from anymae.plugins import load_registry
 
 SMALL = {  # the official decoder has 16 heads, which readers of the official layout assume
@@ -385,7 +385,7 @@ def test_source_that_would_run_code_is_refused(tmp_path, capsys):
 
 
 def test_classifier_format_constant_matches_finetune():
-    from anymae.core import loading
+    from anymae.core.weights import loading
 
     assert loading.CLASSIFIER_FORMAT == CLASSIFIER_FORMAT
 

@@ -12,10 +12,10 @@ import torch
 from conftest import tiny_mae
 from PIL import Image
 
-from anymae.core.checkpoint import export_safetensors
 from anymae.core.cli import main
-from anymae.core.data import DataError
-from anymae.core.embed import embed_files, read_embeddings
+from anymae.core.data.samples import DataError
+from anymae.core.evaluate.embed import embed_files, read_embeddings
+from anymae.core.io.checkpoint import export_safetensors
 
 
 def _model(**model: object):

@@ -17,9 +17,9 @@ from PIL import Image
 
 from anymae.core import NonFiniteLossError, build_model, pretrain, read_checkpoint, write_checkpoint
 from anymae.core.config import config_to_dict, resolve_config
-from anymae.core.masking import keep_count
-from anymae.core.model import MaskedAutoencoder
-from anymae.core.optim import absolute_lr, cosine_lr, param_groups_weight_decay
+from anymae.core.model.mae import MaskedAutoencoder
+from anymae.core.model.masking import keep_count
+from anymae.core.train.optim import absolute_lr, cosine_lr, param_groups_weight_decay
 
 
 # --- reference formulas, typed from the MAE recipe (reference section 2) -------------------------------

@@ -15,7 +15,7 @@ from PIL import Image
 from test_plugins import plugin_rows
 
 from anymae.core.cli import main
-from anymae.core.masking import keep_count, shuffle_from_noise
+from anymae.core.model.masking import keep_count, shuffle_from_noise
 from anymae.plugins import get_registry, reset_registry
 from anymae.testing import check_modality
 
@@ -141,10 +141,10 @@ def test_a_composite_with_the_third_party_timeseries_part_trains_resumes_and_rou
 
     from conftest import make_image, write_image
 
-    from anymae.core.composite import MultiModalMAE
     from anymae.core.config import resolve_config
-    from anymae.core.loading import load_model
-    from anymae.core.task_pretrain import pretrain
+    from anymae.core.model.composite import MultiModalMAE
+    from anymae.core.train.task_pretrain import pretrain
+    from anymae.core.weights.loading import load_model
     from anymae.testing import check_composite
 
     parts = {

@@ -11,10 +11,10 @@ import torch
 from torch import Tensor, nn
 
 import anymae.modalities.image
-from anymae.core.build import build_model
+from anymae.core.build.models import build_model
 from anymae.core.config import ConfigError, resolve_model_config
-from anymae.core.loss import masked_mse
-from anymae.core.masking import gather_tokens, sample_mask, shuffle_from_noise
+from anymae.core.model.loss import masked_mse
+from anymae.core.model.masking import gather_tokens, sample_mask, shuffle_from_noise
 from anymae.plugins import PluginError, get_registry, hookimpl
 from anymae.testing import check_modality, hermetic_registry
 

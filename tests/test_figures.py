@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from anymae.core.build import build_model
+from anymae.core.build.models import build_model
 from anymae.core.cli import main
 from anymae.core.config import from_dict, resolve_model_config
-from anymae.core.figures import (
+from anymae.core.model.figures import (
     RAW_STATS_CAPTION,
     TRUE_STATS_CAPTION,
     figure_prediction,
@@ -21,7 +21,7 @@ from anymae.core.figures import (
     removed_values,
     render_figure,
 )
-from anymae.core.masking import sample_mask
+from anymae.core.model.masking import sample_mask
 from anymae.plugins import get_registry
 
 COMMON = {"embed_dim": 16, "depth": 1, "num_heads": 2, "decoder_embed_dim": 8, "decoder_depth": 1}

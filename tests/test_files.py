@@ -1,4 +1,4 @@
-"""The data kit (``anymae.core.files``): one list syntax for every modality, class folders, classes files, the
+"""The data kit (``anymae.core.data.files``): one list syntax for every modality, class folders, classes files, the
 data root and channel checks, with errors that name the file and the line."""
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from anymae.core.data import DataError, DatasetTraits, DatasetWithTraits, SafeDataset, dataset_traits
-from anymae.core.evaluation import LabelledSafeDataset
-from anymae.core.files import (
+from anymae.core.data.files import (
     check_channel_stats,
     check_input_shape,
     class_folder_samples,
@@ -24,6 +22,8 @@ from anymae.core.files import (
     resolve_data_file,
     resolve_data_root,
 )
+from anymae.core.data.samples import DataError, DatasetTraits, DatasetWithTraits, SafeDataset, dataset_traits
+from anymae.core.evaluate.classification import LabelledSafeDataset
 
 LIST = """# a header comment
 a/one.jpg 0
@@ -191,7 +191,7 @@ def test_channel_checks_name_the_counts():
         check_input_shape(torch.zeros(2, 1, 8, 8), (3, 8, 8), what="images", axes="(N, C, H, W)")
 
 
-# --- dataset traits (anymae.core.data) ----------------------------------------------------------------------
+# --- dataset traits (anymae.core.data.samples) ----------------------------------------------------------------------
 class _Declared(DatasetWithTraits):
     traits = DatasetTraits(classes=("a", "b"), multi_label=True, num_views=3)
 

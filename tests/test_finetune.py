@@ -19,15 +19,15 @@ import torch
 import yaml
 from PIL import Image
 
-from anymae.core.build import build_model
-from anymae.core.checkpoint import read_checkpoint, write_checkpoint
-from anymae.core.classify import build_classifier, param_groups_lars, param_groups_layer_decay
+from anymae.core.build.classifier import build_classifier, param_groups_lars, param_groups_layer_decay
+from anymae.core.build.models import build_model
 from anymae.core.cli import main
 from anymae.core.config import resolve_model_config
-from anymae.core.data import DataError
-from anymae.core.metrics import topk_correct
-from anymae.core.pos_embed import sincos_2d
-from anymae.core.trainer import Trainer
+from anymae.core.data.samples import DataError
+from anymae.core.evaluate.metrics import topk_correct
+from anymae.core.io.checkpoint import read_checkpoint, write_checkpoint
+from anymae.core.model.pos_embed import sincos_2d
+from anymae.core.train.trainer import Trainer
 
 TINY_MODEL = {
     "modality": "image",
@@ -271,7 +271,7 @@ def test_finetune_under_two_processes_counts_every_eval_sample_once(tmp_path: Pa
 
 
 def test_a_modality_without_labelled_data_says_so_by_name() -> None:
-    from anymae.core.modality import Modality
+    from anymae.core.model.modality import Modality
 
     class Toy(Modality):
         name = "toyseq"
@@ -358,7 +358,7 @@ def test_sigterm_stops_a_finetune_inside_an_epoch_and_the_resumed_run_is_exact(
     with 75, and --resume auto ends bit-identical to an uninterrupted run."""
     import signal
 
-    from anymae.core import trainer
+    from anymae.core.train import trainer
 
     pretrained = _save_pretrained(tmp_path / "pre.pt")
     _add_labelled_val(tiny_image_folder)

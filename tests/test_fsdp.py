@@ -26,11 +26,11 @@ import yaml
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
 from anymae.core import build_model, pretrain
-from anymae.core.checkpoint import read_checkpoint
 from anymae.core.config import ConfigError, resolve_config
-from anymae.core.distributed import optim_state_by_index, optim_state_by_name
-from anymae.core.loading import load_model
-from anymae.core.optim import param_groups_weight_decay
+from anymae.core.distributed.context import optim_state_by_index, optim_state_by_name
+from anymae.core.io.checkpoint import read_checkpoint
+from anymae.core.train.optim import param_groups_weight_decay
+from anymae.core.weights.loading import load_model
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups as on Linux")
 

@@ -18,7 +18,7 @@ from torchvision.io import decode_jpeg
 
 from anymae.core import pretrain
 from anymae.core.config import resolve_config
-from anymae.core.data import DataError, SafeDataset
+from anymae.core.data.samples import DataError, SafeDataset
 from anymae.modalities.image.device_decode import DeviceDecode, EncodedImageFiles
 from anymae.modalities.image.modality import ImageDataConfig, ImageModality, ImageTokenizerConfig
 

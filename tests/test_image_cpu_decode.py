@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from anymae.core.data import BadSampleError
+from anymae.core.data.samples import BadSampleError
 from anymae.modalities.image.cpu_decode import TensorDecodedImages
 from anymae.modalities.image.data import ImageFiles, ImageReader, pretrain_transform
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from anymae.core import pretrain
-from anymae.core.build import build_model
-from anymae.core.checkpoint import read_checkpoint, write_checkpoint
+from anymae.core.build.models import build_model
 from anymae.core.cli import main
 from anymae.core.config import resolve_config, resolve_model_config
-from anymae.core.data import DataError
+from anymae.core.data.samples import DataError
+from anymae.core.io.checkpoint import read_checkpoint, write_checkpoint
 from anymae.modalities.image.modality import ImageDataConfig, ImageModality, ImageTokenizerConfig
 
 TOKENIZER = ImageTokenizerConfig(img_size=32, patch_size=8)

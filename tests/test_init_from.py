@@ -21,16 +21,16 @@ from official_layout import official_pos_embed, to_official
 from timm.layers import resample_patch_embed
 
 from anymae.core import CheckpointError, load_model
-from anymae.core.adapt import resample_kernel
-from anymae.core.build import build_model
-from anymae.core.checkpoint import read_checkpoint
-from anymae.core.classify import build_classifier
+from anymae.core.build.adapt import resample_kernel
+from anymae.core.build.classifier import build_classifier
+from anymae.core.build.models import build_model
 from anymae.core.cli import main
 from anymae.core.config import ConfigError, config_to_dict, resolve_config, resolve_model_config
-from anymae.core.distributed import setup
-from anymae.core.init_from import init_model_from
-from anymae.core.masking import sample_mask
-from anymae.core.task_pretrain import PretrainTask, pretrain
+from anymae.core.distributed.context import setup
+from anymae.core.io.checkpoint import read_checkpoint
+from anymae.core.model.masking import sample_mask
+from anymae.core.train.task_pretrain import PretrainTask, pretrain
+from anymae.core.weights.init_from import init_model_from
 from anymae.modalities.image.formats import official_state
 from anymae.plugins import get_registry
 
@@ -410,7 +410,7 @@ def test_pretraining_at_a_new_patch_size_rebuilds_the_decoder_head(tmp_path, cap
 def test_a_learned_table_is_resized_as_the_official_interpolate_pos_embed():
     original = _model(TINY)  # grid 4 x 4
     learned = torch.randn(1, 17, 32)
-    from anymae.core.adapt import make_pos_embed_learned
+    from anymae.core.build.adapt import make_pos_embed_learned
 
     make_pos_embed_learned(original.encoder)
     with torch.no_grad():

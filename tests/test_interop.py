@@ -14,7 +14,7 @@ import torch
 from official_layout import to_official
 
 from anymae.core import CheckpointError, load_model
-from anymae.core.build import build_model
+from anymae.core.build.models import build_model
 from anymae.core.config import resolve_model_config
 from anymae.modalities.image.interop import from_official_mae
 from anymae.plugins import load_registry

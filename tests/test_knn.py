@@ -13,10 +13,10 @@ import torch
 from conftest import tiny_mae
 from PIL import Image
 
-from anymae.core.checkpoint import export_safetensors
 from anymae.core.cli import main
-from anymae.core.data import DataError, DatasetTraits, DatasetWithTraits
-from anymae.core.knn import extract_features, knn_accuracy, knn_classify
+from anymae.core.data.samples import DataError, DatasetTraits, DatasetWithTraits
+from anymae.core.evaluate.knn import extract_features, knn_accuracy, knn_classify
+from anymae.core.io.checkpoint import export_safetensors
 
 
 def test_two_well_separated_clusters_are_classified_100_percent() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anymae.core.build import build_model
+from anymae.core.build.models import build_model
 from anymae.core.config import ConfigError, resolve_model_config
 from anymae.plugins import load_registry
 

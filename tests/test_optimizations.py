@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from anymae.core import load_model, pretrain
-from anymae.core.build import build_model
+from anymae.core.build.models import build_model
 from anymae.core.config import ConfigError, resolve_config, resolve_model_config
-from anymae.core.loading import load_state_dict_checked
-from anymae.core.optim import param_groups_weight_decay
+from anymae.core.train.optim import param_groups_weight_decay
+from anymae.core.weights.loading import load_state_dict_checked
 from anymae.modalities.image.interop import from_official_mae
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` is a folder of scripts
@@ -219,7 +219,7 @@ def test_engine_options_give_the_eager_runs_losses_and_weights(tiny_config_dict)
 
 
 def test_step_in_backward_gives_adamws_weights_and_state_exactly():
-    from anymae.core.optim import step_in_backward
+    from anymae.core.train.optim import step_in_backward
 
     cfg = resolve_model_config(
         {"tokenizer": {"img_size": 32, "patch_size": 8}, "embed_dim": 32, "depth": 2, "num_heads": 2,
@@ -258,7 +258,7 @@ def test_step_in_backward_refuses_accumulation_naming_the_keys(tiny_config_dict)
 
 
 def test_checkpointed_decoder_blocks_give_the_same_loss_and_gradients():
-    from anymae.core.build import checkpoint_decoder_blocks
+    from anymae.core.build.models import checkpoint_decoder_blocks
 
     cfg = resolve_model_config(
         {"tokenizer": {"img_size": 32, "patch_size": 8}, "embed_dim": 32, "depth": 1, "num_heads": 2,
@@ -284,7 +284,7 @@ def test_checkpointed_decoder_blocks_give_the_same_loss_and_gradients():
 def test_compiled_blocks_give_the_eager_loss():
     losses_eager, _, _ = _step_results(EAGER, steps=1)
     torch.manual_seed(0)
-    from anymae.core.build import compile_blocks
+    from anymae.core.build.models import compile_blocks
 
     cfg = resolve_model_config({**SMALL, "fused_attn": False})
     model = build_model(cfg)

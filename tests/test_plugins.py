@@ -26,12 +26,12 @@ from plugin_fixtures import (
 
 import anymae.plugins.builtin
 from anymae.core import pretrain
-from anymae.core.build import build_model
-from anymae.core.checkpoint import read_checkpoint
+from anymae.core.build.models import build_model
 from anymae.core.cli import main
 from anymae.core.config import ConfigError, resolve_config
-from anymae.core.loading import load_model
-from anymae.core.masking import random_masking
+from anymae.core.io.checkpoint import read_checkpoint
+from anymae.core.model.masking import random_masking
+from anymae.core.weights.loading import load_model
 from anymae.plugins import (
     DuplicateNameError,
     PluginError,

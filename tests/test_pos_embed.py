@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from anymae.core.build import build_model
+from anymae.core.build.models import build_model
 from anymae.core.config import resolve_model_config
 from anymae.plugins import load_registry
 

@@ -13,10 +13,10 @@ import torch
 from conftest import tiny_mae
 from PIL import Image
 
-from anymae.core.checkpoint import export_safetensors, read_checkpoint
 from anymae.core.cli import main
 from anymae.core.config import ConfigError, load_classify_config
-from anymae.core.probe import fit_logistic_regression, select_l2
+from anymae.core.io.checkpoint import export_safetensors, read_checkpoint
+from anymae.core.train.probe import fit_logistic_regression, select_l2
 
 
 def _newton_softmax(x: np.ndarray, y: np.ndarray, k: int, l2: float, steps: int = 50) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +146,7 @@ def test_lbfgs_linprobe_writes_the_converged_probe_as_a_classifier_checkpoint(
     assert saved["probe"]["l2"] == 0.01 and saved["config"]["classes"] == ["astronaut", "brick", "coffee", "moon"]
     # The direct solve: CLS features of the unmasked encoder over the training crops (the evaluation transform),
     # standardised, then Newton's method.
-    from anymae.core.loading import load_model
+    from anymae.core.weights.loading import load_model
     from anymae.modalities.image.classification import classification_eval_transform
 
     model = load_model(checkpoint).eval()

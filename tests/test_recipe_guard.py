@@ -1,4 +1,4 @@
-"""The recipe/data mismatch line (anymae.core.recipe_guard): its numbers are worked out here by hand from the
+"""The recipe/data mismatch line (anymae.core.train.recipe_guard): its numbers are worked out here by hand from the
 bundled configs' values, and a fine-tuning run through the CLI prints it once."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from anymae.core.build import build_model
-from anymae.core.checkpoint import write_checkpoint
+from anymae.core.build.models import build_model
 from anymae.core.cli import main
 from anymae.core.config import load_classify_config, resolve_model_config
-from anymae.core.recipe_guard import recipe_warning
+from anymae.core.io.checkpoint import write_checkpoint
+from anymae.core.train.recipe_guard import recipe_warning
 
 
 def test_imagenet_recipe_on_imagenet_is_quiet() -> None:

@@ -17,7 +17,7 @@ import transformers  # the test extra: the Hugging Face parity tests must run, n
 from torch import nn
 
 from anymae.core import load_model
-from anymae.core.build import build_model
+from anymae.core.build.models import build_model
 from anymae.core.config import ConfigError, resolve_model_config
 from anymae.modalities.image.tokenizer import PatchTokenizer2d
 from anymae.plugins import load_registry

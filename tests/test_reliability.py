@@ -25,7 +25,7 @@ import pytest
 import torch
 import yaml
 
-from anymae.core.checkpoint import read_checkpoint
+from anymae.core.io.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="signals and process groups as on Linux")
 
@@ -34,7 +34,7 @@ DRIVER = '''\
 import os, signal, sys
 
 from anymae.core.cli import main
-from anymae.core.model import MaskedAutoencoder
+from anymae.core.model.mae import MaskedAutoencoder
 
 action, at = os.environ.get("CHAOS_ACTION"), [int(a) for a in os.environ.get("CHAOS_AT", "0").split(",")]
 if action and os.environ.get("RANK", "0") == os.environ.get("CHAOS_RANK", "0"):
@@ -305,8 +305,8 @@ for n in range(1, 10_000):
 
 
 def test_sigkill_during_checkpoint_writes_never_loses_the_latest_complete_checkpoint(tmp_path):
-    from anymae.core import checkpoint
-    from anymae.core import run as run_layer
+    from anymae.core.io import checkpoint
+    from anymae.core.train import run as run_layer
 
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
@@ -344,10 +344,10 @@ def test_an_unwritable_output_directory_fails_before_training(workdir):
 
 
 def test_a_failing_checkpoint_write_names_the_file_and_keeps_the_previous_one(tiny_config_dict, monkeypatch):
-    from anymae.core import checkpoint as checkpoint_module
     from anymae.core import pretrain
-    from anymae.core.checkpoint import CheckpointError
     from anymae.core.config import resolve_config
+    from anymae.core.io import checkpoint as checkpoint_module
+    from anymae.core.io.checkpoint import CheckpointError
 
     raw = copy.deepcopy(tiny_config_dict)
     raw["train"].update(epochs=2, save_every_epochs=1)

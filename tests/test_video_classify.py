@@ -15,10 +15,10 @@ import yaml
 from PIL import Image
 from torchvision import transforms
 
-from anymae.core.checkpoint import read_checkpoint
 from anymae.core.cli import main
 from anymae.core.config import from_dict, load_classify_config
-from anymae.core.data import BadSampleError, DataError
+from anymae.core.data.samples import BadSampleError, DataError
+from anymae.core.io.checkpoint import read_checkpoint
 from anymae.modalities.image.classification import finetune_transform
 from anymae.modalities.video import VideoDataConfig, VideoModality, VideoTokenizerConfig
 from anymae.modalities.video import demo as demo_module

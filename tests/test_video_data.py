@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from anymae.core.config import from_dict, load_config
-from anymae.core.data import DataError
+from anymae.core.data.samples import DataError
 from anymae.modalities.video import VideoDataConfig, VideoModality, VideoTokenizerConfig
 from anymae.modalities.video import demo as demo_module
 from anymae.modalities.video.data import VideoClips
@@ -192,8 +192,8 @@ def test_repeated_sampling_draws_one_mask_per_clip_and_trains(tmp_path):
     the one a single-clip item would get), and the trainer folds (N, S, ...) into N*S clips, lr counting clips."""
     from anymae.core import pretrain
     from anymae.core.config import resolve_config
-    from anymae.core.data import SafeDataset
-    from anymae.core.masking import SampleMasker
+    from anymae.core.data.samples import SafeDataset
+    from anymae.core.model.masking import SampleMasker
     from anymae.modalities.video.masking import tube_masking
 
     for i in range(4):

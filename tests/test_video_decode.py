@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from anymae.core.data import BadSampleError, SafeDataset
+from anymae.core.data.samples import BadSampleError, SafeDataset
 from anymae.modalities.video import decode
 from anymae.modalities.video.data import VideoClips
 from anymae.modalities.video.decode import clip_indices, clip_starts, probe_video, read_clips, write_video

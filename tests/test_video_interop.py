@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import VideoMAEConfig, VideoMAEForPreTraining
 
-from anymae.core.checkpoint import CheckpointError
+from anymae.core.io.checkpoint import CheckpointError
 from anymae.modalities.video.interop import from_hugging_face_videomae, from_videomae, load_videomae
 
 
@@ -233,10 +233,10 @@ def test_an_anymae_video_mae_exports_to_videomae_s_layout_that_hugging_face_vide
     position table). An independent reader, HF's VideoMAEForPreTraining given those tensors by the hand-written
     name table above, predicts what the anymae model predicts, even though the trained k bias is dropped; and
     anymae's own reader reads the file back to the same model."""
-    from anymae.core.build import build_model
-    from anymae.core.checkpoint import write_checkpoint
+    from anymae.core.build.models import build_model
     from anymae.core.config import resolve_model_config
-    from anymae.core.convert import convert
+    from anymae.core.io.checkpoint import write_checkpoint
+    from anymae.core.weights.convert import convert
 
     torch.manual_seed(0)
     raw = {"modality": "video", "tokenizer": {"num_frames": 4, "img_size": 32, "patch_size": 16},

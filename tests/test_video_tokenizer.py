@@ -10,7 +10,7 @@ import torch
 from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding_table
 
 from anymae.core.config import ConfigError, from_dict
-from anymae.core.pos_embed import sincos_1d, sincos_2d
+from anymae.core.model.pos_embed import sincos_1d, sincos_2d
 from anymae.modalities.video import TubeletTokenizer, VideoDataConfig, VideoTokenizerConfig
 from anymae.modalities.video.masking import tube_masking
 from anymae.modalities.video.targets import VideoMAEPixelTarget, VideoMAETarget

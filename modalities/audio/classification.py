@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import torchaudio.transforms as TA
 from torch import Tensor
 
-from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
+from anymae.core.data.samples import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
 
 from .data import ClipList, FeatureSettings
 from .decode import crop_waveform, load_waveform, roll_mag_augment
@@ -77,7 +77,7 @@ def spec_augment(bank: Tensor, *, freqm: int, timem: int) -> Tensor:
 
 def view_offsets(num_samples: int, window: int, views: int) -> list[int]:
     """Start samples of ``views`` windows of ``window`` samples spread evenly from the start to the end of a clip
-    of ``num_samples`` (all 0 for a clip no longer than one window)."""
+    of ``num_samples`` (all 0 for a clip of at most one window)."""
     extra = max(num_samples - window, 0)
     return [round(extra * v / (views - 1)) for v in range(views)] if views > 1 else [extra // 2]
 

@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits, TimedItems
-from anymae.core.files import find_files, under_root
+from anymae.core.data.files import find_files, under_root
+from anymae.core.data.samples import BadSampleError, DataError, DatasetTraits, DatasetWithTraits, TimedItems
 
 from .decode import audio_duration, crop_waveform, load_waveform, roll_mag_augment
 from .features import features, samples_for_frames
@@ -49,7 +48,6 @@ __all__ = [
     "read_csv_list",
     "read_folder",
     "select_folds",
-    "sliding_windows",
     "without_files",
 ]
 
@@ -363,20 +361,3 @@ class AudioClips(DatasetWithTraits):
         if self.clips.labels is None:
             return x
         return x, self.clips.labels[i]
-
-
-def sliding_windows(path: str | Path, settings: FeatureSettings, *, hop_frames: int | None = None) -> Tensor:
-    """Evaluation over a whole file: consecutive ``target_length`` windows -> (K, 1, T, F).
-
-    Windows start every ``hop_frames`` frames (default: ``target_length``, no overlap); the last one is
-    zero-padded as AudioMAE pads a short clip.
-    """
-    s = settings
-    hop = hop_frames or s.target_length
-    wave = load_waveform(path, sample_rate=s.sample_rate)
-    shift = s.sample_rate // 100  # 10 ms
-    window = samples_for_frames(s.target_length, s.sample_rate)
-    starts = np.arange(0, max(wave.shape[0] - window, 0) + 1, hop * shift).tolist()
-    if starts[-1] + window < wave.shape[0]:
-        starts.append(starts[-1] + hop * shift)  # cover the tail
-    return torch.stack([s.features(wave[start : start + window]) for start in starts])  # (K, 1, T, F)

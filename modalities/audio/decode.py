@@ -21,7 +21,7 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor
 
-from anymae.core.data import BadSampleError
+from anymae.core.data.samples import BadSampleError
 
 __all__ = ["SAMPLE_RATE", "audio_duration", "crop_waveform", "decode_audio", "load_waveform", "roll_mag_augment"]
 

@@ -26,7 +26,7 @@ import torch
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-from anymae.core.decoder import DecoderArgs, MaskTokenDecoder
+from anymae.core.model.decoder import DecoderArgs, MaskTokenDecoder
 
 __all__ = ["LocalDecoder", "SwinBlock", "WindowAttention", "shift_attention_mask", "window_merge", "window_partition"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anymae.core.files import generate_once
+from anymae.core.data.files import generate_once
 
 __all__ = [
     "BUILTIN_DEMO_ROOT",
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 BUILTIN_DEMO_ROOT = "builtin:demo_sounds"
-VERSION = "v3"  # bump when the generator or the layout changes: a new cache folder is written (v3: heldout.csv)
+VERSION = "v3"  # bump when the generator or the layout changes: a new cache folder is written
 CLASSES = ("chirp", "tones", "noise_bursts")
 RATE = 16_000
 DURATION_S = 4.0

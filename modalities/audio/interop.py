@@ -16,10 +16,11 @@ from typing import Any
 
 from torch import Tensor
 
-from anymae.core.build import build_model
-from anymae.core.checkpoint import CheckpointError, load_state_dict_checked, read_checkpoint
+from anymae.core.build.models import build_model
 from anymae.core.config import resolve_model_config
-from anymae.core.formats import (
+from anymae.core.io.checkpoint import CheckpointError, load_state_dict_checked, read_checkpoint
+from anymae.core.model.mae import MaskedAutoencoder
+from anymae.core.weights.formats import (
     CheckpointFormat,
     LoadOptions,
     count_blocks,
@@ -27,7 +28,6 @@ from anymae.core.formats import (
     split_mae_vit_state,
     unwrap_state,
 )
-from anymae.core.model import MaskedAutoencoder
 from anymae.plugins.manager import Registry, resolve_registry
 
 __all__ = ["from_audiomae", "is_audiomae", "load_audiomae"]

@@ -27,7 +27,7 @@ from typing import Unpack
 import torch
 from torch import Tensor
 
-from anymae.core.masking import MaskingArgs, keep_count
+from anymae.core.model.masking import MaskingArgs, keep_count
 
 __all__ = ["STRATEGIES", "time_frequency_mask", "time_frequency_masking"]
 

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from anymae.core.data import DataError
-from anymae.core.files import resolve_data_root, under_root
-from anymae.core.modality import Modality
+from anymae.core.data.files import resolve_data_root, under_root
+from anymae.core.data.samples import DataError
+from anymae.core.model.modality import Modality
 from anymae.plugins import hookimpl
 
 from .classification import Augmentation, LabelledClips, is_multi_hot
@@ -105,7 +105,6 @@ class AudioDataConfig:
 
 class AudioModality(Modality):
     name = "audio"
-    draws_caption = True
     tokenizer_config = AudioTokenizerConfig
     data_config = AudioDataConfig
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 from einops import rearrange
 from torch import Tensor, nn
 
-from anymae.core.files import check_input_shape
-from anymae.core.pos_embed import sincos_2d
-from anymae.core.tokenizer import Tokenizer
+from anymae.core.data.files import check_input_shape
+from anymae.core.model.pos_embed import sincos_2d
+from anymae.core.model.tokenizer import Tokenizer
 
 __all__ = ["SpectrogramTokenizer"]
 

@@ -15,8 +15,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from anymae.core.figures import add_caption, grey_out, removed_values
-from anymae.core.tokenizer import Tokenizer
+from anymae.core.model.figures import add_caption, grey_out, removed_values
+from anymae.core.model.tokenizer import Tokenizer
 
 from .features import FRAME_SHIFT_MS
 
@@ -47,7 +47,7 @@ def save_spectrogram_figure(
     inputs: Tensor, pred: Tensor, mask: Tensor, *, tokenizer: Tokenizer, path: str | Path, caption: str = ""
 ) -> Path:
     """inputs (N, 1, T, F), pred (N, L, P) in patch values, mask (N, L) 1 = removed -> a PNG at ``path``, with
-    the ``caption`` line (how the removed patches were drawn, see :mod:`anymae.core.figures`) at the bottom."""
+    the ``caption`` line (how the removed patches were drawn, see :mod:`anymae.core.model.figures`) at the bottom."""
     recon = tokenizer.unpatchify(pred.float().cpu())  # (N, 1, T, F)
     removed = removed_values(mask.cpu(), tokenizer=tokenizer)  # (N, 1, T, F)
     inputs = inputs.float().cpu()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from anymae.core.data import DataError
+from anymae.core.data.samples import DataError
 
 from .data import FeatureSettings
 from .decode import load_waveform

@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
+from anymae.core.data.samples import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
 
 from .data import AsTensor, ImageReader
 
@@ -172,7 +172,7 @@ def classification_eval_transform(
 class LabelledImages(DatasetWithTraits):
     """``(file, class index)`` samples -> ``(image (C, H, W), class index)``; ``classes`` names the indices
     (the same list for every split): class folders or a file list (``data.train_list``), read with
-    :mod:`anymae.core.files`."""
+    :mod:`anymae.core.data.files`."""
 
     def __init__(
         self, samples: Sequence[tuple[Path, int]], *, transform: Any, reader: ImageReader, classes: Sequence[str]

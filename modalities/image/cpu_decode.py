@@ -1,5 +1,5 @@
 """``data.decode: cpu`` (the default): JPEGs decoded by ``torchvision.io.decode_jpeg`` and augmented on uint8
-tensors in the DataLoader workers (issue 20).
+tensors in the DataLoader workers.
 
 The paper's pre-training augmentation (RandomResizedCrop with scale 0.2-1, bicubic; a horizontal flip;
 normalization) runs with the same box and flip as ``data.decode: pil`` for the same seed: the box comes from

@@ -40,8 +40,8 @@ from torchvision.io import ImageReadMode, decode_png
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tf
 
-from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
-from anymae.core.files import find_files
+from anymae.core.data.files import find_files
+from anymae.core.data.samples import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
 
 __all__ = [
     "ARRAY_EXTENSIONS",

@@ -1,4 +1,4 @@
-"""``data.decode: gpu``: training images decoded and augmented by the training device, a batch at a time (issue 6).
+"""``data.decode: gpu``: training images decoded and augmented by the training device, a batch at a time.
 
 For models whose data pipeline the CPUs cannot feed, the work is split:
 
@@ -49,7 +49,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from anymae.core.data import BadSampleError, DataError
+from anymae.core.data.samples import BadSampleError, DataError
 
 from .data import RepeatedFiles, full_precision_format, high_bit_mode, load_image
 

@@ -18,10 +18,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from anymae.core.checkpoint import CheckpointError, read_checkpoint, read_safetensors
-from anymae.core.classify import Classifier
-from anymae.core.convert import verify_reload
-from anymae.core.formats import (
+from anymae.core.build.classifier import Classifier
+from anymae.core.io.checkpoint import CheckpointError, read_checkpoint, read_safetensors
+from anymae.core.model.mae import MaskedAutoencoder
+from anymae.core.weights.convert import verify_reload
+from anymae.core.weights.formats import (
     CheckpointFormat,
     Export,
     LoadOptions,
@@ -30,7 +31,6 @@ from anymae.core.formats import (
     read_hugging_face_folder,
     unwrap_state,
 )
-from anymae.core.model import MaskedAutoencoder
 from anymae.plugins.manager import Registry
 
 from .interop import (

@@ -5,7 +5,7 @@ Each importer returns ``(model_config, state_dict, fixed_tables)``: a plain-data
 inferred from the tensors (or ``config.json``), the weights under anymae's key names, and the checkpoint's
 stored fixed position tables, which anymae recomputes and only compares. The official layout is timm's
 ``VisionTransformer`` layout, so timm ViT state dicts (``vit_*.mae`` on the Hub) import the same way.
-``to_official_names`` is the inverse mapping, used to export.
+``to_official_names`` maps the other way, for export.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from anymae.core.formats import (
+from anymae.core.weights.formats import (
     MAE_VIT_NAMES,
     MAE_VIT_PREFIXES,
     count_blocks,

@@ -13,9 +13,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
-from anymae.core.data import DataError
-from anymae.core.figures import removed_values
-from anymae.core.files import (
+from anymae.core.data.files import (
     ListedFile,
     check_channel_stats,
     class_folder_samples,
@@ -25,7 +23,9 @@ from anymae.core.files import (
     resolve_data_file,
     resolve_data_root,
 )
-from anymae.core.modality import Modality
+from anymae.core.data.samples import DataError
+from anymae.core.model.figures import removed_values
+from anymae.core.model.modality import Modality
 from anymae.plugins import hookimpl
 
 from .classification import (
@@ -85,7 +85,7 @@ class ImageTokenizerConfig:
 @dataclass
 class ImageDataConfig:
     """``data`` for images: an ImageNet-style folder (``root/train/<class>/*.jpg``), a flat one, or file lists
-    (``train_list``: lines ``relative/path [label]``, see :mod:`~anymae.core.files`)."""
+    (``train_list``: lines ``relative/path [label]``, see :mod:`~anymae.core.data.files`)."""
 
     root: str = ""  # "builtin:demo_photos" is the set of photographs shipped with anymae
     train_split: str = "train"
@@ -136,7 +136,6 @@ class ImageDataConfig:
 
 class ImageModality(Modality):
     name = "image"
-    draws_caption = True
     tokenizer_config = ImageTokenizerConfig
     data_config = ImageDataConfig
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anymae.core.data import BadSampleError, DataError
+from anymae.core.data.samples import BadSampleError, DataError
 
 from .data import IMAGE_EXTENSIONS, ImageReader, find_images, read_bands, scale_values
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from einops import rearrange
 from torch import Tensor, nn
 
-from anymae.core.files import check_input_shape
-from anymae.core.tokenizer import Tokenizer
+from anymae.core.data.files import check_input_shape
+from anymae.core.model.tokenizer import Tokenizer
 
 __all__ = ["PatchTokenizer2d"]
 

@@ -9,8 +9,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from anymae.core.figures import add_caption, grey_out, removed_values
-from anymae.core.tokenizer import Tokenizer
+from anymae.core.model.figures import add_caption, grey_out, removed_values
+from anymae.core.model.tokenizer import Tokenizer
 
 __all__ = ["reconstruction_images", "save_reconstruction_grid"]
 
@@ -67,7 +67,7 @@ def save_reconstruction_grid(
 ) -> Path:
     """Write rows of (original, masked, reconstruction, pasted) as one PNG; removed patches are grey.
     ``rgb_bands``: the bands drawn as R, G, B (or one as grey), see :func:`_to_uint8`. ``caption``: a line
-    under the rows saying how the removed patches were drawn (see :mod:`anymae.core.figures`)."""
+    under the rows saying how the removed patches were drawn (see :mod:`anymae.core.model.figures`)."""
     originals, masked, recon, pasted = columns
     n, _, h, w = originals.shape
     zoom = max(1, -(-min_side // max(h, w)))  # small demo crops are enlarged (nearest) to be visible

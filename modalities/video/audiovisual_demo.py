@@ -22,7 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from anymae.core.files import generate_once
+from anymae.core.data.files import cache_dir, generate_once
 
 from .decode import _h264, _rate
 
@@ -41,12 +41,12 @@ FRAMES, FPS = 32, 10  # 3.2 s
 RATE = 16_000  # AudioMAE's rate
 NUM_TRAIN, NUM_HELDOUT = 160, 16
 LOW_HZ, OCTAVES = 200.0, 4  # bottom of the frame -> 200 Hz, top -> 3200 Hz
-# A pure tone in silence: v1-v4 added faint noise (and v2-v3 harmonics), whose spectrogram texture was most of a
-# masked band's loss and could not be predicted from anything, so it hid what the video adds (under 0.3%).
+# A pure tone in silence: faint noise or harmonics give the spectrogram a texture that is most of a masked
+# band's loss and cannot be predicted from anything, so it hides what the video adds (measured: under 0.3%).
 AMPLITUDE, NOISE = 0.5, 0.0
 HARMONICS, MAX_HZ = 1, 7000.0  # harmonics k = 1..HARMONICS at amplitude 1/k, none above MAX_HZ
 # The disc rests at a random place for NOTE_FRAMES frames (1.6 s), then jumps to another, and the tone follows: no
-# stream can extrapolate the second place from the first (v1's straight-line motion each stream predicted alone).
+# stream can extrapolate the second place from the first (straight-line motion each stream predicts alone).
 NOTE_FRAMES = 16
 AUDIO_FRAME = 1024  # samples per AAC frame
 
@@ -178,6 +178,4 @@ def _write_all(staging: Path) -> None:
 
 def demo_audiovisual_root() -> Path:
     """The cached audio-visual demo set (``train/``, ``heldout/``), generated on first call."""
-    from .demo import _cache  # the video demos' cache folder; demo.py imports this module, so not at the top
-
-    return generate_once(_cache() / f"demo_audiovisual-{VERSION}", _write_all, complete=_complete)
+    return generate_once(cache_dir() / f"demo_audiovisual-{VERSION}", _write_all, complete=_complete)

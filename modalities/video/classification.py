@@ -23,8 +23,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision import transforms
 
-from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
-from anymae.core.files import class_folder_samples, class_folders, read_classes_file
+from anymae.core.data.files import class_folder_samples, class_folders, read_classes_file
+from anymae.core.data.samples import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
 
 from .data import read_list
 from .decode import VIDEO_EXTENSIONS, read_clips_at
@@ -45,7 +45,7 @@ __all__ = [
 def split_classes(root: Path, split: str, *, classes_file: Path | None = None) -> list[str]:
     """The class names of a labelled data set, in index order, read from its training split.
 
-    ``classes_file``: one name per line (:func:`~anymae.core.files.read_classes_file`). Else a ``<split>.csv``
+    ``classes_file``: one name per line (:func:`~anymae.core.data.files.read_classes_file`). Else a ``<split>.csv``
     list (integer labels) has classes ``"0"`` .. ``str(K - 1)`` with K = its largest label + 1, and a
     ``<split>/`` folder the sorted names of its class sub-folders (torchvision ImageFolder's convention).
     """

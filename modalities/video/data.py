@@ -1,7 +1,7 @@
 """Video datasets: a VideoMAE-style CSV list, a folder per class, or a flat folder of video files.
 
 A split named ``train`` is ``<root>/train.csv`` when that file exists (lines ``path [label]``, the list syntax
-of :mod:`anymae.core.files`: ``#`` comments, labels by index or class name, paths relative to ``root``
+of :mod:`anymae.core.data.files`: ``#`` comments, labels by index or class name, paths relative to ``root``
 unless absolute, the VideoMAE / MAE-ST convention), else the folder ``<root>/train/`` searched recursively
 (class sub-folders or flat).
 """
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anymae.core.data import BadSampleError, DataError, DatasetTraits, DatasetWithTraits, TimedItems
-from anymae.core.files import ListedFile, find_files, read_file_list
+from anymae.core.data.files import ListedFile, find_files, read_file_list
+from anymae.core.data.samples import BadSampleError, DataError, DatasetTraits, DatasetWithTraits, TimedItems
 
 from .decode import VIDEO_EXTENSIONS, clip_indices, probe_video, read_clips, read_clips_at
 
@@ -25,7 +25,7 @@ __all__ = ["VideoClips", "find_split", "read_list"]
 
 
 def read_list(csv: Path, root: Path, *, classes: Sequence[str] | None = None) -> list[ListedFile]:
-    """A split's list (``path [label]`` lines, the syntax of :mod:`anymae.core.files`; paths may contain
+    """A split's list (``path [label]`` lines, the syntax of :mod:`anymae.core.data.files`; paths may contain
     blanks, as in VideoMAE's lists) -> [(file, class index or None)]. ``classes``: names the labels may use.
     Files are not checked here: an unreadable video is a bad sample, counted and replaced."""
     return read_file_list(csv, root, classes=classes, check_files=False, spaces_in_paths=True, what="video")

@@ -30,7 +30,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from anymae.core.data import BadSampleError
+from anymae.core.data.samples import BadSampleError
 
 __all__ = [
     "VIDEO_EXTENSIONS",

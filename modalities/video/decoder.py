@@ -16,8 +16,8 @@ from typing import Unpack
 import torch
 from torch import Tensor, nn
 
-from anymae.core.decoder import DecoderArgs, MaskTokenDecoder, decoder_blocks
-from anymae.core.encoder import fixed_positions
+from anymae.core.model.decoder import DecoderArgs, MaskTokenDecoder, decoder_blocks
+from anymae.core.model.encoder import fixed_positions
 
 __all__ = ["VideoMAEDecoder", "videomae_decoder"]
 

@@ -14,13 +14,12 @@ apart needs motion, not appearance; a horizontal flip swaps ``left`` and ``right
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from anymae.core.files import generate_once
+from anymae.core.data.files import cache_dir, generate_once
 
 from .audiovisual_demo import AUDIOVISUAL_DEMO_ROOT, demo_audiovisual_root
 from .decode import write_video
@@ -106,10 +105,6 @@ def make_demo_video(
     return video
 
 
-def _cache() -> Path:
-    return Path(os.environ.get("ANYMAE_CACHE", Path.home() / ".cache" / "anymae")).expanduser()
-
-
 def _complete(root: Path) -> bool:
     return (root / "train").is_dir() and (root / "heldout").is_dir()
 
@@ -144,12 +139,12 @@ def _random_object(rng: np.random.Generator, h: int, w: int) -> dict:
 
 def demo_videos_root() -> Path:
     """The cached unlabelled demo set, generated on first call."""
-    return generate_once(_cache() / f"demo_videos-{VERSION}", _write_unlabelled, complete=_complete)
+    return generate_once(cache_dir() / f"demo_videos-{VERSION}", _write_unlabelled, complete=_complete)
 
 
 def demo_motion_root() -> Path:
     """The cached labelled motion demo set (``train/<class>/``, ``heldout/<class>/``), generated on first call."""
-    return generate_once(_cache() / f"demo_motion-{MOTION_VERSION}", _write_motion, complete=_complete)
+    return generate_once(cache_dir() / f"demo_motion-{MOTION_VERSION}", _write_motion, complete=_complete)
 
 
 def resolve_root(root: str) -> Path:

@@ -19,8 +19,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from anymae.core.checkpoint import CheckpointError, read_checkpoint
-from anymae.core.formats import (
+from anymae.core.io.checkpoint import CheckpointError, read_checkpoint
+from anymae.core.model.mae import MaskedAutoencoder
+from anymae.core.weights.formats import (
     CheckpointFormat,
     Export,
     LoadOptions,
@@ -32,7 +33,6 @@ from anymae.core.formats import (
     rename_keys,
     unwrap_state,
 )
-from anymae.core.model import MaskedAutoencoder
 from anymae.plugins.manager import Registry, resolve_registry
 
 __all__ = ["from_hugging_face_videomae", "from_videomae", "is_videomae", "load_videomae", "to_videomae"]

@@ -12,7 +12,7 @@ from typing import Unpack
 import torch
 from torch import Tensor
 
-from anymae.core.masking import MaskingArgs
+from anymae.core.model.masking import MaskingArgs
 
 __all__ = ["tube_masking"]
 

@@ -14,9 +14,9 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from anymae.core.data import DataError
-from anymae.core.files import check_channel_stats, resolve_data_file, resolve_data_root
-from anymae.core.modality import Modality
+from anymae.core.data.files import check_channel_stats, resolve_data_file, resolve_data_root
+from anymae.core.data.samples import DataError
+from anymae.core.model.modality import Modality
 from anymae.plugins import hookimpl
 
 from .classification import LabelledVideos, clip_transform, eval_transform, labelled_items, split_classes
@@ -116,7 +116,6 @@ class VideoDataConfig:
 
 class VideoModality(Modality):
     name = "video"
-    draws_caption = True
     tokenizer_config = VideoTokenizerConfig
     data_config = VideoDataConfig
 

@@ -12,8 +12,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from anymae.core.figures import add_caption, caption_strip, grey_out, removed_values
-from anymae.core.tokenizer import Tokenizer
+from anymae.core.model.figures import add_caption, caption_strip, grey_out, removed_values
+from anymae.core.model.tokenizer import Tokenizer
 
 __all__ = ["reconstruction_clips", "reconstruction_rows", "save_reconstruction_grid", "save_reconstruction_movie"]
 
@@ -61,7 +61,7 @@ def save_reconstruction_grid(
 ) -> Path:
     """One PNG of :func:`reconstruction_rows`: for every sample three rows (original, masked, reconstruction),
     one column per frame; a ``caption`` line (how the removed patches were drawn, see
-    :mod:`anymae.core.figures`) under the rows."""
+    :mod:`anymae.core.model.figures`) under the rows."""
     rows = [row for sample in samples for row in sample]
     t, h, w, _ = rows[0].shape
     zoom = max(1, -(-min_side // max(h, w)))

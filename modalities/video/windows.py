@@ -10,7 +10,7 @@ import av
 import numpy as np
 from torch import Tensor
 
-from anymae.core.data import BadSampleError, DataError
+from anymae.core.data.samples import BadSampleError, DataError
 
 from .decode import THREAD_TYPE, _open, _upright, probe_video
 

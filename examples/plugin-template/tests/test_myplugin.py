@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from anymae_myplugin import block_masking
 
-from anymae.core.masking import keep_count, shuffle_from_noise
+from anymae.core.model.masking import keep_count, shuffle_from_noise
 from anymae.plugins import load_registry
 
 

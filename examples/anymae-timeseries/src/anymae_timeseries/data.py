@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from anymae.core import BadSampleError, DataError
-from anymae.core.data import DatasetWithTraits
+from anymae.core.data.samples import DatasetWithTraits
 
 __all__ = [
     "SERIES_EXTENSIONS",

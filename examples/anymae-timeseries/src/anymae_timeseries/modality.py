@@ -12,8 +12,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
 from anymae.core import DataError, Modality
-from anymae.core.figures import removed_values
-from anymae.core.files import find_files, resolve_data_root
+from anymae.core.data.files import find_files, resolve_data_root
+from anymae.core.model.figures import removed_values
 from anymae.plugins import hookimpl
 
 from .data import SERIES_EXTENSIONS, SYNTHETIC, RandomWindows, fixed_windows, read_series, standardize, synthetic_series
@@ -59,7 +59,6 @@ class TimeSeriesDataConfig:
 
 class TimeSeriesModality(Modality):
     name = "timeseries"
-    draws_caption = True
     tokenizer_config = TimeSeriesTokenizerConfig
     data_config = TimeSeriesDataConfig
 

@@ -6,7 +6,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from anymae.core import Tokenizer
-from anymae.core.files import check_input_shape
+from anymae.core.data.files import check_input_shape
 
 __all__ = ["PatchTokenizer1d"]
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from anymae.core.figures import add_caption, grey_out
+from anymae.core.model.figures import add_caption, grey_out
 
 from .tokenizer import PatchTokenizer1d
 
@@ -35,7 +35,7 @@ def save_reconstruction_plot(
     width: int = 512,
     caption: str = "",
 ) -> Path:
-    """inputs, recon (N, C, T), removed (N, C, T) with 1 on removed steps (``anymae.core.figures.removed_values``)
+    """inputs, recon (N, C, T), removed (N, C, T) with 1 on removed steps (``anymae.core.model.figures.removed_values``)
     -> a PNG of N*C panels, removed spans grey, the ``caption`` line (how the removed spans were drawn) at the
     bottom."""
     n, c, t = inputs.shape

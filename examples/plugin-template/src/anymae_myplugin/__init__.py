@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from anymae.core.masking import keep_count
+from anymae.core.model.masking import keep_count
 from anymae.plugins import hookimpl
 
 __all__ = ["anymae_register_masking", "block_masking"]
