@@ -1,5 +1,5 @@
-"""anymae's built-in, modality-free plugin: the paper's random masking, pixel and norm-pix targets and
-the global MAE decoder.
+"""anymae's built-in, modality-free plugin: the paper's random masking, pixel and norm-pix targets, the
+global MAE decoder and the linear and UperNet segmentation heads.
 
 Registered through the ``anymae`` entry-point group like any third-party plugin.
 """
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, Unpack
 
 from anymae.core.model.decoder import DecoderArgs, MaskedDecoder
+from anymae.core.model.heads import LinearHead, UperNetHead
 from anymae.core.model.masking import random_masking
 from anymae.core.model.targets import NormPixTarget, PixelTarget
 
@@ -35,3 +36,9 @@ def global_decoder(**args: Unpack[DecoderArgs]) -> MaskedDecoder:
 @hookimpl
 def anymae_register_decoders(register: Callable[[str, Any], None]) -> None:
     register("global", global_decoder)
+
+
+@hookimpl
+def anymae_register_segmentation_heads(register: Callable[[str, Any], None]) -> None:
+    register("linear", LinearHead)
+    register("upernet", UperNetHead)

@@ -24,6 +24,7 @@ __all__ = [
     "anymae_register_decoders",
     "anymae_register_masking",
     "anymae_register_modalities",
+    "anymae_register_segmentation_heads",
     "anymae_register_targets",
     "hookspec",
 ]
@@ -112,6 +113,28 @@ def anymae_register_decoders(register: Callable[[str, Any], None]) -> None:
         @hookimpl
         def anymae_register_decoders(register):
             register("local", LocalWindowDecoder)
+    """
+
+
+@hookspec
+def anymae_register_segmentation_heads(register: Callable[[str, Any], None]) -> None:
+    """Register dense prediction heads for ``anymae segment``: call ``register(name, builder)`` once per head.
+
+    ``builder(*, in_channels, num_classes, patch_size, **options) -> SegmentationHead`` builds an
+    :class:`anymae.core.model.heads.SegmentationHead`: ``in_channels`` is the encoder width ``D``, ``patch_size``
+    the tokenizer's ``p``; ``options`` are the head's own named keywords, set from ``segment.channels`` and
+    ``segment.aux_weight`` when the config gives them (a key the builder does not take is refused when the config
+    is read). The head declares ``num_maps`` (how many block maps it reads: ``segment.layers`` must name that many
+    blocks; the default is the last block for 1, BEiT's evenly spaced blocks for 4), ``aux_weight`` and
+    ``patch_size``; its ``forward(maps)`` returns ``(logits, aux_logits or None)`` at the input's resolution.
+    ``name`` is what configs put in ``segment.head``. Built-ins: ``linear`` (a 1x1 convolution on the last
+    block) and ``upernet`` (BEiT's ADE20K head, which the MAE paper used).
+
+    Example::
+
+        @hookimpl
+        def anymae_register_segmentation_heads(register):
+            register("upernet", UperNetHead)
     """
 
 

@@ -15,11 +15,15 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
+
+if TYPE_CHECKING:  # the core imports this module; these names are for annotations only
+    from anymae.core.model.modality import Modality
+    from anymae.core.model.targets import Target
 
 __all__ = [
     "COMPOSITE",
@@ -40,14 +44,14 @@ COMPOSITE = "composite"
 ENTRY_POINT_GROUP = "anymae"
 hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT_NAME)
 
-# (hook name, registry table, what a registered thing is called in messages)
+# (hook name, what a registered thing is called in messages: the key of its table in Registry.tables)
 _REGISTRATION_HOOKS = (
-    ("anymae_register_modalities", "modalities", "modality"),
-    ("anymae_register_masking", "masking", "masking strategy"),
-    ("anymae_register_targets", "targets", "target"),
-    ("anymae_register_decoders", "decoders", "decoder"),
-    ("anymae_register_checkpoint_formats", "checkpoint_formats", "checkpoint format"),
-    ("anymae_register_commands", "commands", "command"),
+    ("anymae_register_modalities", "modality"),
+    ("anymae_register_masking", "masking strategy"),
+    ("anymae_register_targets", "target"),
+    ("anymae_register_decoders", "decoder"),
+    ("anymae_register_checkpoint_formats", "checkpoint format"),
+    ("anymae_register_commands", "command"),
 )
 # What a registered object must have, per kind (besides being callable, for the callable kinds).
 _REQUIRED_METHODS = {
@@ -99,10 +103,14 @@ class Registry:
         self.masking: dict[str, Registered] = {}
         self.targets: dict[str, Registered] = {}
         self.decoders: dict[str, Registered] = {}
+        self.segmentation_heads: dict[str, Registered] = {}
         self.checkpoint_formats: dict[str, Registered] = {}
         self.commands: dict[str, Registered] = {}
+        self.tables = {"modality": self.modalities, "masking strategy": self.masking, "target": self.targets,
+                       "decoder": self.decoders, "checkpoint format": self.checkpoint_formats,
+                       "command": self.commands, "segmentation head": self.segmentation_heads}  # fmt: skip
 
-    def modality(self, name: str) -> Any:
+    def modality(self, name: str) -> Modality:
         """The registered :class:`anymae.core.Modality` called ``name``."""
         if name == COMPOSITE:
             raise KeyError(
@@ -116,13 +124,17 @@ class Registry:
         """The registered masking strategy called ``name``."""
         return self._lookup("masking strategy", self.masking, name)
 
-    def target(self, name: str) -> Any:
+    def target(self, name: str) -> Target:
         """The registered reconstruction target called ``name``."""
         return self._lookup("target", self.targets, name)
 
     def decoder(self, name: str) -> Callable[..., Any]:
         """The registered decoder builder called ``name``."""
         return self._lookup("decoder", self.decoders, name)
+
+    def segmentation_head(self, name: str) -> Callable[..., Any]:
+        """The registered segmentation head builder called ``name``."""
+        return self._lookup("segmentation head", self.segmentation_heads, name)
 
     def _lookup(self, kind: str, table: dict[str, Registered], name: str) -> Any:
         if name not in table:
@@ -192,9 +204,10 @@ def load_registry(
         info.hooks = sorted(h.name for h in pm.get_hookcallers(pm.get_plugin(name)) or [])
     pm.check_pending()
 
-    for hook_name, table_name, kind in _REGISTRATION_HOOKS:
-        for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            _run_registration(registry, hook_name, impl, getattr(registry, table_name), kind, strict)
+    for hook_name, kind in _REGISTRATION_HOOKS:
+        caller: pluggy.HookCaller = getattr(pm.hook, hook_name)  # pluggy's HookRelay names each hook an attribute
+        for impl in caller.get_hookimpls():
+            _run_registration(registry, hook_name, impl, registry.tables[kind], kind, strict)
     return registry
 
 
@@ -265,6 +278,7 @@ def _unpack_registration(kind: str, plugin: str, args: tuple[Any, ...]) -> tuple
     methods = _REQUIRED_METHODS.get(kind, ("__call__",))
     if len(args) != 2 or not isinstance(args[0], str):
         raise PluginError(f"register() takes (name: str, {kind}), got {args!r}")
+    # The registration check itself: it names each method the plugin's object lacks.
     missing = [m for m in methods if not callable(getattr(args[1], m, None))]
     if missing:
         raise PluginError(f"{kind} {args[0]!r} has no {' or '.join(missing)} method (needs {', '.join(methods)})")

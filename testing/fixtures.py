@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any
 
 import pytest
 
@@ -13,7 +12,7 @@ from anymae.plugins import Registry, load_registry, manager
 __all__ = ["anymae_registry", "hermetic_registry"]
 
 
-def hermetic_registry(*plugins: Any, builtins: bool = True) -> Registry:
+def hermetic_registry(*plugins: object, builtins: bool = True) -> Registry:
     """A registry holding exactly ``plugins`` (modules or objects with hookimpls, or ``(name, plugin)``
     pairs) plus, with ``builtins``, anymae's modality-free built-ins (random masking, the pixel and
     norm-pix targets, the global decoder). Installed entry points and ``ANYMAE_*`` variables are ignored,
@@ -39,7 +38,7 @@ def anymae_registry() -> Iterator[Callable[..., Registry]]:
     test ends; the previous process-wide registry is restored afterwards."""
     saved = manager._REGISTRY
 
-    def install(*plugins: Any, builtins: bool = True) -> Registry:
+    def install(*plugins: object, builtins: bool = True) -> Registry:
         registry = hermetic_registry(*plugins, builtins=builtins)
         manager._REGISTRY = registry
         return registry

@@ -196,7 +196,12 @@ def write_pairs(root: Path, count: int, *, split: str = "train", skip_audio: tup
 
 
 def composite_config(tmp_path: Path, root: Path, **train: Any) -> Any:
-    raw = {
+    return resolve_config(composite_raw(tmp_path, root, **train))
+
+
+def composite_raw(tmp_path: Path, root: Path, **train: Any) -> dict[str, Any]:
+    """An image + audio composite over :func:`write_pairs` data, as the YAML a user writes."""
+    return {
         "name": "av",
         "model": {"modality": "composite", **TINY, "modality_dropout": 0.25, "parts": {
             "image": {"tokenizer": {"img_size": 32, "patch_size": 8}, "target": "norm_pix"},
@@ -208,25 +213,37 @@ def composite_config(tmp_path: Path, root: Path, **train: Any) -> Any:
                   "output_dir": str(tmp_path / "runs"), "log_every_steps": 1, "heldout_batches": 1,
                   "figure_samples": 2, "max_bad_fraction": 0.2, "save_every_epochs": 1, **train},
     }  # fmt: skip
-    return resolve_config(raw)
 
 
 def test_a_composite_pretrains_resumes_exactly_and_round_trips_through_its_checkpoint(tmp_path):
     root = tmp_path / "data"
     write_pairs(root, 8)
     write_pairs(root, 4, split="heldout")
-    (root / "audio" / "train" / "s003.wav").write_bytes(b"not audio")  # a bad part makes a counted bad sample
-    straight = pretrain(composite_config(tmp_path, root, run_name="straight"), progress=False)
+    # A bad part makes its sample bad: one sound and one picture, 2 of the 8 samples in every epoch.
+    bad_audio, bad_image = root / "audio" / "train" / "s003.wav", root / "image" / "train" / "s005.png"
+    bad_audio.write_bytes(b"not audio")
+    bad_image.write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="skipping unreadable sample") as caught:
+        straight = pretrain(composite_config(tmp_path, root, run_name="straight", max_bad_fraction=0.25),
+                            progress=False)  # fmt: skip
+    messages = [str(w.message) for w in caught if "unreadable sample" in str(w.message)]
+    assert any(f"part audio: cannot decode audio {bad_audio}" in m for m in messages), messages
+    assert any(f"part image: cannot read image {bad_image}" in m for m in messages), messages
     rows = [json.loads(line) for line in straight.metrics.read_text().splitlines()]
     assert {"loss_image", "loss_audio"} <= set(rows[0])
-    assert max(row.get("bad_samples", 0) for row in rows) >= 1
+    assert [row["epoch_bad_samples"] for row in rows if "epoch_bad_samples" in row] == [2, 2]
+    assert [row["bad_samples"] for row in rows if "epoch_bad_samples" in row] == [2, 4]
     assert straight.figure is not None and straight.figure.is_file()
-    assert "heldout_loss_audio_others_dropped" in rows[-1] or any("heldout_loss_audio" in row for row in rows)
+    checks = [row for row in rows if "heldout_loss" in row]
+    assert len(checks) == 2  # one check per epoch, each with every part's loss, alone and with the other dropped
+    for row in checks:
+        assert {f"heldout_loss_{p}{d}" for p in ("image", "audio") for d in ("", "_others_dropped")} <= set(row)
 
     # The first epoch's checkpoint, copied into a run of its own, resumed to the end.
     (tmp_path / "runs" / "resumed").mkdir()
     first = shutil.copy(straight.run_dir / "checkpoint-0001.pt", tmp_path / "runs" / "resumed")
-    resumed = pretrain(composite_config(tmp_path, root, run_name="resumed"), resume=str(first), progress=False)
+    resumed_cfg = composite_config(tmp_path, root, run_name="resumed", max_bad_fraction=0.25)
+    resumed = pretrain(resumed_cfg, resume=str(first), progress=False)
     assert resumed.run_dir == tmp_path / "runs" / "resumed"
     a, b = torch.load(straight.checkpoint, weights_only=False), torch.load(resumed.checkpoint, weights_only=False)
     for key, value in a["model"].items():

@@ -32,10 +32,17 @@ def _images(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def test_image_rows_equal_model_encode_of_the_same_inputs_in_the_cli_output(tmp_path: Path) -> None:
-    from anymae.core.config import from_dict
-    from anymae.modalities.image.modality import ImageDataConfig, ImageModality, ImageTokenizerConfig
+def _reference_eval_input(path: Path) -> torch.Tensor:
+    """The official MAE evaluation input of a 24x20 file for a 16 px model, with PIL and numpy: shorter side to
+    int(16 / 0.875) = 18 (bicubic; 24x20 -> 21x18), centre 16x16 crop (left 2, top 1), ImageNet normalization."""
+    with Image.open(path) as im:
+        assert im.size == (24, 20)
+        pixels = np.asarray(im.convert("RGB").resize((21, 18), Image.BICUBIC).crop((2, 1, 18, 17)), np.float32)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    return torch.from_numpy(((pixels / 255 - mean) / std).astype(np.float32)).permute(2, 0, 1)  # (3, 16, 16)
 
+
+def test_image_rows_equal_model_encode_of_the_same_inputs_in_the_cli_output(tmp_path: Path) -> None:
     model = _model(tokenizer={"img_size": 16, "patch_size": 8})
     checkpoint = export_safetensors(model, tmp_path / "mae.safetensors")
     paths = _images(tmp_path / "photos", 5)
@@ -62,7 +69,7 @@ def test_image_rows_equal_model_encode_of_the_same_inputs_in_the_cli_output(tmp_
     files = [paths[1], *paths, paths[3], paths[0]]
     assert saved.files == [str(p) for p in files] and saved.pool == "cls"
     assert saved.file_index.tolist() == list(range(8)) and saved.start.tolist() == [0.0] * 8
-    inputs = ImageModality().load_inputs(files, from_dict(ImageDataConfig, {}, "data"), ImageTokenizerConfig(16, 8))
+    inputs = torch.stack([_reference_eval_input(p) for p in files])
     with torch.no_grad():
         tokens = model.encode(inputs)  # (N, 1 + L, D)
     assert torch.allclose(saved.features, tokens[:, 0], atol=1e-5)
@@ -149,3 +156,29 @@ def test_embeddings_file_layout_is_plain_safetensors(tmp_path: Path) -> None:
     assert json.loads(metadata["files"]) == [str(p) for p in paths]
     assert metadata["format"] == "anymae-embeddings" and metadata["pool"] == "mean"
     assert metadata["checkpoint"] == str(checkpoint) and metadata["window"] == "null"
+
+
+def test_corrupt_files_are_skipped_counted_and_the_other_rows_unchanged(tmp_path: Path, capsys) -> None:
+    model = _model(tokenizer={"img_size": 16, "patch_size": 8})
+    checkpoint = export_safetensors(model, tmp_path / "mae.safetensors")
+    paths = _images(tmp_path / "photos", 4)
+    # Sorted between img1 and img2, and last.
+    corrupt = [tmp_path / "photos" / "img1b.jpg", tmp_path / "photos" / "zz.jpg"]
+    clean_out, out = tmp_path / "clean.safetensors", tmp_path / "f.safetensors"
+    assert main(["embed", str(checkpoint), *map(str, paths), "-o", str(clean_out), "--no-progress"]) == 0
+    assert "from 4 files\n" in capsys.readouterr().out
+    for path in corrupt:
+        path.write_bytes(b"\xff\xd8 not a jpeg at all" * 10)
+
+    assert main(["embed", str(checkpoint), str(tmp_path / "photos"), "-o", str(out), "--no-progress"]) == 0
+
+    captured = capsys.readouterr()
+    assert "from 4 files (2 unreadable files skipped)" in captured.out
+    named = [line for line in captured.err.splitlines() if "unreadable" in line]
+    assert len(named) == 2 and all(any(str(p) in m for m in named) for p in corrupt), captured.err
+    assert all(line.startswith("anymae embed: warning: skipping unreadable sample (") for line in named), named
+    assert not any("in its place" in line for line in named)  # skipped, not replaced
+    clean, saved = read_embeddings(clean_out), read_embeddings(out)
+    assert saved.files == clean.files == [str(p) for p in paths]
+    assert saved.skipped == [str(p) for p in corrupt]
+    assert torch.equal(saved.features, clean.features) and torch.equal(saved.file_index, clean.file_index)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
@@ -107,12 +106,19 @@ def test_decode_pil_is_the_official_pipeline_and_cpu_the_default():
     assert from_dict(modality.data_config, {}, "data").decode == "cpu"
 
 
-@pytest.mark.parametrize("in_chans", [1, 3])
-def test_grey_and_rgb_models_get_their_channel_count(in_chans):
-    files = sorted(DEMO.glob("*.jpg"))[:2]
-    reader = ImageReader(in_chans=in_chans)
-    mean, std = MEAN[:in_chans], STD[:in_chans]
-    kwargs = {"size": SIZE, "scale": (0.2, 1.0), "hflip": True, "mean": mean, "std": std}
-    torch.manual_seed(0)
-    x = TensorDecodedImages(files, **kwargs, reader=reader)[0]
-    assert x.shape == (in_chans, *SIZE)
+def test_grey_models_get_pils_luma_of_the_rgb_pixels_of_the_same_crop():
+    """in_chans=1 gives one channel whose values are ITU-R 601 luma (PIL's ``convert("L")``: 0.299 R + 0.587 G +
+    0.114 B) of what in_chans=3 gives for the same seed (same crop box and flip), within 2 levels of 255."""
+    files = [DEMO / "astronaut.jpg"]  # a colour photograph: its R, G and B differ
+    pixels = {}
+    for in_chans in (1, 3):
+        kwargs = {"size": SIZE, "scale": (0.2, 1.0), "hflip": True, "mean": MEAN[:in_chans], "std": STD[:in_chans]}
+        dataset = TensorDecodedImages(files, **kwargs, reader=ImageReader(in_chans=in_chans))
+        torch.manual_seed(0)
+        x = dataset[0]
+        assert x.shape == (in_chans, *SIZE)
+        mean, std = torch.tensor(MEAN[:in_chans])[:, None, None], torch.tensor(STD[:in_chans])[:, None, None]
+        pixels[in_chans] = (x * std + mean).numpy() * 255  # (C, H, W) in 0..255
+    luma = np.tensordot(np.array([0.299, 0.587, 0.114]), pixels[3], axes=1)  # (H, W)
+    assert np.ptp(luma) > 50 and np.abs(pixels[3][0] - luma).max() > 20  # not flat, not grey already
+    assert np.abs(pixels[1][0] - luma).max() <= 2.0

@@ -20,6 +20,7 @@ from PIL import Image
 from anymae.core import BadSampleError, DataError, SafeDataset
 from anymae.core.cli import main
 from anymae.core.config import ConfigError, from_dict, load_config
+from anymae.core.evaluate.classification import load_classifier
 from anymae.modalities.image.data import ImageReader, pretrain_transform, read_bands
 from anymae.modalities.image.device_decode import EncodedImageFiles
 from anymae.modalities.image.modality import ImageDataConfig, ImageModality, ImageTokenizerConfig
@@ -185,11 +186,45 @@ def test_multiband_files_pretrain_visualize_finetune_linprobe_and_evaluate(tmp_p
     assert main([*ft, *common]) == 0
     lp = ["linprobe", "demo_image_linprobe", f"linprobe.checkpoint={checkpoint}"]
     assert main([*lp, *common]) == 0
+    files = [multiband_root / "val" / "fields" / "v0.tif", multiband_root / "val" / "water" / "v1.npy"]
+    labels = torch.tensor([0, 1])  # fields, water
+    # The plugin's evaluation inputs of the 13-band files: those read and transformed here by hand.
+    data = ImageDataConfig(root=str(multiband_root), mean=tuple(stats["mean"]), std=tuple(stats["std"]))
+    plugin = ImageModality().load_inputs(files, data, ImageTokenizerConfig(img_size=32, patch_size=4, in_chans=BANDS))
+    reference = torch.stack([_reference_eval_input(f, stats, 32) for f in files])
+    torch.testing.assert_close(plugin, reference, rtol=0, atol=1e-4)
     for name in ("demo_image_finetune", "demo_image_linprobe"):
+        path = tmp_path / "cls" / name / "checkpoint-last.pt"
         capsys.readouterr()
-        assert main(["eval", str(tmp_path / "cls" / name / "checkpoint-last.pt"), "--device", "cpu"]) == 0
+        assert main(["eval", str(path), "--device", "cpu"]) == 0
         line = capsys.readouterr().out.strip()
-        assert re.match(r"heldout: 2 samples .*top-1 \d+\.\d+", line), line
+        match = re.match(r"heldout: 2 samples .*top-1 (\d+\.\d+)%.*loss (\d+\.\d+)", line)
+        assert match, line
+        # The printed numbers are the classifier's on the 13-band files read and transformed here by hand.
+        classifier = load_classifier(path).eval()
+        size = classifier.config["model"]["tokenizer"]["img_size"]
+        inputs = torch.stack([_reference_eval_input(f, stats, size) for f in files])
+        with torch.no_grad():
+            logits = classifier(inputs)
+        loss = torch.nn.functional.cross_entropy(logits, labels).item()
+        top1 = 100 * (logits.argmax(1) == labels).float().mean().item()
+        assert (float(match[1]), float(match[2])) == (pytest.approx(top1, abs=0.005), pytest.approx(loss, abs=5e-5))
+
+
+def _reference_eval_input(path: Path, stats: dict, size: int) -> torch.Tensor:
+    """The official evaluation transform written out for a stored 13-band uint16 file (24 x 28) and a ``size``-px
+    model: values / 65535, shorter side to int(size / 0.875) (bicubic, antialiased), centre ``size`` crop, per band
+    (x - mean) / std. Read with tifffile / numpy, not the image plugin's reader."""
+    bands = tifffile.imread(path) if path.suffix == ".tif" else np.load(path)
+    assert bands.shape == (BANDS, H, W) and bands.dtype == np.uint16
+    short = int(size / 0.875)
+    long = int(short * W / H)  # torchvision's Resize(int): the longer side keeps the aspect ratio, truncated
+    x = torch.from_numpy(bands.astype(np.float32) / 65535)[None]  # (1, C, H, W)
+    x = torch.nn.functional.interpolate(x, size=(short, long), mode="bicubic", align_corners=False, antialias=True)
+    top, left = round((short - size) / 2), round((long - size) / 2)
+    x = x[0, :, top : top + size, left : left + size]
+    mean, std = torch.tensor(stats["mean"])[:, None, None], torch.tensor(stats["std"])[:, None, None]
+    return (x - mean) / std
 
 
 # --- full precision ---------------------------------------------------------------------------------------

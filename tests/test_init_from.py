@@ -231,12 +231,18 @@ def test_resume_restores_its_own_weights_even_when_the_init_file_is_gone(tiny_co
     raw["model"] = {**TINY, "init_from": str(path)}
     raw["data"]["heldout_split"] = None
     raw["train"].update(epochs=1)
+    whole = copy.deepcopy(raw)
+    whole["train"].update(epochs=2, run_name="whole")
+    left_alone = read_checkpoint(pretrain(resolve_config(whole), progress=False).checkpoint)["model"]
     first = pretrain(resolve_config(copy.deepcopy(raw)), progress=False)
     path.unlink()
     raw["train"].update(epochs=2)
     resumed = pretrain(resolve_config(raw), resume=str(first.checkpoint), progress=False)
     payload = read_checkpoint(resumed.checkpoint)
     assert payload["progress"]["epoch"] == 2
+    # The resumed run's weights are the 2-epoch run's, bit for bit: the first epoch started from the file.
+    assert payload["model"].keys() == left_alone.keys()
+    assert all(torch.equal(payload["model"][k], left_alone[k]) for k in left_alone)
     assert payload["init_from"]["source"] == str(path)  # the record survives the resume
     with pytest.raises(ConfigError, match=r"model\.init_from=.*no such file"):
         pretrain(resolve_config(raw), progress=False)
@@ -290,6 +296,25 @@ def test_band_selection_takes_the_named_file_channels(tmp_path):
     shapes = r"tokenizer\.proj\.weight: file \(32, 13, 8, 8\) vs model \(32, 4, 8, 8\)"
     with pytest.raises(CheckpointError, match=shapes):
         _init(_with(TINY, in_chans=4), path)  # 13 -> 4 has no rule of its own: a band list is needed
+
+
+@pytest.mark.parametrize("bands", [[3, 2, 1, 7], [12]])
+def test_classifier_init_bands_take_the_named_channels_of_the_pretrained_kernel(bands):
+    """``finetune.init_bands`` / ``linprobe.init_bands``: input channel i of the classifier starts from channel
+    bands[i] of the pre-trained patch kernel, the rest of the weights unchanged; a 4-band crop of a 13-band image
+    through the classifier's tokenizer gives the pre-trained tokenizer's tokens of that image with the other
+    bands zeroed."""
+    pretrained = _model(_with(TINY, in_chans=13))
+    classifier = build_classifier(pretrained, num_classes=3, global_pool=True,
+                                  tokenizer_overrides={"in_chans": len(bands)}, init_bands=tuple(bands))  # fmt: skip
+    w = pretrained.tokenizer.proj.weight.detach()  # (D, 13, p, p)
+    torch.testing.assert_close(classifier.tokenizer.proj.weight.detach(), w[:, bands], rtol=0, atol=0)
+    torch.testing.assert_close(classifier.tokenizer.proj.bias.detach(), pretrained.tokenizer.proj.bias.detach())
+    image = torch.rand(2, 13, 32, 32)
+    only = torch.zeros_like(image)
+    only[:, bands] = image[:, bands]
+    with torch.no_grad():
+        torch.testing.assert_close(classifier.tokenizer(image[:, bands]), pretrained.tokenizer(only))
 
 
 def test_init_bands_without_init_from_is_refused_naming_the_key():

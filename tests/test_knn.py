@@ -147,29 +147,66 @@ def _colour_folder(root: Path) -> Path:
     return root
 
 
-def test_knn_command_prints_top1_and_top5_of_the_heldout_split(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    checkpoint = export_safetensors(_tiny_model(), tmp_path / "random.safetensors")
-    root = _colour_folder(tmp_path / "colours")
+def _noisy_classes(root: Path, classes: int = 12) -> Path:
+    """root/{train,val}/cNN/: 16x16 noise around one random colour per class, so noisy that a random encoder's
+    k-NN gets some held-out items wrong: top-1 and top-5 are not 100% by construction."""
+    rng = np.random.default_rng(3)
+    for c in range(classes):
+        colour = rng.uniform(60, 200, size=3)
+        for split, count in (("train", 6), ("val", 3)):
+            (root / split / f"c{c:02d}").mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(colour + rng.normal(0, 90, size=(16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / f"c{c:02d}" / f"{i}.png")
+    return root
 
-    code = main(
-        [
-            "knn",
-            str(checkpoint),
-            f"data.root={root}",
-            "data.heldout_split=val",
-            "--k",
-            "3",
-            "--no-progress",
-            "--device",
-            "cpu",
-        ]
-    )
+
+def _numpy_topk(model, root: Path, *, k: int, t: float) -> tuple[float, float]:
+    """DINO's weighted k-NN written out in numpy: the CLS features of the evaluation inputs (PIL: 16 -> 18 px
+    bicubic, centre 16 crop, ImageNet normalization), cosine similarity, the k nearest vote exp(sim / T) for their
+    class; top-1 / top-5 accuracy (%) of the held-out split."""
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+    def features(split: str) -> tuple[np.ndarray, np.ndarray]:
+        files = sorted((root / split).glob("*/*.png"))
+        x = []
+        for f in files:
+            with Image.open(f) as im:
+                pixels = np.asarray(im.convert("RGB").resize((18, 18), Image.BICUBIC).crop((1, 1, 17, 17)), float)
+            x.append(((pixels / 255 - mean) / std).transpose(2, 0, 1))
+        with torch.no_grad():
+            cls = model.encode(torch.tensor(np.stack(x), dtype=torch.float32))[:, 0].double().numpy()
+        return cls / np.linalg.norm(cls, axis=1, keepdims=True), np.array([int(f.parent.name[1:]) for f in files])
+
+    (train, train_y), (val, val_y) = features("train"), features("val")
+    sims = val @ train.T  # (N_val, N_train)
+    top1 = top5 = 0
+    for row, truth in zip(sims, val_y, strict=True):
+        scores = np.zeros(train_y.max() + 1)
+        for j in np.argsort(-row)[:k]:
+            scores[train_y[j]] += np.exp(row[j] / t)
+        rank = int((scores > scores[truth]).sum())
+        assert scores[truth] > 0 or (scores > 0).sum() >= 5  # no tie at zero decides a top-5 answer
+        top1 += rank == 0 and scores[truth] > 0
+        top5 += rank < 5 and scores[truth] > 0
+    return 100 * top1 / len(val_y), 100 * top5 / len(val_y)
+
+
+def test_knn_command_prints_top1_and_top5_of_the_heldout_split(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = _tiny_model()
+    checkpoint = export_safetensors(model, tmp_path / "random.safetensors")
+    root = _noisy_classes(tmp_path / "noise")
+
+    code = main(["knn", str(checkpoint), f"data.root={root}", "data.heldout_split=val", "--k", "30", "--no-progress",
+                 "--device", "cpu"])  # fmt: skip
 
     out = capsys.readouterr().out
     assert code == 0, out
-    match = re.search(r"k-NN \(k=3, T=0\.07, cls features\): top-1 (\d+\.\d)%  top-5 (\d+\.\d)%  \(6 held-out", out)
+    match = re.search(r"k-NN \(k=30, T=0\.07, cls features\): top-1 (\d+\.\d)%  top-5 (\d+\.\d)%  \(36 held-out", out)
     assert match, out
-    assert match.groups() == ("100.0", "100.0")
+    top1, top5 = _numpy_topk(model, root, k=30, t=0.07)
+    assert 0 < top1 < top5 < 100, (top1, top5)  # neither number is trivial on this data
+    assert (float(match[1]), float(match[2])) == (round(top1, 1), round(top5, 1))
 
 
 def test_knn_command_reads_the_data_section_of_a_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -183,3 +220,50 @@ def test_knn_command_reads_the_data_section_of_a_config(tmp_path: Path, capsys: 
 
     assert main(["knn", str(checkpoint), str(config), "train.epochs=3"]) == 1
     assert "takes data.KEY=VALUE overrides only, got 'train.epochs=3'" in capsys.readouterr().err
+
+
+class _Unreadable(_Labelled):
+    """``_Labelled`` whose items at ``bad`` raise as a corrupt file does."""
+
+    def __init__(self, x: torch.Tensor, y: list[int], bad: set[int]) -> None:
+        super().__init__(x, y)
+        self.bad = bad
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if i in self.bad:
+            raise OSError(f"cannot identify image file 'item{i}.jpg'")
+        return super().__getitem__(i)
+
+
+def test_skipping_unreadable_items_gives_the_features_of_the_readable_ones_only() -> None:
+    model = _tiny_model()
+    x, y = torch.randn(6, 3, 16, 16), [0, 1, 0, 1, 1, 0]
+    keep = [0, 1, 3, 4]  # items 2 and 5 (the last: its stand-in wraps round to item 0) are unreadable
+    with pytest.warns(UserWarning, match="item2.jpg"):
+        feats, labels = extract_features(model, _Unreadable(x, y, {2, 5}), batch_size=4, device=torch.device("cpu"),
+                                         skip_unreadable=True)  # fmt: skip
+    with torch.no_grad():
+        expected = model.encode(x[keep])[:, 0]  # (4, D): the CLS features of the readable items alone
+    assert torch.allclose(feats, expected, atol=1e-6)
+    assert labels.tolist() == [y[i] for i in keep]
+
+
+def test_knn_command_skips_and_counts_corrupt_image_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    checkpoint = export_safetensors(_tiny_model(), tmp_path / "random.safetensors")
+    root = _colour_folder(tmp_path / "colours")
+    args = ["knn", str(checkpoint), f"data.root={root}", "data.heldout_split=val", "--k", "3", "--no-progress"]
+    assert main(args) == 0
+    clean = capsys.readouterr().out.strip()
+    corrupt = [root / "train" / "red" / "zz.jpg", root / "val" / "blue" / "zz.jpg"]
+    for path in corrupt:
+        path.write_bytes(b"\xff\xd8 not a jpeg at all" * 10)
+
+    assert main(args) == 0
+
+    captured = capsys.readouterr()
+    out = captured.out.strip()
+    assert out == clean.replace("training items)", "training items; 2 unreadable files skipped)"), (out, clean)
+    named = [line for line in captured.err.splitlines() if "unreadable" in line]
+    assert len(named) == 2 and all(any(str(p) in m for m in named) for p in corrupt), captured.err
+    assert all(line.startswith("anymae knn: warning: skipping unreadable sample (") for line in named), named
+    assert not any("in its place" in line for line in named)  # skipped, not replaced

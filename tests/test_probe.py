@@ -84,17 +84,29 @@ def test_multi_label_fit_is_one_binary_logistic_regression_per_class() -> None:
 
 
 def test_l2_search_prefers_the_value_that_generalises() -> None:
+    """Each candidate's validation accuracy equals scikit-learn's multinomial LogisticRegression fitted on the same
+    rows (its C = 1 / (l2 * N_fit) is this objective's l2), and the search keeps the best of them."""
+    from sklearn.linear_model import LogisticRegression
+
     rng = np.random.default_rng(2)
-    y = rng.integers(0, 2, 200)
-    x = rng.normal(size=(200, 5)) + 2.0 * np.eye(2, 5)[y]
-    # l2 = 100 shrinks W to ~0 (chance); l2 = 1e-3 separates the classes.
+    y = rng.integers(0, 3, 240)
+    x = rng.normal(size=(240, 5)) + 1.5 * np.eye(3, 5)[y]
+    grid = (1e-3, 0.3, 100.0)
     l2, records = select_l2(
-        torch.from_numpy(x), torch.from_numpy(y), num_classes=2, grid=(1e-3, 100.0), val_fraction=0.25, seed=0
+        torch.from_numpy(x), torch.from_numpy(y), num_classes=3, grid=grid, val_fraction=0.25, seed=0
     )
-    assert l2 == 1e-3 and [r["l2"] for r in records] == [1e-3, 100.0]
-    assert records[0]["val_score"] > 80 > records[1]["val_score"] - 20
+    order = torch.randperm(240, generator=torch.Generator().manual_seed(0)).numpy()  # the seeded split it draws
+    val, fit = order[:60], order[60:]
+    sklearn_scores = []
+    for value in grid:
+        reference = LogisticRegression(C=1 / (value * len(fit)), tol=1e-10, max_iter=10_000).fit(x[fit], y[fit])
+        sklearn_scores.append(100 * float(np.mean(reference.predict(x[val]) == y[val])))
+    assert [r["l2"] for r in records] == list(grid)
+    assert [r["val_score"] for r in records] == pytest.approx(sklearn_scores, abs=100 / 60 + 1e-9)  # <= 1 row
+    assert sklearn_scores[2] < 50 < sklearn_scores[0]  # l2 = 100 shrinks W to ~0: one class for every row
+    assert l2 == grid[int(np.argmax([r["val_score"] for r in records]))] and l2 != 100.0
     assert select_l2(
-        torch.from_numpy(x), torch.from_numpy(y), num_classes=2, grid=(0.5,), val_fraction=0.2, seed=0
+        torch.from_numpy(x), torch.from_numpy(y), num_classes=3, grid=(0.5,), val_fraction=0.2, seed=0
     ) == (0.5, [])
 
 

@@ -235,3 +235,21 @@ def test_normalize_clip_is_the_per_channel_formula_in_c_t_h_w(in_chans):
     got = normalize_clip(clip, mean, std, in_chans=in_chans)
     assert got.shape == (in_chans, 3, 5, 7) and got.dtype == torch.float32
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (112, 96)])
+def test_uint8_pretrain_crop_equals_pils_crop_and_bilinear_resize_within_one_level(size):
+    """VideoMAE crops and resizes each frame with PIL (``img.crop(box).resize(size, Image.BILINEAR)``): the uint8
+    clip path gives those pixels within one level of 255, for a shrink and an enlargement, on noise frames."""
+    frames = np.random.default_rng(0).integers(0, 256, size=(3, 60, 80, 3), dtype=np.uint8)  # (T, H, W, 3)
+    options = {"scales": (1, 0.875, 0.75, 0.66), "max_distort": 1, "fix_crop": True, "more_fix_crop": True}
+    clip = pretrain_clip(frames, size, **options, hflip=False, mean=(0, 0, 0), std=(1, 1, 1), in_chans=3,
+                         rng=np.random.default_rng(5))  # fmt: skip
+    top, left, h, w = multiscale_crop_box(frames.shape[1:3], size, **options, rng=np.random.default_rng(5))
+    assert (h, w) != (60, 80) and (h, w) != size  # a real crop and a real resize
+    for t in range(len(frames)):
+        box = (left, top, left + w, top + h)
+        expected = np.asarray(Image.fromarray(frames[t]).crop(box).resize(size[::-1], Image.BILINEAR), np.int16)
+        got = (clip[:, t] * 255).round().to(torch.int16).permute(1, 2, 0).numpy()  # (h, w, 3) levels
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1, t

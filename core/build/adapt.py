@@ -32,6 +32,7 @@ from timm.models import adapt_input_conv
 from torch import Tensor, nn
 
 from anymae.core.io.checkpoint import CheckpointError
+from anymae.core.model.tokenizer import Tokenizer
 
 __all__ = [
     "InitReport",
@@ -113,28 +114,10 @@ def transfer_weights(
             else:
                 problems.append(f"{key} {tuple(want.shape)}: not in the file")
             continue
-        if key in kernels and (tuple(have.shape) != tuple(want.shape) or bands is not None):
-            try:
-                state[key], report.adapted[key] = _adapt_kernel(have, tuple(want.shape), bands)
-            except ValueError as exc:
-                problems.append(f"{key}: file {tuple(have.shape)} vs model {tuple(want.shape)}: {exc}")
-        elif tuple(have.shape) == tuple(want.shape):
-            state[key] = have
-            report.loaded.append(key)
-        elif key.startswith("decoder.") and _is_patch_head(have, want, src_tok.patch_dim, dst_tok.patch_dim):
-            report.new[key] = (
-                f"decoder head rebuilt for {dst_tok.patch_dim} values per patch (the file's: {src_tok.patch_dim}): "
-                "official initialisation"
-            )
-        elif key == "encoder.pos_embed":  # learned tables only: fixed ones are not in state dicts
-            try:
-                prefix = want.shape[1] - dst_tok.num_tokens
-                state[key] = resample_learned_pos_embed(have, src_tok.grid, dst_tok.grid, prefix)
-                report.adapted[key] = f"learned table resized bicubically from grid {src_tok.grid} to {dst_tok.grid}"
-            except ValueError as exc:
-                problems.append(f"{key}: file {tuple(have.shape)} vs model {tuple(want.shape)}: {exc}")
-        else:
-            problems.append(f"{key}: file {tuple(have.shape)} vs model {tuple(want.shape)}")
+        problem = _transfer_tensor(key, have, want, src_tok, dst_tok, kernel=key in kernels, bands=bands,
+                                   state=state, report=report)  # fmt: skip
+        if problem is not None:
+            problems.append(problem)
     problems += [f"{k} {tuple(v.shape)}: in the file, not in the model" for k, v in theirs.items() if k not in ours]
     if problems:
         raise CheckpointError(
@@ -148,6 +131,46 @@ def transfer_weights(
         )
     target.load_state_dict(state, strict=False)
     return report
+
+
+def _transfer_tensor(
+    key: str,
+    have: Tensor,
+    want: Tensor,
+    src_tok: Tokenizer,
+    dst_tok: Tokenizer,
+    *,
+    kernel: bool,
+    bands: Sequence[int] | None,
+    state: dict[str, Tensor],
+    report: InitReport,
+) -> str | None:
+    """Put the file's tensor ``have`` for ``key`` into ``state`` (as it is, or adapted to ``want``'s shape) or
+    mark it new in ``report``; the mismatch no adaptation covers, as one line, else None. ``kernel``: ``key`` is
+    a patch embedding of the tokenizer, (D, C, *kernel)."""
+    if kernel and (tuple(have.shape) != tuple(want.shape) or bands is not None):
+        try:
+            state[key], report.adapted[key] = _adapt_kernel(have, tuple(want.shape), bands)
+        except ValueError as exc:
+            return f"{key}: file {tuple(have.shape)} vs model {tuple(want.shape)}: {exc}"
+    elif tuple(have.shape) == tuple(want.shape):
+        state[key] = have
+        report.loaded.append(key)
+    elif key.startswith("decoder.") and _is_patch_head(have, want, src_tok.patch_dim, dst_tok.patch_dim):
+        report.new[key] = (
+            f"decoder head rebuilt for {dst_tok.patch_dim} values per patch (the file's: {src_tok.patch_dim}): "
+            "official initialisation"
+        )
+    elif key == "encoder.pos_embed":  # learned tables only: fixed ones are not in state dicts
+        try:
+            prefix = want.shape[1] - dst_tok.num_tokens
+            state[key] = resample_learned_pos_embed(have, src_tok.grid, dst_tok.grid, prefix)
+            report.adapted[key] = f"learned table resized bicubically from grid {src_tok.grid} to {dst_tok.grid}"
+        except ValueError as exc:
+            return f"{key}: file {tuple(have.shape)} vs model {tuple(want.shape)}: {exc}"
+    else:
+        return f"{key}: file {tuple(have.shape)} vs model {tuple(want.shape)}"
+    return None
 
 
 def _adapt_kernel(weight: Tensor, shape: tuple[int, ...], bands: Sequence[int] | None) -> tuple[Tensor, str]:

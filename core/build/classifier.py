@@ -16,16 +16,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from anymae.plugins.manager import Registry, resolve_registry
-
 from anymae.core.build.adapt import make_pos_embed_learned, transfer_weights
 from anymae.core.build.models import build_encoder, build_model, set_fused_attn, vit_encoder
-from anymae.core.model.composite import MultiModalMAE, PartsTokenizer
 from anymae.core.config import COMPOSITE, config_to_dict, resolve_model_config
+from anymae.core.model.composite import MultiModalMAE, PartsTokenizer
 from anymae.core.model.encoder import MaskedEncoder
-from anymae.core.model.masking import MaskingStrategy, shuffle_from_noise
 from anymae.core.model.mae import MaskedAutoencoder
+from anymae.core.model.masking import MaskingStrategy, shuffle_from_noise
 from anymae.core.model.tokenizer import TokenEmbedder
+from anymae.plugins.manager import Registry, resolve_registry
 
 __all__ = ["Classifier", "build_classifier", "layer_id", "param_groups_lars", "param_groups_layer_decay"]
 
@@ -131,6 +130,29 @@ def build_classifier(
         raise ValueError(
             f"parts={parts!r} is for composite models; this one is {pretrained.config['model']['modality']}"
         )
+    return _modality_classifier(pretrained, num_classes=num_classes, global_pool=global_pool, head_bn=head_bn,
+                                drop_path=drop_path, head_init_std=head_init_std,
+                                tokenizer_overrides=tokenizer_overrides, init_bands=init_bands,
+                                token_masking=token_masking, token_mask_ratio=token_mask_ratio,
+                                registry=registry)  # fmt: skip
+
+
+def _modality_classifier(
+    pretrained: MaskedAutoencoder,
+    *,
+    num_classes: int,
+    global_pool: bool,
+    head_bn: bool,
+    drop_path: float,
+    head_init_std: float,
+    tokenizer_overrides: dict[str, Any] | None,
+    init_bands: tuple[int, ...] | None,
+    token_masking: str | None,
+    token_mask_ratio: float,
+    registry: Registry,
+) -> Classifier:
+    """The classifier of :func:`build_classifier` on a one-modality MAE: its encoder rebuilt for the
+    (overridden) tokenizer config, the weights transferred and adapted."""
     model_raw = copy.deepcopy(pretrained.config["model"])
     model_raw["tokenizer"] = {**config_to_dict(model_raw.get("tokenizer") or {}), **(tokenizer_overrides or {})}
     cfg = resolve_model_config(model_raw, registry)

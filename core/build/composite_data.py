@@ -187,14 +187,6 @@ class CompositeModality:
             )
         return PairedDataset(sets, labelled=True)
 
-    @classmethod
-    def of(cls, model_raw: dict[str, Any], parts: list[str] | None, *, registry: Registry) -> CompositeModality:
-        """The modalities of a checkpoint's composite ``model`` section, over ``parts`` (default: all)."""
-        from anymae.core.config import resolve_model_config
-
-        configs = resolve_model_config(model_raw, registry).parts
-        return cls({name: configs[name] for name in (parts or configs)}, registry=registry)
-
     def device_transform(self, data: dict[str, Any], tokenizer: Any = None, *, device: Any) -> None:
         """A composite's input pipeline stays in the DataLoader workers: a part that asks for a device step
         (e.g. ``data.decode: gpu``) is refused, naming it."""

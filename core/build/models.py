@@ -9,14 +9,13 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from anymae.plugins.manager import Registry, resolve_registry
-
-from anymae.core.model.composite import MultiModalMAE, Part
 from anymae.core.config import COMPOSITE, ModelConfig, check_decoder_options, config_to_dict
-from anymae.core.model.decoder import DecoderArgs
+from anymae.core.model.composite import MultiModalMAE, Part
+from anymae.core.model.decoder import DecoderArgs, TransformerBlocks
 from anymae.core.model.encoder import MaskedEncoder, vit_blocks
 from anymae.core.model.joint_decoder import JointDecoder
 from anymae.core.model.mae import MaskedAutoencoder
+from anymae.plugins.manager import Registry, resolve_registry
 
 __all__ = [
     "build_composite",
@@ -172,9 +171,10 @@ def set_fused_attn(model: nn.Module, enabled: bool) -> None:
 def compile_blocks(model: nn.Module, **options: Any) -> None:
     """``torch.compile`` each transformer block in place (``train.compile``): the masking, gathers and
     the variable visible-token count stay eager, so one compiled graph serves every step."""
-    for part in (getattr(model, "encoder", None), *_decoders(model)):
-        for block in getattr(part, "blocks", []):
-            block.compile(**options)
+    for part in (model.encoder, *_decoders(model)):
+        if isinstance(part, TransformerBlocks):
+            for block in part.blocks:
+                block.compile(**options)
 
 
 def checkpoint_decoder_blocks(model: nn.Module, count: int) -> None:
@@ -182,7 +182,8 @@ def checkpoint_decoder_blocks(model: nn.Module, count: int) -> None:
     only their input for backward and recompute the rest. The decoder sees every token (the encoder only the
     visible quarter), so that is where the activation memory is. Parameter names are unchanged."""
     for decoder in _decoders(model):
-        _checkpoint_blocks(getattr(decoder, "blocks", []), count)
+        if isinstance(decoder, TransformerBlocks):
+            _checkpoint_blocks(decoder.blocks, count)
 
 
 def checkpoint_encoder_blocks(model: nn.Module, count: int) -> None:
@@ -190,7 +191,7 @@ def checkpoint_encoder_blocks(model: nn.Module, count: int) -> None:
     _checkpoint_blocks(model.encoder.blocks, count)
 
 
-def _checkpoint_blocks(blocks: Any, count: int) -> None:
+def _checkpoint_blocks(blocks: nn.ModuleList, count: int) -> None:
     from torch.utils.checkpoint import checkpoint
 
     for block in list(blocks)[:count]:
@@ -199,7 +200,4 @@ def _checkpoint_blocks(blocks: Any, count: int) -> None:
 
 def _decoders(model: nn.Module) -> list[nn.Module]:
     """The model's decoder, or each part's of a composite (none for a classifier)."""
-    if isinstance(model, MultiModalMAE):
-        return model.decoders()
-    decoder = getattr(model, "decoder", None)
-    return [] if decoder is None else [decoder]
+    return model.decoders() if isinstance(model, (MaskedAutoencoder, MultiModalMAE)) else []

@@ -136,7 +136,9 @@ class SafeDataset(DatasetWithTraits):
     is given. ``mask_fn(generator) -> mask`` is called with a generator seeded from the sample's seed;
     with ``masks_per_item = S > 1`` (datasets whose items stack S views of one file, e.g. VideoMAE's
     repeated sampling) the mask is ``(S, L)``, one independent draw per view.
-    ``bad`` is 1 when item ``index`` was unreadable and the next readable item ``index+1, ...`` stands in.
+    ``bad`` is 1 when item ``index`` was unreadable and the next readable item ``index+1, ...`` stands in
+    (``stand_in=False``: for passes that drop such rows, e.g. feature extraction, whose warning then says the
+    item is skipped, not replaced).
     More than ``max_bad_fraction`` unreadable items seen by one process stop it with :class:`DataError`
     (the trainer applies the same limit to the exact count over all workers and ranks).
     """
@@ -149,8 +151,10 @@ class SafeDataset(DatasetWithTraits):
         seed: int = 0,
         mask_fn: Callable[[torch.Generator], torch.Tensor] | None = None,
         masks_per_item: int = 1,
+        stand_in: bool = True,
     ) -> None:
         self.dataset = dataset
+        self.stand_in = stand_in
         self.masks_per_item = masks_per_item
         self.max_bad_fraction = max_bad_fraction
         self.seed = seed
@@ -193,7 +197,8 @@ class SafeDataset(DatasetWithTraits):
             except Exception as exc:  # any decode failure is this sample's problem, not the run's
                 reason = str(exc) if isinstance(exc, BadSampleError) else f"sample {i}: {type(exc).__name__}: {exc}"
                 self.bad[i] = reason
-                warnings.warn(f"skipping unreadable sample ({reason}); using another in its place", stacklevel=2)
+                replaced = "; using another in its place" if self.stand_in else ""
+                warnings.warn(f"skipping unreadable sample ({reason}){replaced}", stacklevel=2)
                 if len(self.bad) > self.max_bad_fraction * n:
                     raise DataError(
                         f"{len(self.bad)} of {n} samples are unreadable, more than train.max_bad_fraction="

@@ -5,7 +5,9 @@ merging, and reading classifier checkpoints back. Used by the training loop's pe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,24 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from anymae.core.build.classifier import Classifier
+from anymae.core.build.composite_data import CompositeModality
+from anymae.core.build.data_source import labelled_data, modality_for
+from anymae.core.config import COMPOSITE, ConfigError, apply_overrides, from_dict, resolve_model_config
 from anymae.core.data.samples import DataError, SafeDataset, dataset_traits, input_size, sample_seed, to_device
-from anymae.core.distributed.context import DistContext, all_sum
+from anymae.core.distributed.context import DistContext, all_sum, setup, teardown
 from anymae.core.evaluate.metrics import mean_average_precision, topk_correct
+from anymae.plugins.manager import resolve_registry
 
-__all__ = ["LabelledSafeDataset", "evaluate", "format_stats", "load_classifier", "topk_correct", "view_scores"]
+__all__ = [
+    "CheckpointScores",
+    "LabelledSafeDataset",
+    "evaluate",
+    "evaluate_checkpoint",
+    "format_stats",
+    "load_classifier",
+    "topk_correct",
+    "view_scores",
+]
 
 
 class LabelledSafeDataset(SafeDataset):
@@ -130,3 +145,59 @@ def load_classifier(path: str | Path, registry: Any = None) -> Classifier:
     from anymae.core.weights.loading import load_classifier_file
 
     return load_classifier_file(path, registry=registry)
+
+
+@dataclass
+class CheckpointScores:
+    """``anymae eval``'s result: :func:`evaluate`'s stats, the class folders found and those the classifier was
+    trained on, and whether this process reports (rank 0)."""
+
+    stats: dict[str, float]
+    classes: list[str]
+    trained_classes: list[str]
+    is_main: bool
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    split: str = "heldout",
+    data_root: str | None = None,
+    overrides: Sequence[str] = (),
+    batch_size: int = 64,
+    device: str = "auto",
+    registry: Any = None,
+) -> CheckpointScores:
+    """``anymae eval``: a classifier checkpoint over ``split`` of the data section it was trained with, its
+    ``data.root`` replaced by ``data_root`` and changed by ``data.KEY=VALUE`` ``overrides``."""
+    registry = resolve_registry(registry)
+    model = load_classifier(checkpoint, registry)
+    config = model.config
+    composite = config["model"]["modality"] == COMPOSITE
+    data_raw = dict(config.get("data") or {})
+    if data_root:
+        if composite:
+            raise ConfigError("--data-root: a composite's data has a section per part; use data.<part>.root=...")
+        data_raw["root"] = data_root
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise ConfigError(f"anymae eval takes data.KEY=VALUE overrides only, got {bad[0]!r}")
+    data_raw = apply_overrides({"data": data_raw}, overrides)["data"]
+    model_cfg = resolve_model_config(config["model"], registry)
+    parts = config["classifier"]["parts"] if composite else None  # the parts the classifier reads
+    modality = modality_for(model_cfg, registry=registry, parts=parts)
+    if isinstance(modality, CompositeModality):  # each part with its own data section
+        data = {name: from_dict(part.data_config, data_raw.get(name), f"data.{name}")
+                for name, part in modality.modalities.items()}  # fmt: skip
+    else:
+        data = from_dict(modality.data_config, data_raw, "data")
+    labelled = labelled_data(model_cfg, data, registry=registry, parts=parts)
+    dataset = labelled.split(split, crop_pct=config.get("eval_crop_pct", 0.875))
+    ctx, target = setup(device)
+    try:
+        stats = evaluate(model.to(target), dataset, batch_size=batch_size, device=target, ctx=ctx,
+                         view_reduce=config.get("view_reduce", "logits"))  # fmt: skip
+    finally:
+        teardown(ctx)
+    classes = list(dataset.classes)
+    return CheckpointScores(stats, classes, list(config.get("classes", classes)), ctx.is_main)

@@ -12,7 +12,9 @@ for the periodic checks of pre-training.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -20,20 +22,35 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from anymae.core.build.data_source import labelled_data
+from anymae.core.config import (
+    COMPOSITE,
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    read_config_source,
+    resolve_model_config,
+    resolve_part_data,
+)
 from anymae.core.data.samples import DataError, dataset_traits, to_device
+from anymae.core.distributed.context import resolve_device
 from anymae.core.evaluate.classification import LabelledSafeDataset
 from anymae.core.evaluate.metrics import topk_correct
 from anymae.core.model.mae import MaskedAutoencoder
+from anymae.core.weights.loading import load_model
+from anymae.plugins.manager import Registry, resolve_registry
 
 __all__ = [
     "DEFAULT_K",
     "DEFAULT_TEMPERATURE",
+    "KnnReport",
     "Pool",
     "compute_features",
     "default_pool",
     "extract_features",
     "knn_accuracy",
     "knn_classify",
+    "knn_command",
     "pooled_features",
 ]
 
@@ -76,6 +93,7 @@ def compute_features(
     progress: bool = False,
     desc: str = "features",
     multi_label: bool = False,
+    skip_unreadable: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``features(x) -> (N, D)`` over every ``(input, label)`` item of ``dataset``, once each, in order ->
     (features (M, D) float32 on the CPU, labels (M,) int64, or (M, K) float32 multi-hot rows with
@@ -84,8 +102,9 @@ def compute_features(
     A dataset whose traits declare ``num_views = V > 1`` (several evaluation views per item, inputs
     ``(V, ...)``) gives each item the mean of its V view features. A multi-label dataset (traits
     ``multi_label``) is refused unless ``multi_label`` says the caller scores multi-hot rows (k-NN's class vote
-    does not). Unreadable items are replaced by the next readable one with a warning naming the file; more than
-    ``max_bad_fraction`` of them stop it with :class:`DataError`."""
+    does not). Unreadable items are replaced by the next readable one with a warning naming the file (with
+    ``skip_unreadable``: left out, so that M is the number of readable items); more than ``max_bad_fraction`` of
+    them stop it with :class:`DataError`."""
     traits = dataset_traits(dataset)
     if traits.multi_label != multi_label:
         raise DataError(
@@ -99,7 +118,7 @@ def compute_features(
     # Unreadable items are replaced (with a warning naming the file) as in evaluation; the loader has its own
     # generator, so a check inside a training run does not move the global RNG.
     loader = DataLoader(
-        LabelledSafeDataset(dataset, max_bad_fraction=max_bad_fraction),
+        LabelledSafeDataset(dataset, max_bad_fraction=max_bad_fraction, stand_in=not skip_unreadable),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -115,6 +134,9 @@ def compute_features(
         else:
             rows.append(features(x).float().cpu())  # (N, D)
         labels.append(torch.as_tensor(y, dtype=torch.float32 if multi_label else torch.int64))
+        if skip_unreadable:  # a stand-in (bad = 1) for an unreadable item: the stand-in also comes in its own turn
+            keep = torch.as_tensor(batch["bad"]) == 0
+            rows[-1], labels[-1] = rows[-1][keep], labels[-1][keep]
     return torch.cat(rows), torch.cat(labels)
 
 
@@ -128,13 +150,14 @@ def extract_features(
     num_workers: int = 0,
     progress: bool = False,
     desc: str = "features",
+    skip_unreadable: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Frozen features of an MAE encoder over a labelled dataset -> (features (M, D), labels (M,)).
 
     ``model`` may be several encoders by name (e.g. a composite's joint features and each part's alone): their
     features side by side in name order, (M, sum of D), the data read once. ``pool``: see
     :func:`pooled_features`; default :func:`default_pool` of each. The models run in eval mode (restored
-    afterwards) and are not moved: put them on ``device`` first."""
+    afterwards) and are not moved: put them on ``device`` first. ``skip_unreadable``: see :func:`compute_features`."""
     models = dict(model) if isinstance(model, Mapping) else {"": model}
     pools = {name: pool or default_pool(m) for name, m in models.items()}
     modes = {name: m.training for name, m in models.items()}
@@ -149,6 +172,7 @@ def extract_features(
             num_workers=num_workers,
             progress=progress,
             desc=desc,
+            skip_unreadable=skip_unreadable,
         )
     finally:
         for name, m in reversed(models.items()):
@@ -209,12 +233,16 @@ def knn_accuracy(
     pool: Pool | None = None,
     num_workers: int = 0,
     progress: bool = False,
+    skip_unreadable: bool = False,
 ) -> dict[str, float]:
     """k-NN top-1 / top-5 (%) of ``query_set`` (e.g. the held-out split) against ``train_set``, both labelled
     datasets with the same class numbering: ``{"knn_top1", "knn_top5", "n"}`` (``n``: queries).
 
-    Several encoders by name (``{name: model}``) are scored on one read of the data: ``{name: {...}}``."""
-    options = {"batch_size": batch_size, "device": device, "pool": pool, "num_workers": num_workers}
+    Several encoders by name (``{name: model}``) are scored on one read of the data: ``{name: {...}}``.
+    ``skip_unreadable``: unreadable items of either set are left out (:func:`compute_features`) and counted in
+    ``"skipped"``."""
+    options = {"batch_size": batch_size, "device": device, "pool": pool, "num_workers": num_workers,
+               "skip_unreadable": skip_unreadable}  # fmt: skip
     (train_x, train_y), (query_x, query_y) = (
         extract_features(model, dataset, **options, progress=progress, desc=f"k-NN {name} features")
         for name, dataset in (("train", train_set), ("query", query_set))
@@ -229,5 +257,68 @@ def knn_accuracy(
                               temperature=temperature, num_classes=num_classes)  # fmt: skip
         top1, top5 = topk_correct(scores, query_y)
         results[name] = {"knn_top1": 100.0 * top1 / n, "knn_top5": 100.0 * top5 / n, "n": float(n)}
+        if skip_unreadable:
+            results[name]["skipped"] = float(len(train_set) + len(query_set) - train_y.shape[0] - n)  # type: ignore[arg-type]
         start = stop
     return results if isinstance(model, Mapping) else results[""]
+
+
+@dataclass
+class KnnReport:
+    """``anymae knn``'s result: the scores of :func:`knn_accuracy` and what they were computed over."""
+
+    top1: float
+    top5: float
+    queries: int  # held-out items scored
+    training_items: int  # readable training items that voted
+    pool: Pool
+    skipped: int  # unreadable files of either split, left out
+
+
+def knn_command(
+    checkpoint: str | Path,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    parts: Sequence[str] | None = None,
+    k: int = DEFAULT_K,
+    temperature: float = DEFAULT_TEMPERATURE,
+    pool: Pool | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    num_workers: int = 0,
+    progress: bool = False,
+    registry: Registry | None = None,
+) -> KnnReport:
+    """``anymae knn``: k-NN top-1/top-5 of the held-out split of a checkpoint's data against its training split.
+
+    The data section is the checkpoint's (anymae runs carry theirs), replaced by ``config``'s when given, then
+    ``data.KEY=VALUE`` ``overrides``. ``parts``: a composite's parts whose features vote (default: all of them,
+    joint). An unreadable file is skipped with a warning naming it and counted in ``skipped``."""
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise ConfigError(f"anymae knn takes data.KEY=VALUE overrides only, got {bad[0]!r}")
+    registry = resolve_registry(registry)
+    model = load_model(checkpoint)
+    model_cfg = resolve_model_config(model.config["model"], registry)
+    composite = model_cfg.modality == COMPOSITE
+    if parts is not None and not composite:
+        raise ConfigError(f"--parts is for composite models; {checkpoint} is a {model_cfg.modality} model")
+    data_raw = dict(model.config.get("data") or {})
+    if config is not None:
+        data_raw = dict(read_config_source(config)[1].get("data") or {})
+    data_raw = apply_overrides({"data": data_raw}, overrides)["data"]
+    if composite:  # one data section per part
+        data = resolve_part_data(model_cfg, data_raw, registry)
+        model = model.restricted(list(parts)) if parts is not None else model
+    else:
+        data = from_dict(registry.modality(model_cfg.modality).data_config, data_raw, "data")
+    labelled = labelled_data(model_cfg, data, registry=registry)
+    train_set, query_set = labelled.split("train"), labelled.split("heldout")
+    target = resolve_device(device)
+    stats = knn_accuracy(model.to(target), train_set, query_set, batch_size=batch_size, device=target, k=k,
+                         temperature=temperature, pool=pool, num_workers=num_workers, progress=progress,
+                         skip_unreadable=True)  # fmt: skip
+    n, skipped = int(stats["n"]), int(stats["skipped"])
+    return KnnReport(top1=stats["knn_top1"], top5=stats["knn_top5"], queries=n, pool=pool or default_pool(model),
+                     training_items=len(train_set) + len(query_set) - n - skipped, skipped=skipped)  # fmt: skip

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from anymae.core.model.decoder import LearnedMaskToken
 from anymae.core.model.encoder import MaskedEncoder
 from anymae.core.model.joint_decoder import JointDecoder
 from anymae.core.model.loss import masked_mse
@@ -144,7 +145,7 @@ class MultiModalMAE(nn.Module):
         """The official MAE init for the encoder and decoders (as :class:`MaskedAutoencoder`); CLS, mask tokens
         and modality embeddings N(0, 0.02) (CAV-MAE's modality embeddings are truncated-normal 0.02)."""
         decoders = self.decoders()
-        tokens = [self.encoder.cls_token, *(getattr(d, "mask_token", None) for d in decoders)]
+        tokens = [self.encoder.cls_token, *(d.mask_token for d in decoders if isinstance(d, LearnedMaskToken))]
         tokens += [p.modality_embed for p in self.parts.values()]
         if self.decoder is not None:
             tokens += list(self.decoder.modality_embed.values())
@@ -337,7 +338,8 @@ class PartsTokenizer(TokenEmbedder):
             raise KeyError(f"inputs lack the parts {missing}; this classifier reads {', '.join(self.parts)}")
         pieces = []
         for name, part in self.parts.items():
-            piece = part.tokenizer(x[name]) + part.modality_embed + getattr(self, f"pos_{name}")  # (N, L_p, D)
+            # The buffer is named for the part, a name from the config (model.parts).
+            piece = part.tokenizer(x[name]) + part.modality_embed + self.get_buffer(f"pos_{name}")  # (N, L_p, D)
             for block in part.blocks:
                 piece = block(piece)
             pieces.append(piece)

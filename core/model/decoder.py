@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable
-from typing import TypedDict, Unpack
+from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 import torch
 from timm.models.vision_transformer import Block
@@ -18,7 +18,14 @@ from torch import Tensor, nn
 from anymae.core.model.encoder import fixed_positions, vit_blocks
 from anymae.core.model.masking import gather_tokens, unshuffle_with_mask_tokens
 
-__all__ = ["DecoderArgs", "MaskTokenDecoder", "MaskedDecoder", "decoder_blocks"]
+__all__ = [
+    "DecoderArgs",
+    "LearnedMaskToken",
+    "MaskTokenDecoder",
+    "MaskedDecoder",
+    "TransformerBlocks",
+    "decoder_blocks",
+]
 
 
 class DecoderArgs(TypedDict):
@@ -37,6 +44,23 @@ class DecoderArgs(TypedDict):
     norm_layer: Callable[[int], nn.Module]
     grid: tuple[int, ...]  # the token grid, e.g. (H/p, W/p)
     num_prefix: int  # 1 with a CLS token, else 0
+
+
+@runtime_checkable
+class LearnedMaskToken(Protocol):
+    """A decoder that fills removed tokens with one learned ``mask_token`` (1, 1, D_dec) (every
+    :class:`MaskTokenDecoder`, the composite's joint decoder, a plugin's own): the model gives it the official
+    N(0, 0.02) init (``anymae_register_decoders``)."""
+
+    mask_token: nn.Parameter
+
+
+@runtime_checkable
+class TransformerBlocks(Protocol):
+    """A part of a model that runs its tokens through ``blocks``, a list of transformer blocks: what
+    ``train.compile`` compiles and activation checkpointing wraps one by one."""
+
+    blocks: nn.ModuleList
 
 
 def decoder_blocks(args: DecoderArgs, block_fn: Callable[..., nn.Module] = Block) -> nn.ModuleList:

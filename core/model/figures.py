@@ -21,6 +21,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from anymae.core.model.mae import MaskedAutoencoder
+from anymae.core.model.modality import Modality
 from anymae.core.model.tokenizer import Tokenizer
 
 __all__ = [
@@ -45,7 +47,7 @@ _LINE_H, _MARGIN = 12, 4
 
 @torch.no_grad()
 def figure_prediction(
-    model: Any, x: Tensor, pred: Tensor, mask: Tensor, *, raw_stats: bool = False
+    model: MaskedAutoencoder, x: Tensor, pred: Tensor, mask: Tensor, *, raw_stats: bool = False
 ) -> tuple[Tensor, str]:
     """x (N, ...), pred (N, L, P) in target space, mask (N, L) 1 = removed -> (patch values (N, L, P), caption).
 
@@ -64,8 +66,8 @@ def figure_prediction(
 
 @torch.no_grad()
 def render_figure(
-    modality: Any,
-    model: Any,
+    modality: Modality,
+    model: MaskedAutoencoder,
     *,
     inputs: Tensor,
     pred: Tensor,

@@ -68,7 +68,8 @@ class JointDecoder(nn.Module):
         for name, (columns, ids_restore, present) in parts.items():
             own = torch.where(present[:, None, None], x[:, columns], self.mask_token)  # (N, K_p, D_dec)
             body = unshuffle_with_mask_tokens(own, self.mask_token, ids_restore)  # (N, L_p, D_dec), grid order
-            bodies.append(body + getattr(self, f"pos_{name}") + self.modality_embed[name])
+            pos = self.get_buffer(f"pos_{name}")  # named for the part, a name from the config (model.parts)
+            bodies.append(body + pos + self.modality_embed[name])
             spans[name] = (start, start + body.shape[1])
             start += body.shape[1]
         x = torch.cat(bodies, dim=1)  # (N, num_prefix + sum L_p, D_dec)

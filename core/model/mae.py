@@ -12,6 +12,7 @@ from typing import Any, TypedDict, Unpack
 import torch
 from torch import Tensor, nn
 
+from anymae.core.model.decoder import LearnedMaskToken
 from anymae.core.model.encoder import MaskedEncoder
 from anymae.core.model.loss import masked_mse
 from anymae.core.model.masking import (
@@ -73,7 +74,8 @@ class MaskedAutoencoder(nn.Module):
     def initialize_weights(self) -> None:
         """Official MAE init: xavier-uniform Linear weights (qkv fused), zero biases, LayerNorm 1/0,
         cls and mask tokens N(0, 0.02). The tokenizer initialises itself (e.g. its Conv as a Linear)."""
-        for token in (self.encoder.cls_token, getattr(self.decoder, "mask_token", None)):
+        mask_token = self.decoder.mask_token if isinstance(self.decoder, LearnedMaskToken) else None
+        for token in (self.encoder.cls_token, mask_token):
             if token is not None:
                 nn.init.normal_(token, std=0.02)
         for part in (self.encoder, self.decoder):

@@ -28,6 +28,12 @@ class Modality(ABC):
     name: ClassVar[str]
     tokenizer_config: ClassVar[type]
     data_config: ClassVar[type]
+    # ``data`` of ``anymae segment``: a subclass of anymae.core.config.segment.SegmentationDataConfig, or None when
+    # the modality has no per-pixel labelled data (build_segmentation_dataset).
+    segmentation_data_config: ClassVar[type | None] = None
+    # ``data`` of ``anymae detect``: a subclass of anymae.core.config.detect.DetectionDataConfig, or None when the
+    # modality has no COCO-format instance data (build_detection_dataset).
+    detection_data_config: ClassVar[type | None] = None
 
     @abstractmethod
     def build_tokenizer(self, config: Any, *, embed_dim: int) -> Tokenizer:
@@ -115,3 +121,44 @@ class Modality(ABC):
             f"modality {self.name!r} does not provide labelled data (Modality.build_labelled_dataset), "
             "so it cannot be fine-tuned, linearly probed or evaluated yet"
         )
+
+    def build_segmentation_dataset(self, data: Any, tokenizer: Any, *, split: str, train: bool) -> Dataset:
+        """Inputs with one class index per pixel, for ``anymae segment`` (optional).
+
+        ``data`` is a ``segmentation_data_config`` instance, ``tokenizer`` the segmenter's tokenizer config (its
+        input size is the training crop); ``split`` is "train" or "heldout". Items are ``(input (C, H, W), mask
+        (H, W) int64)`` with class indices 0..``data.num_classes - 1`` or ``data.ignore_index``. ``train``: the
+        training augmentation, every item the tokenizer's input size (padded with ``ignore_index``); else the
+        evaluation transform at the file's own size. A sample that cannot be used (no mask, sizes that differ, a
+        class index out of range, an unreadable file) raises
+        :class:`~anymae.core.data.samples.BadSampleError` naming the file.
+
+        The default raises :class:`~anymae.core.data.samples.DataError`: the modality has no segmentation data.
+        """
+        raise DataError(
+            f"modality {self.name!r} does not provide segmentation data (Modality.build_segmentation_dataset)"
+        )
+
+    def build_detection_dataset(
+        self, data: Any, tokenizer: Any, *, split: str, augment: dict[str, Any] | None
+    ) -> Dataset:
+        """COCO-format instances with their inputs, for ``anymae detect`` (optional).
+
+        ``data`` is a ``detection_data_config`` instance, ``tokenizer`` the model's tokenizer config; ``split`` is
+        "train" or "heldout". Items are ``(input (C, H, W) float32, target)``, the pair torchvision's detection
+        models take: the input not normalised (the model normalises with ``data.mean`` / ``data.std``); ``target``:
+        ``boxes`` (K, 4) x1 y1 x2 y2 in pixels, ``labels`` (K,) int64 in 1..categories, ``masks`` (K, H, W) uint8,
+        ``image_id``. ``augment``: None for the input as read, else ``{"recipe": "lsj", "size", "scale"}`` (large-
+        scale jitter onto a size x size canvas) or ``{"recipe": "flip"}``. The dataset has ``instances`` with
+        ``ground_truth()`` (the COCO dict scored against), ``category_ids``, ``class_names`` and ``report`` (what
+        reading dropped or kept aside, ``summary()``). A sample that cannot be read raises
+        :class:`~anymae.core.data.samples.BadSampleError` naming the file.
+
+        The default raises :class:`~anymae.core.data.samples.DataError`: the modality has no detection data.
+        """
+        raise DataError(f"modality {self.name!r} does not provide detection data (Modality.build_detection_dataset)")
+
+    def load_detection_inputs(self, paths: Sequence[str | Path], data: Any, tokenizer: Any) -> list[Tensor]:
+        """Files -> inputs (C, H, W) float32 at their own sizes, read as :meth:`build_detection_dataset` reads them
+        (for ``anymae predict``). The default raises :class:`~anymae.core.data.samples.DataError`."""
+        raise DataError(f"modality {self.name!r} does not provide detection data (Modality.load_detection_inputs)")

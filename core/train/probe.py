@@ -24,23 +24,27 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import torch
 import yaml
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from anymae.core.build.classifier import Classifier, build_classifier
-from anymae.core.build.composite_data import CompositeModality
-from anymae.core.config import COMPOSITE, ClassifyConfig, ConfigError, config_to_dict, from_dict
+from anymae.core.build.data_source import labelled_data
+from anymae.core.config import ClassifyConfig, ConfigError, config_to_dict, resolve_model_config
 from anymae.core.data.samples import DataError, dataset_traits
 from anymae.core.distributed.context import resolve_device
 from anymae.core.evaluate.classification import evaluate, format_stats
 from anymae.core.evaluate.knn import compute_features
 from anymae.core.evaluate.metrics import mean_average_precision, topk_correct
 from anymae.core.io.checkpoint import CLASSIFIER_FORMAT, write_checkpoint
+from anymae.core.model.composite import MultiModalMAE
+from anymae.core.model.mae import MaskedAutoencoder
 from anymae.core.train.results import ClassifyResult
 from anymae.core.train.run import MetricsWriter, new_run_dir, seed_everything
+from anymae.plugins.manager import Registry, resolve_registry
 
 __all__ = [
     "DEFAULT_L2_GRID",
@@ -60,10 +64,12 @@ SMALL_FIT = 2_000_000  # N x D of feature matrices fitted on one thread (see _on
 
 @dataclass(kw_only=True)
 class ProbeResult(ClassifyResult):
-    """What ``anymae linprobe`` reports: the SGD loop's result, plus the solver's L2 strength and training score."""
+    """What ``anymae linprobe`` reports: the SGD loop's result, plus the solver's L2 strength, training score and
+    the number of unreadable training files left out of the fit."""
 
     l2: float
     train_acc1: float
+    skipped: int = 0
 
 
 def check_probe_config(cfg: ClassifyConfig, *, resume: str | None = None) -> None:
@@ -191,55 +197,31 @@ def select_l2(
     return best["l2"], records
 
 
-def train_probe(cfg: ClassifyConfig, pretrained: Any, *, registry: Any = None, progress: bool = True) -> ProbeResult:
+def train_probe(
+    cfg: ClassifyConfig,
+    pretrained: MaskedAutoencoder | MultiModalMAE,
+    *,
+    registry: Registry | None = None,
+    progress: bool = True,
+) -> ProbeResult:
     """Fit the linear probe of ``cfg`` (``linprobe.solver: lbfgs``) on the frozen encoder of ``pretrained`` and
     write it as a classifier checkpoint in a new run folder (see the module docstring)."""
-    if registry is None:
-        from anymae.plugins import get_registry
-
-        registry = get_registry()
+    registry = resolve_registry(registry)
     check_probe_config(cfg)
     head, train = cfg.head, cfg.train
     seed_everything(train.seed)
-    model_raw = pretrained.config["model"]
-    if model_raw["modality"] == COMPOSITE:  # each part's data and tokenizer
-        modality, tok_cfg = CompositeModality.of(model_raw, head.parts, registry=registry), None
-    else:
-        modality = registry.modality(model_raw["modality"])
-        tok_raw = {**config_to_dict(model_raw.get("tokenizer") or {}), **head.tokenizer}
-        tok_cfg = from_dict(modality.tokenizer_config, tok_raw, "model.tokenizer")
-    crop = {"crop_pct": head.eval_crop_pct}
-    train_set = modality.build_labelled_dataset(cfg.data, tok_cfg, split="train", augment=None, **crop)
-    eval_set = modality.build_labelled_dataset(cfg.data, tok_cfg, split="heldout", augment=None, **crop)
+    labelled = labelled_data(
+        resolve_model_config(pretrained.config["model"], registry),
+        cfg.data,
+        registry=registry,
+        parts=head.parts,
+        tokenizer_overrides=head.tokenizer,
+    )
+    train_set = labelled.split("train", crop_pct=head.eval_crop_pct)
+    eval_set = labelled.split("heldout", crop_pct=head.eval_crop_pct)
     multi_label = dataset_traits(train_set).multi_label
-    num_classes = head.num_classes or len(train_set.classes)
-    if num_classes < len(train_set.classes):
-        raise DataError(
-            f"linprobe.num_classes={num_classes} but the training split has {len(train_set.classes)} classes: "
-            f"{train_set.classes[:10]}"
-        )
     device = resolve_device(train.device)
-    model: Classifier = (
-        build_classifier(
-            pretrained,
-            num_classes=num_classes,
-            global_pool=head.global_pool,
-            head_bn=True,
-            head_init_std=0.01,
-            tokenizer_overrides=head.tokenizer,
-            init_bands=head.init_bands,
-            parts=head.parts,
-            registry=registry,
-        )
-        .to(device)
-        .eval()
-    )
-    model.config.update(
-        classes=list(train_set.classes),
-        data=config_to_dict(cfg.data),
-        eval_crop_pct=head.eval_crop_pct,
-        view_reduce=head.view_reduce,
-    )
+    model = _probe_model(cfg, pretrained, train_set, registry=registry).to(device).eval()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
@@ -258,70 +240,128 @@ def train_probe(cfg: ClassifyConfig, pretrained: Any, *, registry: Any = None, p
         progress=progress,
         desc="linprobe features",
         multi_label=multi_label,
+        skip_unreadable=True,  # each named in a warning as it is met; the fit is on the readable files only
     )
-    x = x.double()
-    mean, var = x.mean(dim=0), x.var(dim=0, unbiased=False)
-    z = (x - mean) / (var + BN_EPS).sqrt()  # what head_bn computes in eval mode with these running statistics
-
+    skipped = len(train_set) - len(x)  # type: ignore[arg-type]
     run_dir = new_run_dir(cfg)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    metrics = MetricsWriter(run_dir, enabled=True)
+    metrics = MetricsWriter(run_dir, enabled=True, loggers=cfg.train.loggers, config=config_to_dict(cfg))
     try:
-        grid = head.l2 or DEFAULT_L2_GRID
-        max_iter = head.max_iter or DEFAULT_MAX_ITER
-        l2, records = select_l2(
-            z,
-            y,
-            num_classes=num_classes,
-            grid=grid,
-            multi_label=multi_label,
-            seed=train.seed,
-            val_fraction=head.l2_val_fraction or DEFAULT_VAL_FRACTION,
-            max_iter=max_iter,
-        )
-        for step, record in enumerate(records):
-            metrics.log(step=step, **record)
-        weight, bias, info = fit_logistic_regression(
-            z, y, num_classes=num_classes, l2=l2, multi_label=multi_label, max_iter=max_iter
-        )
-        train_score, train_loss = _score(z @ weight.T + bias, y, multi_label)
-        with torch.no_grad():
-            model.head_bn.running_mean.copy_(mean)
-            model.head_bn.running_var.copy_(var)
-            model.head.weight.copy_(weight)
-            model.head.bias.copy_(bias)
-        stats = evaluate(
-            model,
-            eval_set,
-            batch_size=train.batch_size,
-            device=device,
-            num_workers=train.num_workers,
-            autocast=autocast,
-            view_reduce=head.view_reduce,
-        )
-        metrics.log(
-            step=len(records),
-            l2=l2,
-            train_loss=train_loss,
-            train_score=train_score,
-            grad_max=info["grad_max"],
-            iterations=info["iterations"],
-            **{f"eval_{k}": v for k, v in stats.items()},
-        )
+        fit = _fit_probe(cfg, model, x.double(), y, multi_label=multi_label, metrics=metrics, skipped=skipped)
+        stats = evaluate(model, eval_set, batch_size=train.batch_size, device=device, num_workers=train.num_workers,
+                         autocast=autocast, view_reduce=head.view_reduce)  # fmt: skip
+        metrics.log(step=len(fit.records), **fit.summary(), **{f"eval_{k}": v for k, v in stats.items()})
     finally:
         metrics.close()
-    print(
-        f"l2 {l2:g} ({'picked on a split of the training set' if records else 'given'}); "
-        f"{info['iterations']} L-BFGS iterations, largest gradient {info['grad_max']:.1e}; "
-        f"training {'mAP' if multi_label else 'top-1'} {train_score:.2f}%; held-out {format_stats(stats)}"
+    print(f"{fit.line(multi_label)}; held-out {format_stats(stats)}{fit.skipped_note()}")
+    return _write_probe(cfg, model, fit, stats, run_dir=run_dir, metrics=metrics)
+
+
+def _probe_model(
+    cfg: ClassifyConfig, pretrained: MaskedAutoencoder | MultiModalMAE, train_set: Dataset, *, registry: Registry
+) -> Classifier:
+    """The classifier whose head the probe fits: ``pretrained``'s encoder, CLS or mean-pooled features, the
+    ``BatchNorm1d`` head norm of the official linear probe, and as many classes as the training split names."""
+    head = cfg.head
+    classes = list(train_set.classes)
+    num_classes = head.num_classes or len(classes)
+    if num_classes < len(classes):
+        raise DataError(
+            f"linprobe.num_classes={num_classes} but the training split has {len(classes)} classes: {classes[:10]}"
+        )
+    model = build_classifier(
+        pretrained,
+        num_classes=num_classes,
+        global_pool=head.global_pool,
+        head_bn=True,
+        head_init_std=0.01,
+        tokenizer_overrides=head.tokenizer,
+        init_bands=head.init_bands,
+        parts=head.parts,
+        registry=registry,
     )
+    model.config.update(classes=classes, data=config_to_dict(cfg.data), eval_crop_pct=head.eval_crop_pct,
+                        view_reduce=head.view_reduce)  # fmt: skip
+    return model
+
+
+@dataclass
+class _ProbeFit:
+    """The fitted head: the chosen ``l2``, the candidates' records, the solver's info and the training score."""
+
+    l2: float
+    records: list[dict[str, float]]
+    info: dict[str, float]
+    train_score: float
+    train_loss: float
+    skipped: int  # unreadable training files, left out
+
+    def summary(self) -> dict[str, float]:
+        return {"l2": self.l2, "train_loss": self.train_loss, "train_score": self.train_score,
+                "grad_max": self.info["grad_max"], "iterations": self.info["iterations"],
+                "skipped": self.skipped}  # fmt: skip
+
+    def skipped_note(self) -> str:
+        return f" ({self.skipped} unreadable training files skipped)" if self.skipped else ""
+
+    def line(self, multi_label: bool) -> str:
+        how = "picked on a split of the training set" if self.records else "given"
+        return (
+            f"l2 {self.l2:g} ({how}); {self.info['iterations']} L-BFGS iterations, largest gradient "
+            f"{self.info['grad_max']:.1e}; training {'mAP' if multi_label else 'top-1'} {self.train_score:.2f}%"
+        )
+
+
+def _fit_probe(
+    cfg: ClassifyConfig,
+    model: Classifier,
+    x: Tensor,
+    y: Tensor,
+    *,
+    multi_label: bool,
+    metrics: MetricsWriter,
+    skipped: int,
+) -> _ProbeFit:
+    """Standardise the features ``x (N, D)``, pick ``l2`` and fit the head on all of them; the statistics and
+    the fitted weights go into ``model``'s ``head_bn`` and ``head``."""
+    head, num_classes = cfg.head, model.head.out_features
+    mean, var = x.mean(dim=0), x.var(dim=0, unbiased=False)
+    z = (x - mean) / (var + BN_EPS).sqrt()  # what head_bn computes in eval mode with these running statistics
+    max_iter = head.max_iter or DEFAULT_MAX_ITER
+    l2, records = select_l2(z, y, num_classes=num_classes, grid=head.l2 or DEFAULT_L2_GRID, multi_label=multi_label,
+                            seed=cfg.train.seed, val_fraction=head.l2_val_fraction or DEFAULT_VAL_FRACTION,
+                            max_iter=max_iter)  # fmt: skip
+    for step, record in enumerate(records):
+        metrics.log(step=step, **record)
+    weight, bias, info = fit_logistic_regression(
+        z, y, num_classes=num_classes, l2=l2, multi_label=multi_label, max_iter=max_iter
+    )
+    train_score, train_loss = _score(z @ weight.T + bias, y, multi_label)
+    with torch.no_grad():
+        model.head_bn.running_mean.copy_(mean)
+        model.head_bn.running_var.copy_(var)
+        model.head.weight.copy_(weight)
+        model.head.bias.copy_(bias)
+    return _ProbeFit(l2, records, info, train_score, train_loss, skipped)
+
+
+def _write_probe(
+    cfg: ClassifyConfig,
+    model: Classifier,
+    fit: _ProbeFit,
+    stats: dict[str, float],
+    *,
+    run_dir: Path,
+    metrics: MetricsWriter,
+) -> ProbeResult:
+    """The fitted probe as a classifier checkpoint (``checkpoint-best.pt`` = ``checkpoint-last.pt``)."""
     payload = {
         "format": CLASSIFIER_FORMAT,
         "config": model.config,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "eval": dict(stats),
         "best": dict(stats),
-        "probe": {"solver": "lbfgs", "l2": l2, "candidates": records, **info},
+        "probe": {"solver": "lbfgs", "l2": fit.l2, "candidates": fit.records, "skipped": fit.skipped, **fit.info},
         "run_config": config_to_dict(cfg),
     }
     best = write_checkpoint(payload, run_dir / "checkpoint-best.pt")
@@ -334,8 +374,9 @@ def train_probe(cfg: ClassifyConfig, pretrained: Any, *, registry: Any = None, p
         stats["acc1"],
         stats["acc5"],
         metrics.path,
-        l2=l2,
-        train_acc1=train_score,
+        l2=fit.l2,
+        train_acc1=fit.train_score,
+        skipped=fit.skipped,
         best_map=stats.get("map"),
         last_map=stats.get("map"),
     )

@@ -14,7 +14,7 @@ import threading
 import time
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from anymae.core.io.checkpoint import CheckpointError
+from anymae.core.train.trackers import Tracker, open_trackers
 
 __all__ = [
     "PREEMPTED_EXIT_CODE",
@@ -36,7 +36,9 @@ __all__ = [
     "restore_rng",
     "resume_path",
     "rotate_checkpoints",
+    "run_base",
     "seed_everything",
+    "writable_dir",
 ]
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeueing job script checks for
@@ -73,13 +75,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def run_base(cfg: Any) -> Path:
+    """runs/<name>: ``train.output_dir`` / (``train.run_name`` or the config's ``name``)."""
+    return Path(cfg.train.output_dir) / (cfg.train.run_name or cfg.name)
+
+
 def new_run_dir(cfg: Any) -> Path:
     """runs/<name>, or runs/<name>-2, -3, ... when that one already holds a run: nothing is overwritten."""
-    base = Path(cfg.train.output_dir) / (cfg.train.run_name or cfg.name)
+    base = run_base(cfg)
     run_dir, n = base, 1
     while run_dir.exists() and any(run_dir.iterdir()):
         n += 1
         run_dir = base.with_name(f"{base.name}-{n}")
+    return writable_dir(run_dir)
+
+
+def writable_dir(run_dir: Path) -> Path:
+    """``run_dir``, created; an OSError naming ``train.output_dir`` when it cannot be written to."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -120,12 +132,14 @@ def restore_rng(rng: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
 
 
-def resume_path(resume: str, cfg: Any, *, pattern: str) -> Path:
+def resume_path(resume: str, cfg: Any, *, pattern: str) -> Path | None:
     """``resume`` itself, or for "auto" the newest complete checkpoint matching ``pattern`` in runs/<name> or its
-    -2, -3, ... siblings (``cfg`` has ``name`` and ``train.output_dir`` / ``train.run_name``)."""
+    -2, -3, ... siblings (``cfg`` has ``name`` and ``train.output_dir`` / ``train.run_name``); None when "auto"
+    finds none yet: the caller starts the run in :func:`run_base`, so one command serves the first start and
+    every restart (a requeued job, ``torchrun --max-restarts``), as Lightning's ``ckpt_path="last"`` does."""
     if resume != "auto":
         return Path(resume)
-    base = Path(cfg.train.output_dir) / (cfg.train.run_name or cfg.name)
+    base = run_base(cfg)
     runs = [
         base,
         *(d for d in base.parent.glob(f"{base.name}-*") if re.fullmatch(r"\d+", d.name[len(base.name) + 1 :])),
@@ -133,7 +147,7 @@ def resume_path(resume: str, cfg: Any, *, pattern: str) -> Path:
     # checkpoint-best.pt is a result, not a position: it may be older than the run's last step.
     found = [c for d in runs if d.is_dir() for c in list_checkpoints(d, pattern) if c.name != "checkpoint-best.pt"]
     if not found:
-        raise CheckpointError(f"--resume auto: no {pattern} in {base} (or {base.name}-N beside it)")
+        return None
     return max(found, key=lambda c: (c.stat().st_mtime_ns, c.name))
 
 
@@ -151,18 +165,28 @@ _NUMBERED = re.compile(r"checkpoint-(?:step)?\d+\.pt")
 
 
 class MetricsWriter:
-    """One row per record in ``metrics.jsonl`` and, for its numbers, TensorBoard scalars in the run folder
-    (``tensorboard --logdir runs``). Only the main process writes; elsewhere every call does nothing.
+    """One row per record in ``metrics.jsonl`` and, for its numbers, each tracker of ``train.loggers``
+    (:mod:`anymae.core.train.trackers`; TensorBoard by default: ``tensorboard --logdir runs``). Only the main
+    process writes; elsewhere every call does nothing.
 
     Tags: ``eval_*`` keys go to ``eval/*``, ``heldout_*`` and ``baseline_loss`` to ``heldout/*``, ``knn_*`` to
     ``knn/*``, the rest to ``train/*``; the x axis is the record's ``step`` (optimizer steps)."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool, resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        enabled: bool,
+        resume_step: int | None = None,
+        loggers: Sequence[str] = ("tensorboard",),
+        config: dict[str, Any] | None = None,
+    ) -> None:
         """``resume_step``: the run continues from a checkpoint taken at that step, so what was written after it
-        (before the run was stopped) is dropped: every step appears once, in the file and in TensorBoard."""
+        (before the run was stopped) is dropped: every step appears once, in the file and in every tracker.
+        ``config``: the resolved config, which each tracker records with the run."""
         self.path = run_dir / "metrics.jsonl"
         self.stream = None
-        self.board: Any = None
+        self.trackers: list[Tracker] = []
         if not enabled:
             return
         if resume_step is not None and self.path.is_file():
@@ -170,42 +194,42 @@ class MetricsWriter:
             kept = [line for line in rows if json.loads(line).get("step", 0) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         self.stream = self.path.open("a")
-        from torch.utils.tensorboard import SummaryWriter
-
-        purge = None if resume_step is None else resume_step + 1  # events from that step on are discarded
-        self.board = SummaryWriter(log_dir=str(run_dir), purge_step=purge)
+        self.trackers = open_trackers(
+            list(loggers), run_dir, name=run_dir.name, config=config or {}, resume_step=resume_step
+        )
 
     def log(self, **record: Any) -> None:
         if self.stream is None:
             return
         self.stream.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
         self.stream.flush()
-        if self.board is None:
-            return
         step = int(record.get("step", 0))
-        for key, value in record.items():
-            if key not in ("step", "epoch", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.board.add_scalar(_tag(key), value, step)
-        self.board.flush()
+        values = {
+            _tag(key): float(value)
+            for key, value in record.items()
+            if key not in ("step", "epoch", "time") and isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
+        for tracker in self.trackers:
+            tracker.scalars(values, step)
 
     def image(self, tag: str, path: Path, *, step: int) -> None:
-        """A figure file (PNG) as a TensorBoard image at ``step``."""
-        if self.board is None:
+        """A figure file (PNG) as an image of every tracker at ``step``."""
+        if not self.trackers:
             return
         from PIL import Image
 
         with Image.open(path) as picture:
             pixels = np.asarray(picture.convert("RGB"))  # (H, W, 3) uint8
-        self.board.add_image(tag, pixels, step, dataformats="HWC")
-        self.board.flush()
+        for tracker in self.trackers:
+            tracker.image(tag, pixels, step)
 
     def close(self) -> None:
         if self.stream is not None:
             self.stream.close()
             self.stream = None
-        if self.board is not None:
-            self.board.close()
-            self.board = None
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
 
 def _tag(key: str) -> str:

@@ -11,6 +11,7 @@ mAP for multi-label data) on the held-out split; ``checkpoint-best.pt`` (best to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +20,30 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from anymae.core.build.classifier import Classifier, build_classifier, param_groups_lars, param_groups_layer_decay
-from anymae.core.build.composite_data import CompositeModality
-from anymae.core.config import COMPOSITE, ClassifyConfig, config_to_dict, from_dict
+from anymae.core.build.data_source import labelled_data
+from anymae.core.config import ClassifyConfig, config_to_dict, resolve_model_config
 from anymae.core.data.samples import DataError, dataset_traits, input_size, to_device
 from anymae.core.distributed.context import DistContext, broadcast_object, run_then_teardown, setup
 from anymae.core.evaluate.classification import LabelledSafeDataset, evaluate, format_stats
 from anymae.core.io.checkpoint import CLASSIFIER_FORMAT, CheckpointError
+from anymae.core.model.composite import MultiModalMAE
+from anymae.core.model.mae import MaskedAutoencoder
 from anymae.core.train.recipe_guard import warn_recipe_mismatch
 from anymae.core.train.results import ClassifyResult
 from anymae.core.train.run import seed_everything
 from anymae.core.train.trainer import Check, Task, Trainer
+from anymae.plugins.manager import Registry, resolve_registry
 
 __all__ = ["CLASSIFIER_FORMAT", "ClassifyResult", "ClassifyTask", "FrameMixup", "MultiLabelMixup", "train_classifier"]
 
 
 def train_classifier(
-    cfg: ClassifyConfig, pretrained: Any, *, registry: Any = None, progress: bool = True, resume: str | None = None
+    cfg: ClassifyConfig,
+    pretrained: MaskedAutoencoder | MultiModalMAE,
+    *,
+    registry: Registry | None = None,
+    progress: bool = True,
+    resume: str | None = None,
 ) -> ClassifyResult:
     """Fine-tune or linearly probe (``cfg.mode``) the pre-trained MAE ``pretrained`` on ``cfg.data`` (a linear
     probe with ``linprobe.solver: lbfgs`` is solved by :func:`anymae.core.train.probe.train_probe` instead).
@@ -42,10 +51,7 @@ def train_classifier(
     ``resume``: a checkpoint of this run, or "auto" for the newest one of runs/<name> (and its -N siblings); the
     run continues in that folder where the checkpoint left off, with the model, optimizer, GradScaler, best
     result and RNG states it saved."""
-    if registry is None:
-        from anymae.plugins import get_registry
-
-        registry = get_registry()
+    registry = resolve_registry(registry)
     if cfg.linprobe is not None and cfg.linprobe.solver == "lbfgs":  # features once, a fit to convergence
         from anymae.core.train.probe import check_probe_config, train_probe
 
@@ -65,7 +71,7 @@ class FrameMixup:
     so a CutMix box covers the same pixels in every frame. (VideoMAE passes 5-D clips to timm's Mixup
     directly, whose ``x[:, :, y0:y1, x0:x1]`` then cuts along time and height: not a box.)"""
 
-    def __init__(self, mixup: Any) -> None:
+    def __init__(self, mixup: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> None:
         self.mixup = mixup
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -95,7 +101,13 @@ class ClassifyTask(Task):
     final_numbered = False  # checkpoint-last.pt is the final state
 
     def __init__(
-        self, cfg: ClassifyConfig, pretrained: Any, *, registry: Any, ctx: DistContext, device: torch.device
+        self,
+        cfg: ClassifyConfig,
+        pretrained: MaskedAutoencoder | MultiModalMAE,
+        *,
+        registry: Registry,
+        ctx: DistContext,
+        device: torch.device,
     ) -> None:
         self.cfg, self.ctx, self.device = cfg, ctx, device
         self.command = cfg.mode
@@ -123,27 +135,20 @@ class ClassifyTask(Task):
         self.stats: dict[str, float] = dict(self.best)  # the last evaluation
 
     # --- building ----------------------------------------------------------------------------------------
-    def _datasets(self, pretrained: Any, registry: Any) -> tuple[Dataset, Dataset]:
+    def _datasets(self, pretrained: MaskedAutoencoder | MultiModalMAE, registry: Registry) -> tuple[Dataset, Dataset]:
         cfg, head = self.cfg, self.cfg.head
-        model_raw = pretrained.config["model"]
-        if model_raw["modality"] == COMPOSITE:  # each part's data, tokenizer and augmentation
-            modality, tok_cfg = CompositeModality.of(model_raw, head.parts, registry=registry), None
-        else:
-            modality = registry.modality(model_raw["modality"])
-            tok_raw = {**config_to_dict(model_raw.get("tokenizer") or {}), **head.tokenizer}
-            tok_cfg = from_dict(modality.tokenizer_config, tok_raw, "model.tokenizer")
+        model_cfg = resolve_model_config(pretrained.config["model"], registry)
+        labelled = labelled_data(
+            model_cfg, cfg.data, registry=registry, parts=head.parts, tokenizer_overrides=head.tokenizer
+        )
         if self.finetune:
             augment = {"recipe": "finetune", "auto_augment": head.auto_augment, "reprob": head.reprob,
                        "remode": head.remode, "recount": head.recount}  # fmt: skip
         else:
             augment = {"recipe": "linprobe"}
-        train_set = modality.build_labelled_dataset(cfg.data, tok_cfg, split="train", augment=augment)
-        eval_set = modality.build_labelled_dataset(
-            cfg.data, tok_cfg, split="heldout", augment=None, crop_pct=head.eval_crop_pct
-        )
-        return train_set, eval_set
+        return labelled.split("train", augment=augment), labelled.split("heldout", crop_pct=head.eval_crop_pct)
 
-    def _build_model(self, pretrained: Any, registry: Any) -> Classifier:
+    def _build_model(self, pretrained: MaskedAutoencoder | MultiModalMAE, registry: Registry) -> Classifier:
         cfg, head, finetune = self.cfg, self.cfg.head, self.finetune
         model = build_classifier(
             pretrained,
@@ -180,7 +185,7 @@ class ClassifyTask(Task):
             )
         return list(weights())
 
-    def _mixup(self) -> Any:
+    def _mixup(self) -> FrameMixup | MultiLabelMixup | None:
         head = self.cfg.head
         if not self.finetune or (head.mixup <= 0 and head.cutmix <= 0):
             return None

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from anymae.core.build.composite_data import CompositeModality
+from anymae.core.build.data_source import labelled_data, modality_for
 from anymae.core.build.models import build_model
 from anymae.core.config import COMPOSITE, Config, ConfigError, config_to_dict
 from anymae.core.data.samples import DataError, SafeDataset, dataset_traits, input_size, to_device
@@ -27,11 +27,13 @@ from anymae.core.model.figures import render_figure
 from anymae.core.model.loss import masked_mse, patch_mean_baseline
 from anymae.core.model.mae import MaskedAutoencoder
 from anymae.core.model.masking import sample_mask
+from anymae.core.model.modality import Modality
 from anymae.core.train.optim import param_groups_weight_decay, step_in_backward
-from anymae.core.train.run import seed_everything
+from anymae.core.train.run import resume_path, seed_everything
 from anymae.core.train.trainer import Check, Task, Trainer
 from anymae.core.weights.init_from import init_model_from
 from anymae.core.weights.loading import CHECKPOINT_FORMAT
+from anymae.plugins.manager import Registry, resolve_registry
 
 __all__ = ["PretrainResult", "PretrainTask", "evaluate_heldout", "pretrain"]
 
@@ -47,15 +49,14 @@ class PretrainResult:
     metrics: Path
 
 
-def pretrain(cfg: Config, *, resume: str | None = None, registry: Any = None, progress: bool = True) -> PretrainResult:
+def pretrain(
+    cfg: Config, *, resume: str | None = None, registry: Registry | None = None, progress: bool = True
+) -> PretrainResult:
     """Pre-train ``cfg`` on its modality's data; ``resume`` is a checkpoint path or ``"auto"`` (newest in the run).
 
     Under ``torchrun`` every process calls this; rank 0 writes the run folder, checkpoints and metrics.
     """
-    if registry is None:
-        from anymae.plugins import get_registry
-
-        registry = get_registry()
+    registry = resolve_registry(registry)
     ctx, device = setup(cfg.train.device)
 
     def work() -> PretrainResult:
@@ -71,18 +72,20 @@ class PretrainTask(Task):
     has_decoder = True
 
     def __init__(
-        self, cfg: Config, *, registry: Any, ctx: DistContext, device: torch.device, resume: str | None = None
+        self,
+        cfg: Config,
+        *,
+        registry: Registry,
+        ctx: DistContext,
+        device: torch.device,
+        resume: str | None = None,
     ) -> None:
         self.cfg, self.registry, self.ctx, self.device = cfg, registry, ctx, device
         self.fsdp = _use_fsdp(cfg, ctx)
         _check_step_in_backward(cfg, ctx)
         self.step_in_backward = cfg.optim.step_in_backward
         self.composite = cfg.model.modality == COMPOSITE
-        self.modality = (
-            CompositeModality(cfg.model.parts, registry=registry)
-            if self.composite
-            else registry.modality(cfg.model.modality)
-        )
+        self.modality = modality_for(cfg.model, registry=registry)
         # Everything that can fail on the user's inputs fails here, before a model is built.
         self.train_set = self.modality.build_dataset(cfg.data, cfg.model.tokenizer, split="train")
         self.heldout_set = self.modality.build_dataset(cfg.data, cfg.model.tokenizer, split="heldout")
@@ -91,9 +94,11 @@ class PretrainTask(Task):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.model: MaskedAutoencoder | MultiModalMAE = build_model(cfg.model, registry=registry).to(device)
-        # model.init_from: a checkpoint's weights, adapted; a resumed run restores its own instead.
-        self.init_report = None if resume else init_model_from(self.model, cfg.model, registry=registry,
-                                                               log=ctx.is_main)  # fmt: skip
+        # model.init_from: a checkpoint's weights, adapted; a resumed run restores its own instead ("auto" with
+        # nothing to resume yet is a first start).
+        resumes = bool(resume) and resume_path(resume, cfg, pattern="checkpoint-*.pt") is not None
+        self.init_report = None if resumes else init_model_from(self.model, cfg.model, registry=registry,
+                                                                log=ctx.is_main)  # fmt: skip
         self.masker = self.model.sample_masker()  # a composite's draws each part's mask and its modality dropout
         # Items may stack S views of one file (VideoMAE's repeated sampling): S masks, flattened per step.
         self.views_per_item = dataset_traits(self.train_set).samples_per_item
@@ -110,10 +115,8 @@ class PretrainTask(Task):
         if self.heldout_set is None or not self.cfg.train.knn:
             return None
         try:
-            sets = tuple(
-                self.modality.build_labelled_dataset(self.cfg.data, self.cfg.model.tokenizer, split=split, augment=None)
-                for split in ("train", "heldout")
-            )
+            labelled = labelled_data(self.cfg.model, self.cfg.data, registry=self.registry)
+            sets = tuple(labelled.split(split) for split in ("train", "heldout"))
         except DataError:  # unlabelled data: the checks report the held-out loss only
             return None
         if dataset_traits(sets[0]).multi_label:  # k-NN's class vote needs one label per item
@@ -227,7 +230,7 @@ class PretrainTask(Task):
 @torch.no_grad()
 def evaluate_heldout(
     model: MaskedAutoencoder,
-    modality: Any,
+    modality: Modality,
     cfg: Config,
     dataset: Dataset,
     *,

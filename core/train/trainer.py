@@ -58,6 +58,8 @@ from anymae.core.train.run import (
     restore_rng,
     resume_path,
     rotate_checkpoints,
+    run_base,
+    writable_dir,
 )
 from anymae.core.weights.loading import check_state_dict, load_state_dict_checked
 
@@ -85,6 +87,7 @@ class Check:
     line: str  # one line for the console
     best: bool = False  # the best result so far: the trainer writes checkpoint-best.pt
     figure: Path | None = None  # a figure file, shown in TensorBoard as an image
+    figure_tag: str = "heldout/reconstruction"  # the TensorBoard tag of that image
 
 
 class Task(ABC):
@@ -217,11 +220,15 @@ class Trainer:
     def run(self, resume: str | None = None) -> Any:
         """Train from scratch, or from ``resume`` (a checkpoint path, or "auto": the newest of the run)."""
         checkpoint = resume_path(resume, self.cfg, pattern="checkpoint-*.pt") if resume else None
-        self.run_dir = self._open_run_dir(checkpoint)
+        first_start = resume == "auto" and checkpoint is None
+        self.run_dir = self._open_run_dir(checkpoint, first_start=first_start)
         if checkpoint is not None:
             self._restore(checkpoint)
-        resume_step = self.state.step if checkpoint is not None else None
-        self.metrics = MetricsWriter(self.run_dir, enabled=self.ctx.is_main, resume_step=resume_step)
+        # A first start under "auto" may follow a start killed before its first checkpoint: its rows are dropped
+        # as a resume from step 0 drops them.
+        resume_step = self.state.step if checkpoint is not None or first_start else None
+        self.metrics = MetricsWriter(self.run_dir, enabled=self.ctx.is_main, resume_step=resume_step,
+                                     loggers=self.train.loggers, config=config_to_dict(self.cfg))  # fmt: skip
         try:
             with on_sigterm(self.preempt):
                 for epoch in range(self.state.epoch, self.train.epochs):
@@ -406,7 +413,7 @@ class Trainer:
         if check.record:
             self.metrics.log(step=self.state.step, epoch=epoch + 1, **check.record)
         if check.figure is not None:
-            self.metrics.image("heldout/reconstruction", check.figure, step=self.state.step)
+            self.metrics.image(check.figure_tag, check.figure, step=self.state.step)
         print(f"epoch {epoch + 1}: {check.line}", flush=True)
         if check.best:
             self.save("checkpoint-best.pt", collective=False)
@@ -476,10 +483,21 @@ class Trainer:
             print(f"resuming {self.task.command} from {path} (step {self.state.step}): {where} of "
                   f"{self.train.epochs} epochs", flush=True)  # fmt: skip
 
-    def _open_run_dir(self, checkpoint: Path | None) -> Path:
-        """The resumed run's folder, or a new runs/<name>[-N]; the resolved config is saved as plain data."""
+    def _open_run_dir(self, checkpoint: Path | None, *, first_start: bool = False) -> Path:
+        """The resumed run's folder; for ``--resume auto`` with no checkpoint yet (``first_start``) runs/<name>,
+        the folder the next ``--resume auto`` looks in; else a new runs/<name>[-N]. The resolved config is saved
+        as plain data."""
         ctx = self.ctx
-        run_dir = checkpoint.parent if checkpoint else (new_run_dir(self.cfg) if ctx.is_main else None)
+        if checkpoint is not None:
+            run_dir: Path | None = checkpoint.parent
+        elif not ctx.is_main:
+            run_dir = None
+        elif first_start:
+            run_dir = writable_dir(run_base(self.cfg))
+            print(f"--resume auto: no checkpoint in {run_dir} yet; starting a new {self.task.command} run there",
+                  flush=True)  # fmt: skip
+        else:
+            run_dir = new_run_dir(self.cfg)
         run_dir = Path(broadcast_object(str(run_dir), ctx))
         if ctx.is_main:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))

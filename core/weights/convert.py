@@ -31,22 +31,25 @@ from anymae.core.io.checkpoint import (
     CheckpointError,
     export_safetensors,
     read_checkpoint,
+    read_payload,
     read_safetensors,
     write_checkpoint,
 )
+from anymae.core.io.hub import resolve_source
 from anymae.core.weights.formats import Export, ordered_formats
 from anymae.core.weights.loading import CHECKPOINT_FORMAT, CLASSIFIER_FORMAT, load_any
 from anymae.plugins.manager import Registry, resolve_registry
 
-__all__ = ["ConvertResult", "convert", "targets", "verify_reload"]
+__all__ = ["ConvertResult", "convert", "export_hugging_face", "export_weights", "targets", "verify_reload"]
 
 ANYMAE_TARGET = "anymae"
+HUGGING_FACE_TARGET = "hf"  # a transformers folder: anymae export --hf DIR
 
 
 def targets(registry: Registry | None = None) -> tuple[str, ...]:
     """The layouts ``convert`` writes: ``anymae`` and every registered format's ``export_targets``."""
     found = [t for _, _, fmt in ordered_formats(resolve_registry(registry)) for t in fmt.export_targets]
-    return (ANYMAE_TARGET, *dict.fromkeys(found))
+    return (ANYMAE_TARGET, *(t for t in dict.fromkeys(found) if t != HUGGING_FACE_TARGET))
 
 
 @dataclass
@@ -105,6 +108,62 @@ def convert(
                 f"{dest} was written but failed its check, so it was removed ({exc}); --no-verify keeps it unchecked"
             ) from None
     return result
+
+
+def export_hugging_face(
+    source: str | Path, dest: str | Path, *, registry: Registry | None = None
+) -> tuple[Path, float | None]:
+    """``anymae export CKPT --hf DIR``: the model as a folder ``transformers`` loads with ``from_pretrained(DIR)``
+    (config, safetensors, a model card with the run's config and its last held-out figures), written by the
+    format that registers the ``hf`` target for the model's modality, then loaded back by ``transformers`` and run
+    beside the anymae model -> (the folder, the max abs difference of their predictions)."""
+    registry = resolve_registry(registry)
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise CheckpointError(f"--hf {dest}: the folder exists and is not empty")
+    model = load_any(source, registry=registry).eval()
+    export = _export(model, to=HUGGING_FACE_TARGET, dest=dest, registry=registry)
+    (dest / "README.md").write_text(_model_card(model, source))
+    return dest, export.verify(dest) if export.verify is not None else None
+
+
+def _model_card(model: nn.Module, source: str | Path) -> str:
+    """A short model card: what the weights are, how to load them, the run's training config (from an anymae
+    checkpoint) and its last held-out figures (from the run folder's ``metrics.jsonl``)."""
+    path = resolve_source(source)
+    payload = read_payload(path) if path.is_file() else None
+    stored = payload if isinstance(payload, dict) else {}
+    config = stored.get("run_config") or stored.get("config") or model.config
+    measured = _last_heldout_record(path.parent / "metrics.jsonl") if path.is_file() else {}
+    lines = [
+        "---", "library_name: transformers", "tags: [anymae, mae, masked-autoencoder]", "---", "",
+        f"# {config.get('name') or path.stem}", "",
+        f"A masked autoencoder trained with anymae, exported from `{path.name}`. Load it with",
+        "`transformers.ViTMAEForPreTraining.from_pretrained(PATH)`.", "", "## Measured", "",
+        *([f"- {k}: {v}" for k, v in measured.items()] or ["- no held-out figures were found beside the checkpoint"]),
+        "", "## Training config", "", "```json", json.dumps(config, indent=2, default=str), "```", "",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _last_heldout_record(metrics: Path) -> dict[str, Any]:
+    """The held-out / evaluation figures of the last check a run wrote (empty without a metrics file)."""
+    if not metrics.is_file():
+        return {}
+    found: dict[str, Any] = {}
+    for line in metrics.read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        checked = {k: v for k, v in record.items() if k.startswith(("heldout_", "eval_", "knn_", "baseline_"))}
+        if checked:
+            found = {"step": record.get("step"), "epoch": record.get("epoch"), **checked}
+    return found
+
+
+def export_weights(source: str | Path, output: str | Path) -> tuple[Path, int]:
+    """``anymae export``: the model weights of anything :func:`load_any` reads as a safetensors file (no pickle, no
+    code; the model config in its metadata) -> (the path written, the number of values)."""
+    model = load_any(source)
+    return export_safetensors(model, output), sum(t.numel() for t in model.state_dict().values())
 
 
 def _write(model: nn.Module, dest: Path, *, to: str, file_format: str, registry: Registry) -> ConvertResult:

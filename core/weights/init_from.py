@@ -12,7 +12,6 @@ it; for other formats the config's value is used and the difference is noted.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from torch import nn
 from anymae.core.build.adapt import InitReport, transfer_weights
 from anymae.core.config import ConfigError, ModelConfig, config_to_dict
 from anymae.core.io.checkpoint import CheckpointError
+from anymae.core.io.hub import resolve_source
 from anymae.core.weights.loading import CHECKPOINT_FORMAT, model_from_payload, read_payload
 from anymae.plugins.manager import Registry
 
@@ -46,7 +46,7 @@ def init_model_from(
     that no adaptation covers, before any weight is written."""
     if cfg.init_from is None:
         return None
-    path = Path(cfg.init_from).expanduser()
+    path = resolve_source(cfg.init_from).expanduser()  # a hub name: its snapshot in the Hugging Face cache
     if not path.exists():
         raise ConfigError(f"model.init_from={cfg.init_from!r}: no such file or folder")
     payload = None if path.is_dir() else read_payload(path)

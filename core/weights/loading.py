@@ -21,6 +21,7 @@ from anymae.core.io.checkpoint import (
     load_state_dict_checked,
     read_payload,
 )
+from anymae.core.io.hub import resolve_source
 from anymae.core.model.mae import MaskedAutoencoder
 from anymae.core.weights.formats import (
     CheckpointFormat,
@@ -52,8 +53,9 @@ def load_model(
     strict: bool = True,
     registry: Registry | None = None,
 ) -> MaskedAutoencoder:
-    """Load an MAE from an anymae checkpoint (``.pt``, or ``.safetensors`` from ``anymae export``) or any
-    registered checkpoint format: an official MAE ``.pth`` or timm ViT state dict (``.pth`` or
+    """Load an MAE from an anymae checkpoint (``.pt``, or ``.safetensors`` from ``anymae export``), a hub name
+    (``hf-hub:ORG/NAME[@REVISION]``, :mod:`anymae.core.io.hub`) or any registered checkpoint format: an
+    official MAE ``.pth`` or timm ViT state dict (``.pth`` or
     ``.safetensors``), a Hugging Face ViTMAE folder, VideoMAE and AudioMAE files, a third-party plugin's format.
 
     The architecture is read from the checkpoint's config, or inferred from the tensors (official files:
@@ -63,7 +65,7 @@ def load_model(
     keys raise :class:`CheckpointError` listing them unless ``strict=False``, which loads what matches and
     warns.
     """
-    path = Path(source)
+    path = resolve_source(source)
     payload = None if path.is_dir() else read_payload(path)
     return model_from_payload(
         path, payload, norm_pix_loss=norm_pix_loss, num_heads=num_heads, strict=strict, registry=registry
@@ -81,7 +83,7 @@ def load_classifier_file(
     fine-tuning trains ``pos_embed``) is kept as a parameter ``encoder.pos_embed``; one equal to the fixed
     sin-cos table is dropped, as anymae recomputes it.
     """
-    path = Path(source)
+    path = resolve_source(source)
     payload = read_payload(path)
     model = _classifier_from_payload(path, payload, num_heads=num_heads, registry=resolve_registry(registry))
     if model is None:
@@ -98,7 +100,7 @@ def load_any(
 ) -> nn.Module:
     """A pre-trained MAE (:func:`load_model`) or a classifier (:func:`load_classifier_file`), whichever the
     source holds; the file is read once. Used by ``anymae convert`` and ``anymae export``."""
-    path = Path(source)
+    path = resolve_source(source)
     registry = resolve_registry(registry)
     payload = None if path.is_dir() else read_payload(path)
     if payload is not None:

@@ -64,13 +64,13 @@ def finetune_transform(
     return _posterize_zero_bits_as_black(transform)
 
 
-def _posterize_zero_bits_as_black(transform: Any) -> Any:
+def _posterize_zero_bits_as_black(transform: transforms.Compose) -> transforms.Compose:
     """timm's ``PosterizeIncreasing`` keeps 0 bits at magnitude 10 (reached by m9 + mstd noise); Pillow >= 10
     refuses 0 bits (``ValueError: bits must be between or equal to 1 and 8``) where older Pillow, which the
     reference ran on, returned a black image. Without this, ~0.15% of samples would fail to load."""
     from timm.data.auto_augment import RandAugment
 
-    for step in getattr(transform, "transforms", []):
+    for step in transform.transforms:
         if isinstance(step, RandAugment):
             for op in step.ops:
                 if op.name.startswith("Posterize"):

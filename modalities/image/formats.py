@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from anymae.core.build.classifier import Classifier
@@ -39,8 +40,11 @@ from .interop import (
     from_hugging_face,
     from_official_classifier,
     from_official_mae,
+    hugging_face_config,
+    hugging_face_keys,
     is_official_classifier,
     is_official_mae,
+    to_hugging_face,
     to_official_names,
 )
 
@@ -102,9 +106,27 @@ class OfficialMAEFormat(CheckpointFormat):
 
 class HuggingFaceViTMAEFormat(CheckpointFormat):
     """Hugging Face ``ViTMAEForPreTraining`` / ``ViTMAEModel`` folders. A fallback: every folder that no other
-    format claims comes here, so its errors say what a ViTMAE folder needs."""
+    format claims comes here, so its errors say what a ViTMAE folder needs. Writes such a folder for
+    ``anymae export --hf DIR`` (an image MAE with its decoder; transformers builds and saves it)."""
 
     fallback: ClassVar[bool] = True
+    export_targets: ClassVar[tuple[str, ...]] = ("hf",)
+
+    def export(self, model: nn.Module, *, target: str, dest: Path, registry: Registry) -> Export | None:
+        """``dest`` becomes a ``ViTMAEForPreTraining`` folder (``config.json`` + ``model.safetensors``) that
+        ``transformers`` loads with ``from_pretrained``; None for models that are not image MAEs."""
+        if not isinstance(model, MaskedAutoencoder) or model.config.get("model", {}).get("modality") != "image":
+            return None
+        try:
+            import transformers
+        except ImportError:
+            raise CheckpointError("--hf writes a transformers folder: pip install transformers") from None
+        config = hugging_face_config(model)
+        state = to_hugging_face(model, hugging_face_keys(config))
+        dest.mkdir(parents=True, exist_ok=True)
+        transformers.ViTMAEConfig(**config).save_pretrained(dest)  # config.json
+        save_file(state, str(dest / "model.safetensors"), metadata={"format": "pt"})
+        return Export(state, [], wrap=False, sidecar=config, verify=partial(_verify_hugging_face, model))
 
     def detect(self, path: Path, payload: Any) -> bool:
         return payload is None and path.is_dir()
@@ -163,7 +185,7 @@ def official_state(model: nn.Module) -> tuple[dict[str, Tensor], list[str]]:
             "(the official layout is an image ViT: patch_embed, cls_token, blocks, norm, the global decoder)"
         )
     renamed["pos_embed"] = pos_embed
-    decoder = getattr(model, "decoder", None)
+    decoder = model.decoder if isinstance(model, MaskedAutoencoder) else None  # a classifier has none
     if decoder is not None:
         table = decoder.get_buffer("pos_embed").detach().clone()  # (1, [1 +] L, D_dec)
         if table.shape[1] == pos_embed.shape[1] - 1:  # a decoder that keeps no CLS slot (e.g. AudioMAE's local one)
@@ -178,7 +200,7 @@ def _official_notes(model: nn.Module) -> list[str]:
     dim, heads = model.encoder.embed_dim, model.encoder.blocks[0].attn.num_heads
     if OFFICIAL_HEADS.get(dim) != heads:
         notes.append(f"the official layout does not record heads: read it back with --num-heads {heads}")
-    decoder = getattr(model, "decoder", None)
+    decoder = model.decoder if isinstance(model, MaskedAutoencoder) else None  # a classifier has none
     if decoder is not None and decoder.blocks and decoder.blocks[0].attn.num_heads != OFFICIAL_DECODER_HEADS:
         notes.append(
             f"the decoder has {decoder.blocks[0].attn.num_heads} heads; readers of the official layout "
@@ -311,9 +333,18 @@ def verify_timm(model: nn.Module, state: dict[str, Tensor], spec: dict[str, Any]
 
 
 # --- shared -------------------------------------------------------------------------------------------------
+@runtime_checkable
+class ProjectedPatches(Protocol):
+    """A tokenizer whose patch embedding is one module ``proj`` (the image ViT's Conv2d, AudioMAE's): the
+    official MAE and timm layouts hold it when it is a Conv2d with kernel = stride."""
+
+    proj: nn.Module
+
+
 def _patch_conv(model: nn.Module, layout: str) -> nn.Conv2d:
     """The tokenizer's ``proj``, which must be the image ViT's patch embedding: one Conv2d, kernel = stride."""
-    proj = getattr(model.tokenizer, "proj", None)
+    tokenizer = model.tokenizer
+    proj = tokenizer.proj if isinstance(tokenizer, ProjectedPatches) else None
     if not isinstance(proj, nn.Conv2d) or proj.kernel_size != proj.stride or proj.padding != (0, 0):
         modality = model.config.get("model", {}).get("modality", "?")
         raise CheckpointError(
@@ -334,3 +365,25 @@ def _verify_timm_file(model: nn.Module, path: Path, *, spec: dict[str, Any]) -> 
     """A written timm file, loaded strictly into timm's model: the max abs difference of its outputs."""
     state = read_safetensors(path)[0] if path.suffix == ".safetensors" else read_checkpoint(path)
     return verify_timm(model, state, spec)
+
+
+def _verify_hugging_face(model: MaskedAutoencoder, folder: Path) -> float:
+    """The written folder loaded by ``transformers`` and run with anymae's model on the same images and noise:
+    the max abs difference of the predictions (the masks must be equal)."""
+    import transformers
+
+    hf, info = transformers.ViTMAEForPreTraining.from_pretrained(folder, output_loading_info=True)
+    hf.eval()
+    wrong = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if wrong:
+        raise CheckpointError(f"{folder}: transformers does not load every tensor: {wrong}")
+    size, chans = hf.config.image_size, hf.config.num_channels
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, chans, size, size, generator=generator)
+    noise = torch.rand(2, (size // hf.config.patch_size) ** 2, generator=generator)
+    with torch.no_grad():
+        out = hf(pixel_values=x, noise=noise)
+        _, pred, mask = model.eval()(x, noise=noise)
+    if not torch.equal(mask, out.mask):
+        raise CheckpointError(f"{folder}: transformers draws other masks from the same noise")
+    return (pred - out.logits).abs().max().item()

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from anymae.core.io.checkpoint import CheckpointError
+from anymae.core.model.mae import MaskedAutoencoder
 from anymae.core.weights.formats import (
     MAE_VIT_NAMES,
     MAE_VIT_PREFIXES,
@@ -32,9 +34,12 @@ __all__ = [
     "from_hugging_face",
     "from_official_classifier",
     "from_official_mae",
+    "hugging_face_config",
+    "hugging_face_keys",
     "is_official_classifier",
     "is_official_mae",
     "split_official_state",
+    "to_hugging_face",
     "to_official_names",
 ]
 
@@ -244,3 +249,103 @@ _HF_PREFIXES = (
     ("decoder.decoder_norm.", "decoder.norm."),
     ("decoder.decoder_pred.", "decoder.pred."),
 )
+
+
+def _anymae_key_of_hugging_face(key: str) -> tuple[str, int | None]:
+    """A ``ViTMAEForPreTraining`` key -> (the anymae key it is read from, the third of the fused qkv tensor for
+    query / key / value, else None): :func:`from_hugging_face`'s renaming, key by key, so that export is its inverse."""
+    key = key.removeprefix("vit.")
+    if key in ("embeddings.position_embeddings", "decoder.decoder_pos_embed"):
+        return ("encoder.pos_embed" if key.startswith("embeddings") else "decoder.pos_embed"), None
+    m = re.match(
+        r"(encoder\.layer|decoder\.decoder_layers|decoder\.decoder_encoder\.layer)\.(\d+)\.(.+)\.(weight|bias)$", key
+    )
+    if not m:
+        return rename_keys(key, _HF_PREFIXES, _HF_NAMES), None
+    where, i, name, kind = m.groups()
+    prefix = f"{'encoder' if where == 'encoder.layer' else 'decoder'}.blocks.{i}"
+    qkv = re.fullmatch(r"attention\.attention\.(query|key|value)", name)
+    if qkv:
+        return f"{prefix}.attn.qkv.{kind}", ("query", "key", "value").index(qkv.group(1))
+    return f"{prefix}.{_HF_BLOCK.get(name, name)}.{kind}", None
+
+
+def hugging_face_config(model: MaskedAutoencoder) -> dict[str, Any]:
+    """The ``ViTMAEConfig`` fields of an anymae image MAE (refused, naming the field, when ViTMAE cannot hold it)."""
+    cfg = model.config["model"]
+    tok = cfg.get("tokenizer", {})
+    wrong = {
+        "model.modality": (cfg.get("modality"), "image"),
+        "model.cls_token": (cfg.get("cls_token", True), True),
+        "model.decoder": (cfg.get("decoder", "global"), "global"),
+        "model.qkv_bias": (cfg.get("qkv_bias", True), True),
+    }
+    bad = [f"{key}={have!r} (ViTMAE: {want!r})" for key, (have, want) in wrong.items() if have != want]
+    size = tok.get("img_size", 224)
+    if not isinstance(size, int) and len(set(size)) != 1:
+        bad.append(f"model.tokenizer.img_size={size} (ViTMAE: square images)")
+    if model.decoder is None:
+        bad.append("no decoder (ViTMAEForPreTraining holds one; export an MAE with its decoder)")
+    if bad:
+        raise CheckpointError("cannot write a Hugging Face ViTMAE folder: " + "; ".join(bad))
+    dim, dec = cfg["embed_dim"], cfg["decoder_embed_dim"]
+    return {
+        "model_type": "vit_mae",
+        "architectures": ["ViTMAEForPreTraining"],
+        "image_size": size if isinstance(size, int) else size[0],
+        "patch_size": tok.get("patch_size", 16),
+        "num_channels": tok.get("in_chans", 3),
+        "hidden_size": dim,
+        "num_hidden_layers": cfg["depth"],
+        "num_attention_heads": cfg["num_heads"],
+        "intermediate_size": round(dim * cfg.get("mlp_ratio", 4.0)),
+        "decoder_hidden_size": dec,
+        "decoder_num_hidden_layers": cfg["decoder_depth"],
+        "decoder_num_attention_heads": cfg["decoder_num_heads"],
+        "decoder_intermediate_size": round(dec * cfg.get("decoder_mlp_ratio", 4.0)),
+        "layer_norm_eps": model.encoder.blocks[0].norm1.eps,
+        "hidden_act": "gelu",
+        "qkv_bias": True,
+        "mask_ratio": cfg.get("mask_ratio", 0.75),
+        "norm_pix_loss": cfg.get("norm_pix_loss", False),
+    }
+
+
+def hugging_face_keys(config: dict[str, Any]) -> list[str]:
+    """The state-dict keys of a ``ViTMAEForPreTraining`` folder as the hub's facebook/vit-mae-* hold them (and as
+    transformers 4 and 5 read them)."""
+    block = [
+        f"{name}.{kind}"
+        for name in (
+            "attention.attention.query", "attention.attention.key", "attention.attention.value",
+            "attention.output.dense", "intermediate.dense", "output.dense", "layernorm_before", "layernorm_after",
+        )
+        for kind in ("weight", "bias")
+    ]  # fmt: skip
+    keys = ["vit.embeddings.cls_token", "vit.embeddings.position_embeddings"]
+    keys += [f"vit.embeddings.patch_embeddings.projection.{kind}" for kind in ("weight", "bias")]
+    keys += [f"vit.encoder.layer.{i}.{b}" for i in range(config["num_hidden_layers"]) for b in block]
+    keys += ["vit.layernorm.weight", "vit.layernorm.bias", "decoder.mask_token", "decoder.decoder_pos_embed"]
+    keys += [f"decoder.decoder_embed.{kind}" for kind in ("weight", "bias")]
+    keys += [f"decoder.decoder_layers.{j}.{b}" for j in range(config["decoder_num_hidden_layers"]) for b in block]
+    keys += [f"decoder.{name}.{kind}" for name in ("decoder_norm", "decoder_pred") for kind in ("weight", "bias")]
+    return keys
+
+
+def to_hugging_face(model: MaskedAutoencoder, keys: list[str]) -> dict[str, Tensor]:
+    """An anymae image MAE -> the ``ViTMAEForPreTraining`` state dict with ``keys``, the fused qkv split into
+    query / key / value and the fixed tables written from the model."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state["encoder.pos_embed"] = model.encoder.pos_embed.detach().cpu()  # (1, 1 + L, D)
+    state["decoder.pos_embed"] = model.decoder.get_buffer("pos_embed").detach().cpu()  # (1, 1 + L, D_dec)
+    out: dict[str, Tensor] = {}
+    for key in keys:
+        source, third = _anymae_key_of_hugging_face(key)
+        if source not in state:
+            raise CheckpointError(f"ViTMAE's {key} has no anymae tensor ({source})")
+        value = state[source]
+        out[key] = (value.chunk(3, dim=0)[third] if third is not None else value).contiguous().clone()  # q|k|v rows
+    unused = sorted(set(state) - {_anymae_key_of_hugging_face(k)[0] for k in keys})
+    if unused:
+        raise CheckpointError(f"the ViTMAE layout has no place for {unused[:10]}")
+    return out

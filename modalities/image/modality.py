@@ -47,8 +47,10 @@ from .data import (
     find_images,
     pretrain_transform,
 )
+from .detection import ImageDetectionDataConfig, detection_dataset, load_detection_inputs
 from .device_decode import DeviceDecode, EncodedImageFiles
 from .formats import HuggingFaceViTMAEFormat, OfficialMAEFormat
+from .segment_data import ImageSegmentationDataConfig, segmentation_dataset
 from .stats import ImageStatsCommand
 from .tokenizer import PatchTokenizer2d
 from .visualize import reconstruction_images, save_reconstruction_grid
@@ -138,6 +140,8 @@ class ImageModality(Modality):
     name = "image"
     tokenizer_config = ImageTokenizerConfig
     data_config = ImageDataConfig
+    segmentation_data_config = ImageSegmentationDataConfig
+    detection_data_config = ImageDetectionDataConfig
 
     def build_tokenizer(self, config: ImageTokenizerConfig, *, embed_dim: int) -> PatchTokenizer2d:
         return PatchTokenizer2d(
@@ -225,6 +229,26 @@ class ImageModality(Modality):
         samples = _labelled_samples(data, root, split=split, classes=classes)
         return LabelledImages(samples, transform=transform, reader=reader, classes=classes)
 
+    def build_segmentation_dataset(
+        self, data: ImageSegmentationDataConfig, tokenizer: ImageTokenizerConfig, *, split: str, train: bool
+    ) -> Dataset:
+        return segmentation_dataset(data, size=tokenizer.size, in_chans=tokenizer.in_chans, split=split, train=train)
+
+    def build_detection_dataset(
+        self,
+        data: ImageDetectionDataConfig,
+        tokenizer: ImageTokenizerConfig,
+        *,
+        split: str,
+        augment: dict[str, Any] | None,
+    ) -> Dataset:
+        return detection_dataset(data, in_chans=tokenizer.in_chans, split=split, augment=augment)
+
+    def load_detection_inputs(
+        self, paths: Sequence[str | Path], data: ImageDetectionDataConfig, tokenizer: ImageTokenizerConfig
+    ) -> list[Tensor]:
+        return load_detection_inputs(paths, data, in_chans=tokenizer.in_chans)
+
     def load_inputs(
         self, paths: Sequence[str | Path], data: ImageDataConfig, tokenizer: ImageTokenizerConfig
     ) -> Tensor:
@@ -262,15 +286,15 @@ def _files(folder: Path) -> list[Path]:
     return files
 
 
-def _listed(data: ImageDataConfig, root: Path, key: str, **options: Any) -> list[ListedFile]:
-    """The (file, label) lines of the list file ``data.<key>``."""
-    return read_file_list(resolve_data_file(getattr(data, key), root, key=key), root, what="image", **options)
+def _listed(listed: str, root: Path, key: str, **options: Any) -> list[ListedFile]:
+    """The (file, label) lines of the list file ``listed``, the value of ``data.<key>``."""
+    return read_file_list(resolve_data_file(listed, root, key=key), root, what="image", **options)
 
 
 def _train_files(data: ImageDataConfig, root: Path) -> list[Path]:
     """Pre-training images: ``data.train_list`` (labels ignored) or every image under ``data.train_split``."""
     if data.train_list is not None:
-        return [file for file, _ in _listed(data, root, "train_list", labelled=False)]
+        return [file for file, _ in _listed(data.train_list, root, "train_list", labelled=False)]
     folder = root / data.train_split
     if not folder.is_dir():
         raise DataError(f"data.train_split: folder {folder} does not exist")
@@ -280,7 +304,7 @@ def _train_files(data: ImageDataConfig, root: Path) -> list[Path]:
 def _heldout_files(data: ImageDataConfig, root: Path) -> list[Path] | None:
     """``data.heldout_list``, or the images under ``data.heldout_split``; None when neither is there."""
     if data.heldout_list is not None:
-        return [file for file, _ in _listed(data, root, "heldout_list", labelled=False)]
+        return [file for file, _ in _listed(data.heldout_list, root, "heldout_list", labelled=False)]
     if data.heldout_split is None or not (root / data.heldout_split).is_dir():
         return None
     return _files(root / data.heldout_split)
@@ -298,7 +322,7 @@ def _class_names(data: ImageDataConfig, root: Path) -> list[str]:
         return class_folders(root / data.train_split)
     if data.classes_file is not None:
         return read_classes_file(resolve_data_file(data.classes_file, root, key="classes_file"))
-    labels = [label for _, label in _listed(data, root, "train_list", labelled=True, check_files=False)]
+    labels = [label for _, label in _listed(data.train_list, root, "train_list", labelled=True, check_files=False)]
     if max(labels) < 1:
         raise DataError("data.train_list: every label is 0; classification needs at least 2 classes")
     return [str(i) for i in range(max(labels) + 1)]
@@ -306,9 +330,9 @@ def _class_names(data: ImageDataConfig, root: Path) -> list[str]:
 
 def _labelled_samples(data: ImageDataConfig, root: Path, *, split: str, classes: list[str]) -> list[tuple[Path, int]]:
     """``split``'s (file, class index) pairs: from its list file, else from its class folders."""
-    key = f"{split}_list"
-    if getattr(data, key) is not None:
-        return _listed(data, root, key, labelled=True, classes=classes)  # type: ignore[return-value]
+    listed = data.train_list if split == "train" else data.heldout_list
+    if listed is not None:
+        return _listed(listed, root, f"{split}_list", labelled=True, classes=classes)  # type: ignore[return-value]
     folder = data.train_split if split == "train" else data.heldout_split
     if folder is None:
         raise DataError("data.heldout_split is null: no labelled heldout split (or set data.heldout_list)")
@@ -338,7 +362,8 @@ def _check_bands(data: ImageDataConfig, tokenizer: ImageTokenizerConfig) -> None
 def _why_full_precision(data: ImageDataConfig, tokenizer: ImageTokenizerConfig) -> str:
     """The config keys that send every file down the full-precision path."""
     keys = [f"model.tokenizer.in_chans={tokenizer.in_chans}"] if tokenizer.in_chans not in (1, 3) else []
-    keys += [f"data.{key}={list(getattr(data, key))}" for key in ("bands", "value_range") if getattr(data, key)]
+    keys += [f"data.{key}={list(value)}" for key, value in (("bands", data.bands), ("value_range", data.value_range))
+             if value]  # fmt: skip
     return ", ".join(keys)
 
 

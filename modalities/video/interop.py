@@ -128,27 +128,35 @@ def from_videomae(
             decoder_num_heads=infer_heads(dec, DECODER_HEADS, decoder_num_heads, what="decoder"),
             decoder_mlp_ratio=state["decoder.blocks.0.mlp.fc1.weight"].shape[0] / dec,
         )
-    renames = (
-        ("encoder.patch_embed.proj.", "tokenizer.proj."),
-        ("encoder.blocks.", "encoder.blocks."),
-        ("encoder.norm.", "encoder.norm."),
-        ("encoder_to_decoder.", "decoder.embed."),
-        ("decoder.blocks.", "decoder.blocks."),
-        ("decoder.norm.", "decoder.norm."),
-        ("decoder.head.", "decoder.pred."),
-    )
+    return model, _videomae_state(state)
+
+
+# VideoMAE's key prefixes -> anymae's
+_VIDEOMAE_PREFIXES = (
+    ("encoder.patch_embed.proj.", "tokenizer.proj."),
+    ("encoder.blocks.", "encoder.blocks."),
+    ("encoder.norm.", "encoder.norm."),
+    ("encoder_to_decoder.", "decoder.embed."),
+    ("decoder.blocks.", "decoder.blocks."),
+    ("decoder.norm.", "decoder.norm."),
+    ("decoder.head.", "decoder.pred."),
+)
+
+
+def _videomae_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """VideoMAE's weights under anymae's names, each block's separate q and v biases fused into the qkv bias."""
     converted: dict[str, Tensor] = {}
     for key, value in state.items():
         if re.search(r"\.attn\.[qv]_bias$", key):
             continue  # fused below
-        new = rename_keys(key, renames, {"mask_token": "decoder.mask_token"})
+        new = rename_keys(key, _VIDEOMAE_PREFIXES, {"mask_token": "decoder.mask_token"})
         converted[new] = value  # anything unrecognised keeps its name and is reported as unexpected
         if key.endswith(".attn.qkv.weight"):
             prefix = key[: -len("qkv.weight")]
             bias = _fused_bias(state.get(prefix + "q_bias"), state.get(prefix + "v_bias"), value.shape[1])
             if bias is not None:
                 converted[new[: -len("weight")] + "bias"] = bias
-    return model, converted
+    return converted
 
 
 def from_hugging_face_videomae(
@@ -188,6 +196,12 @@ def from_hugging_face_videomae(
     if "encoder_to_decoder.weight" in state:
         # VideoMAEDecoder.norm is a plain nn.LayerNorm: PyTorch's eps, not layer_norm_eps.
         model["decoder_options"] = {"head_norm_eps": 1e-5}
+    return model, _hugging_face_state(state)
+
+
+def _hugging_face_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Hugging Face VideoMAE's weights under anymae's names; each block's query, key and value Linear fused into
+    one qkv (weights stacked, the bias zero for the key)."""
     converted: dict[str, Tensor] = {}
     attention: dict[str, dict[str, Tensor]] = {}
     for key, value in state.items():
@@ -219,7 +233,7 @@ def from_hugging_face_videomae(
         )
         if bias is not None:
             converted[prefix + "attn.qkv.bias"] = bias
-    return model, converted
+    return converted
 
 
 def load_videomae(

@@ -103,9 +103,12 @@ class VideoDataConfig:
     def __post_init__(self) -> None:
         if self.frame_sampler not in FRAME_SAMPLERS:
             raise ValueError(f"frame_sampler {self.frame_sampler!r} is not one of {', '.join(FRAME_SAMPLERS)}")
-        for name in ("sampling_rate", "num_sample", "repeats", "heldout_clips", "test_num_segment", "test_num_crop"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        counts = {"sampling_rate": self.sampling_rate, "num_sample": self.num_sample, "repeats": self.repeats,
+                  "heldout_clips": self.heldout_clips, "test_num_segment": self.test_num_segment,
+                  "test_num_crop": self.test_num_crop}  # fmt: skip
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         if not self.scales or not all(0 < s <= 1 for s in self.scales):
             raise ValueError(f"scales must be one or more values in (0, 1], got {self.scales}")
         if self.max_distort < 0:
