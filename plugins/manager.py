@@ -50,6 +50,7 @@ _REGISTRATION_HOOKS = (
     ("anymae_register_masking", "masking strategy"),
     ("anymae_register_targets", "target"),
     ("anymae_register_decoders", "decoder"),
+    ("anymae_register_segmentation_heads", "segmentation head"),
     ("anymae_register_checkpoint_formats", "checkpoint format"),
     ("anymae_register_commands", "command"),
 )

@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from hub_cache import write_hub_model
 
 from anymae.core.io.checkpoint import CheckpointError
 from anymae.core.io.hub import parse_hub_name, resolve_hub, resolve_source
 from anymae.core.weights.catalog import RELEASED
-from hub_cache import write_hub_model
 
 
 @pytest.fixture

@@ -159,6 +159,8 @@ def test_entry_points_register_image_modality_and_random_masking_from_anymae():
         "target:pixels",
         "target:norm_pix",
         "decoder:global",
+        "segmentation:linear",
+        "segmentation:upernet",
     ]
 
 
@@ -173,7 +175,9 @@ def test_plugins_command_lists_builtin_plugins_with_distribution_version_and_sta
     assert main(["plugins"]) == 0
     rows = plugin_rows(capsys.readouterr().out)
     assert rows["image"] == [IMAGE_REGISTERS, "anymae", ANYMAE_VERSION, "loaded"]
-    builtins = "masking:random, target:pixels, target:norm_pix, decoder:global"
+    builtins = (
+        "masking:random, target:pixels, target:norm_pix, decoder:global, segmentation:linear, segmentation:upernet"
+    )
     assert rows["builtin"] == [builtins, "anymae", ANYMAE_VERSION, "loaded"]
 
 
@@ -185,7 +189,10 @@ def test_plugins_command_verbose_shows_the_hooks_each_plugin_implements(capsys):
     assert lines[image + 1].strip() == (
         "hooks: anymae_register_checkpoint_formats, anymae_register_commands, anymae_register_modalities"
     )
-    expected = "hooks: anymae_register_decoders, anymae_register_masking, anymae_register_targets"
+    expected = (
+        "hooks: anymae_register_decoders, anymae_register_masking, anymae_register_segmentation_heads, "
+        "anymae_register_targets"
+    )
     assert lines[builtin + 1].strip() == expected
 
 
@@ -196,7 +203,9 @@ def test_plugins_command_runs_as_a_module_in_a_fresh_process():
     assert proc.returncode == 0, proc.stderr
     rows = plugin_rows(proc.stdout)
     assert rows["image"] == [IMAGE_REGISTERS, "anymae", ANYMAE_VERSION, "loaded"]
-    builtins = "masking:random, target:pixels, target:norm_pix, decoder:global"
+    builtins = (
+        "masking:random, target:pixels, target:norm_pix, decoder:global, segmentation:linear, segmentation:upernet"
+    )
     assert rows["builtin"] == [builtins, "anymae", ANYMAE_VERSION, "loaded"]
 
 

@@ -17,11 +17,13 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from anymae.core.build.models import build_model
+from anymae.core.build.segmenter import build_segmenter
 from anymae.core.cli import main
 from anymae.core.config import resolve_model_config
 from anymae.core.evaluate import segmentation
 from anymae.core.io.checkpoint import read_checkpoint, write_checkpoint
 from anymae.core.train.trainer import Trainer
+from anymae.core.weights.loading import load_model
 
 TINY_MODEL = {"modality": "image", "tokenizer": {"img_size": 32, "patch_size": 4, "in_chans": 3},
               "embed_dim": 16, "depth": 4, "num_heads": 2, "decoder_embed_dim": 16, "decoder_depth": 1,
@@ -196,3 +198,17 @@ def test_segment_refuses_a_misspelled_key_and_an_unsupported_setting_naming_them
     assert "segment.channels: the 'linear' head has no such option" in capsys.readouterr().err
     assert main(["segment", str(config), "data.num_classes=300"]) != 0  # 255 would be a class
     assert "ignore_index 255 is one of the classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("head", "layers"), [("upernet", None), ("linear", [1])])
+def test_every_segmenter_parameter_gets_a_gradient(tmp_path: Path, head: str, layers: list[int] | None) -> None:
+    """DDP needs every parameter used: the final norm (the maps are taken before it) and the blocks after the
+    deepest one read are removed, not left idle."""
+    options = {"channels": 8} if head == "upernet" else {}
+    model = build_segmenter(load_model(_checkpoint(tmp_path / "pre.pt")), head=head, num_classes=3, crop=(32, 32),
+                            layers=layers, head_options=options)  # fmt: skip
+    logits, aux = model(torch.randn(2, 3, 32, 32))
+    (logits.sum() + (aux.sum() if aux is not None else 0)).backward()
+    idle = [name for name, p in model.named_parameters() if p.grad is None]
+    assert not idle, idle
+    assert len(model.encoder.blocks) == (4 if layers is None else 2)

@@ -25,6 +25,7 @@ __all__ = [
     "checkpoint_encoder_blocks",
     "compile_blocks",
     "set_fused_attn",
+    "transformer_blocks",
     "vit_encoder",
 ]
 
@@ -196,6 +197,12 @@ def _checkpoint_blocks(blocks: nn.ModuleList, count: int) -> None:
 
     for block in list(blocks)[:count]:
         block.forward = partial(checkpoint, type(block).forward.__get__(block), use_reentrant=False)
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The encoder's transformer blocks and every decoder's (FSDP shards each as one unit)."""
+    parts = [model.encoder, *_decoders(model)]
+    return [block for part in parts if isinstance(part, TransformerBlocks) for block in part.blocks]
 
 
 def _decoders(model: nn.Module) -> list[nn.Module]:

@@ -12,6 +12,7 @@ from anymae.core.config.errors import ConfigError
 from anymae.core.config.refuse import refuse_unsupported
 from anymae.core.config.resolve import resolve_config, resolve_model_config, resolve_part_data
 from anymae.core.config.schema import Config
+from anymae.core.config.segment import SegmentConfig, load_segment_config
 from anymae.core.config.sources import apply_preset, read_config_source
 from anymae.core.config.validate import from_dict
 from anymae.plugins.manager import COMPOSITE, Registry, resolve_registry
@@ -23,11 +24,14 @@ CLASSIFY_SECTIONS = ("finetune", "linprobe")
 
 def load_config(
     source: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None
-) -> Config | ClassifyConfig | DetectConfig:
+) -> Config | ClassifyConfig | DetectConfig | SegmentConfig:
     """Read a YAML file or bundled config, apply overrides and validate everything. A config with a
     ``finetune`` or ``linprobe`` section is a :class:`ClassifyConfig` (see :func:`load_classify_config`), one with
-    a ``detect`` section a :class:`DetectConfig` (:func:`load_detect_config`)."""
+    a ``detect`` section a :class:`DetectConfig` (:func:`load_detect_config`), one with a ``segment`` section a
+    :class:`SegmentConfig` (:func:`load_segment_config`)."""
     _, raw = read_config_source(source)
+    if "segment" in raw:
+        return load_segment_config(source, overrides, registry=registry)
     if "detect" in raw:
         return load_detect_config(source, overrides, registry=registry)
     if any(s in raw for s in CLASSIFY_SECTIONS):
@@ -41,8 +45,9 @@ def load_pretrain_config(source: str | Path, overrides: Sequence[str] = (), regi
     cfg = load_config(source, overrides, registry)
     if isinstance(cfg, ClassifyConfig):
         raise ConfigError(f"config {source} is a {cfg.mode} config: run `anymae {cfg.mode} {source}`")
-    if isinstance(cfg, DetectConfig):
-        raise ConfigError(f"config {source} is a detect config: run `anymae detect {source}`")
+    if isinstance(cfg, DetectConfig | SegmentConfig):
+        command = "detect" if isinstance(cfg, DetectConfig) else "segment"
+        raise ConfigError(f"config {source} is a {command} config: run `anymae {command} {source}`")
     return cfg
 
 
@@ -79,7 +84,7 @@ def load_classify_config(
     except KeyError as exc:
         raise ConfigError(f"config {mode}.modality: {exc.args[0]}") from None
     cfg.data = from_dict(modality.data_config, data_raw, "data")
-    if getattr(head, "token_masking", None):
+    if isinstance(head, FinetuneConfig) and head.token_masking:
         try:
             registry.masking_strategy(head.token_masking)
         except KeyError as exc:

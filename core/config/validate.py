@@ -92,4 +92,4 @@ def _check(value: Any, tp: Any, key: str) -> Any:
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")  # Literal[...] and unions have none

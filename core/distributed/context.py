@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -137,7 +137,9 @@ def barrier(ctx: DistContext) -> None:
 
 
 # --- FSDP2 (train.distributed: fsdp) ---------------------------------------------------------------------
-def shard_model(model: torch.nn.Module, device: torch.device, *, reshard_after_forward: bool) -> None:
+def shard_model(
+    model: torch.nn.Module, blocks: Sequence[torch.nn.Module], device: torch.device, *, reshard_after_forward: bool
+) -> None:
     """FSDP2 ``fully_shard`` in place: every encoder and decoder block is one unit (its weights are gathered
     just before it runs and, with ``reshard_after_forward``, freed right after), then the root holds the rest
     (tokenizer, tokens, norms, heads). Parameter names stay the same, so checkpoints keep their keys.
@@ -152,9 +154,8 @@ def shard_model(model: torch.nn.Module, device: torch.device, *, reshard_after_f
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    for part in (getattr(model, "encoder", None), getattr(model, "decoder", None)):
-        for block in getattr(part, "blocks", []):
-            fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    for block in blocks:  # the encoder's and decoders' transformer blocks, named by the caller
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
 
 

@@ -22,7 +22,7 @@ from anymae.core.config import COMPOSITE, ConfigError, apply_overrides, from_dic
 from anymae.core.data.samples import DataError, SafeDataset, dataset_traits, input_size, sample_seed, to_device
 from anymae.core.distributed.context import DistContext, all_sum, setup, teardown
 from anymae.core.evaluate.metrics import mean_average_precision, topk_correct
-from anymae.plugins.manager import resolve_registry
+from anymae.plugins.manager import Registry, resolve_registry
 
 __all__ = [
     "CheckpointScores",
@@ -138,7 +138,7 @@ def evaluate(
     return stats
 
 
-def load_classifier(path: str | Path, registry: Any = None) -> Classifier:
+def load_classifier(path: str | Path, registry: Registry | None = None) -> Classifier:
     """A classifier checkpoint written by ``anymae finetune`` / ``anymae linprobe`` (or any classifier file that
     :func:`~anymae.core.weights.loading.load_classifier_file` reads: safetensors exports, ``anymae convert`` outputs,
     official ``mae_finetuned_*`` files) -> the model, in eval mode."""
@@ -166,7 +166,7 @@ def evaluate_checkpoint(
     overrides: Sequence[str] = (),
     batch_size: int = 64,
     device: str = "auto",
-    registry: Any = None,
+    registry: Registry | None = None,
 ) -> CheckpointScores:
     """``anymae eval``: a classifier checkpoint over ``split`` of the data section it was trained with, its
     ``data.root`` replaced by ``data_root`` and changed by ``data.KEY=VALUE`` ``overrides``."""

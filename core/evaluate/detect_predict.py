@@ -106,7 +106,8 @@ def predict_images(
 ) -> PredictResult:
     """Detections of ``checkpoint`` (an ``anymae detect`` checkpoint) on image files -> COCO results JSON at
     ``output``; image ``paths[i]`` has image id ``i + 1``, listed with its file and size in ``<output
-    stem>.images.json`` (a COCO ``images`` list). ``draw_dir``: also one PNG per image with its detections."""
+    stem>.images.json`` (a COCO ``images`` list). ``draw_dir``: also one PNG per image with its detections,
+    ``NNNN-<stem>.png`` (NNNN: its image id)."""
     registry = resolve_registry(registry)
     detector: Detector = load_detector(checkpoint, registry=registry)
     config = detector.config
@@ -127,7 +128,7 @@ def predict_images(
         listed.append({"id": image_id, "file_name": str(path), "height": image.shape[-2], "width": image.shape[-1]})
         if draw_dir is not None:
             picture = draw_detections(image, out, class_names=names)
-            target = Path(draw_dir) / f"{Path(path).stem}.png"
+            target = Path(draw_dir) / f"{image_id:04d}-{Path(path).stem}.png"  # ids keep equal stems apart
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(picture.permute(1, 2, 0).numpy()).save(target)
             drawn.append(target)

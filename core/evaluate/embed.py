@@ -170,19 +170,10 @@ def embed_files(
                                                    window=window, hop=hop)), stand_in=False)  # fmt: skip
     was_training = model.training
     model.to(device).eval()
-    rows, owners, starts = [], [], []
-    tokens: dict[int, list[Tensor]] = {i: [] for i in layers or ()}
     try:
-        for chunk in _batches(_file_windows(safe, progress), batch_size):
-            x = torch.stack([x for _, _, x in chunk]).to(device)
-            rows.append(pooled_features(model, x, pool=pool).float().cpu())  # (B, D)
-            if layers:
-                grid = tuple(model.tokenizer.grid)
-                maps = block_features(model.encoder, model.tokenizer(x), layers, grid=grid)  # each (B, D, H', W')
-                for i, found in zip(layers, maps, strict=True):
-                    tokens[i].append(found.flatten(2).transpose(1, 2).float().cpu())  # (B, L, D)
-            owners.extend(index for index, _, _ in chunk)
-            starts.extend(start for _, start, _ in chunk)
+        rows, tokens, owners, starts = _encode_windows(
+            model, safe, pool=pool, layers=layers, batch_size=batch_size, device=device, progress=progress
+        )
     finally:
         model.train(was_training)
     kept = [i for i in range(len(files)) if i not in safe.bad]
@@ -202,6 +193,33 @@ def embed_files(
         skipped=[str(files[i]) for i in sorted(safe.bad)],
         layers={i: torch.cat(found) for i, found in tokens.items()},
     )
+
+
+def _encode_windows(
+    model: MaskedAutoencoder,
+    safe: SafeDataset,
+    *,
+    pool: Pool,
+    layers: list[int] | None,
+    batch_size: int,
+    device: torch.device,
+    progress: bool,
+) -> tuple[list[Tensor], dict[int, list[Tensor]], list[int], list[float]]:
+    """Every readable window through the encoder, in batches -> (pooled rows, patch tokens of ``layers``, the file
+    index and start second of each row)."""  # fmt: skip
+    rows, owners, starts = [], [], []
+    tokens: dict[int, list[Tensor]] = {i: [] for i in layers or ()}
+    for chunk in _batches(_file_windows(safe, progress), batch_size):
+        x = torch.stack([x for _, _, x in chunk]).to(device)
+        rows.append(pooled_features(model, x, pool=pool).float().cpu())  # (B, D)
+        if layers:
+            grid = tuple(model.tokenizer.grid)
+            maps = block_features(model.encoder, model.tokenizer(x), layers, grid=grid)  # each (B, D, H', W')
+            for i, found in zip(layers, maps, strict=True):
+                tokens[i].append(found.flatten(2).transpose(1, 2).float().cpu())  # (B, L, D)
+        owners.extend(index for index, _, _ in chunk)
+        starts.extend(start for _, start, _ in chunk)
+    return rows, tokens, owners, starts
 
 
 def embed_command(

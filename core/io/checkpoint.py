@@ -90,15 +90,17 @@ def read_checkpoint(path: str | Path) -> Any:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
 
 
-def export_safetensors(model: torch.nn.Module, path: str | Path) -> Path:
+def export_safetensors(model: torch.nn.Module, path: str | Path, *, config: dict[str, Any] | None = None) -> Path:
     """Write ``model``'s weights as safetensors (a format that cannot carry code), atomically, with its
-    config (``model.config``: the plain data needed to rebuild it) as JSON in the file's metadata."""
+    config (``config``, default the anymae model's ``model.config``: the plain data needed to rebuild it) as JSON
+    in the file's metadata."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    metadata = {"format": "anymae", SAFETENSORS_CONFIG_KEY: json.dumps(getattr(model, "config", {}))}
+    config = model.config if config is None else config  # every anymae model declares its config
+    metadata = {"format": "anymae", SAFETENSORS_CONFIG_KEY: json.dumps(config)}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -34,7 +34,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from anymae.core.build.models import checkpoint_decoder_blocks, checkpoint_encoder_blocks, compile_blocks
+from anymae.core.build.models import (
+    checkpoint_decoder_blocks,
+    checkpoint_encoder_blocks,
+    compile_blocks,
+    transformer_blocks,
+)
 from anymae.core.config import ConfigError, TrainConfig, config_to_dict
 from anymae.core.data.samples import DataError, EpochSampler
 from anymae.core.distributed.context import (
@@ -176,7 +181,8 @@ class Trainer:
         self.model = task.model
         self.net: nn.Module = self.model
         if task.fsdp:  # in place: self.net is self.model, its parameters now sharded DTensors
-            shard_model(self.model, device, reshard_after_forward=train.fsdp_reshard_after_forward)
+            shard_model(self.model, transformer_blocks(self.model), device,
+                        reshard_after_forward=train.fsdp_reshard_after_forward)  # fmt: skip
         elif ctx.enabled:
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.sampler = EpochSampler(
