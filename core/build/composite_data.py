@@ -22,11 +22,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from anymae.plugins.manager import Registry
-
 from anymae.core.config import PartConfig
 from anymae.core.data.samples import BadSampleError, DataError, DatasetTraits, DatasetWithTraits, dataset_traits
 from anymae.core.model.figures import add_caption
+from anymae.plugins.manager import Registry
 
 __all__ = ["CompositeModality", "PairedDataset", "stack_figures"]
 

@@ -125,7 +125,7 @@ def build_segmenter(
             "layers": layers,
             "drop_path": drop_path,
             "head_options": dict(head_options or {}),
-        },  # fmt: skip
+        },
     }
     return Segmenter(tokenizer=tokenizer, encoder=encoder, head=dense, layers=layers, config=config)
 
