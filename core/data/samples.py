@@ -29,6 +29,7 @@ __all__ = [
     "DatasetTraits",
     "DatasetWithTraits",
     "EpochSampler",
+    "PairedSafeDataset",
     "SafeDataset",
     "TimedItems",
     "dataset_traits",
@@ -205,6 +206,23 @@ class SafeDataset(DatasetWithTraits):
                         f"{self.max_bad_fraction} allows; first: {next(iter(self.bad.values()))}"
                     ) from None
         raise DataError(f"none of the {n} samples could be read; first: {next(iter(self.bad.values()), '')}")
+
+
+class PairedSafeDataset(SafeDataset):
+    """:class:`SafeDataset` for ``(input, second)`` items (a class label, a segmentation mask, a detection
+    target): the same seeding and bad-sample handling, with ``second`` kept under :attr:`second_key` after
+    :meth:`convert`."""
+
+    second_key: str = "label"
+
+    def convert(self, second: Any) -> Any:
+        """The second element as the loop reads it (unchanged by default)."""
+        return second
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        (x, second), bad = self._load(index, sample_seed(self.seed, epoch, index))
+        return {"input": x, self.second_key: self.convert(second), "bad": bad}
 
 
 class EpochSampler(Sampler):

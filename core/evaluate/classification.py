@@ -19,7 +19,13 @@ from anymae.core.build.classifier import Classifier
 from anymae.core.build.composite_data import CompositeModality
 from anymae.core.build.data_source import labelled_data, modality_for
 from anymae.core.config import COMPOSITE, ConfigError, apply_overrides, from_dict, resolve_model_config
-from anymae.core.data.samples import DataError, SafeDataset, dataset_traits, input_size, sample_seed, to_device
+from anymae.core.data.samples import (
+    DataError,
+    PairedSafeDataset,
+    dataset_traits,
+    input_size,
+    to_device,
+)
 from anymae.core.distributed.context import DistContext, all_sum, setup, teardown
 from anymae.core.evaluate.metrics import mean_average_precision, topk_correct
 from anymae.plugins.manager import Registry, resolve_registry
@@ -36,16 +42,12 @@ __all__ = [
 ]
 
 
-class LabelledSafeDataset(SafeDataset):
-    """:class:`SafeDataset` for ``(input, label)`` items: the same seeding and bad-sample handling, plus
-    ``"label"`` in every item (the core's SafeDataset keeps only the input): an int class index, or a float
+class LabelledSafeDataset(PairedSafeDataset):
+    """:class:`PairedSafeDataset` for ``(input, label)`` items: ``"label"`` is an int class index, or a float
     ``(K,)`` tensor for multi-label data."""
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        (x, label), bad = self._load(index, sample_seed(self.seed, epoch, index))
-        label = torch.as_tensor(label, dtype=torch.float32) if isinstance(label, (Tensor, list)) else int(label)
-        return {"input": x, "label": label, "bad": bad}
+    def convert(self, second: Any) -> Any:
+        return torch.as_tensor(second, dtype=torch.float32) if isinstance(second, (Tensor, list)) else int(second)
 
 
 def format_stats(stats: dict[str, float]) -> str:

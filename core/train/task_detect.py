@@ -31,7 +31,7 @@ from anymae.core.build.detector import DETECTOR_FORMAT, Detector, build_detector
 from anymae.core.build.models import build_model
 from anymae.core.config import config_to_dict, resolve_model_config
 from anymae.core.config.detect import DetectConfig
-from anymae.core.data.samples import DataError, SafeDataset, sample_seed
+from anymae.core.data.samples import DataError, PairedSafeDataset
 from anymae.core.distributed.context import DistContext, broadcast_object, run_then_teardown, setup
 from anymae.core.evaluate.detect_predict import draw_detections, save_detection_figure
 from anymae.core.evaluate.detection import DetectionScores, coco_ground_truth, coco_results, evaluate_coco
@@ -106,14 +106,10 @@ def train_detector(
     return run_then_teardown(ctx, work)
 
 
-class TargetSafeDataset(SafeDataset):
-    """:class:`SafeDataset` for ``(input, target)`` items (targets of any structure): seeded per sample, unusable
-    items named, replaced and counted."""
+class TargetSafeDataset(PairedSafeDataset):
+    """:class:`PairedSafeDataset` for ``(input, target)`` items (targets of any structure) under ``"target"``."""
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        (x, target), bad = self._load(index, sample_seed(self.seed, epoch, index))
-        return {"input": x, "target": target, "bad": bad}
+    second_key = "target"
 
 
 def collate_targets(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

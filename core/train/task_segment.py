@@ -28,7 +28,7 @@ from anymae.core.build.models import build_model
 from anymae.core.build.segmenter import SEGMENTER_FORMAT, Segmenter, build_segmenter, param_groups_layer_decay
 from anymae.core.config import ModelConfig, config_to_dict, resolve_model_config
 from anymae.core.config.segment import SegmentConfig, head_options, pair
-from anymae.core.data.samples import DataError, SafeDataset, sample_seed
+from anymae.core.data.samples import DataError, PairedSafeDataset
 from anymae.core.distributed.context import DistContext, all_sum, broadcast_object, run_then_teardown, setup
 from anymae.core.evaluate.segment_figure import save_segmentation_figure
 from anymae.core.evaluate.segmentation import ConfusionMatrix, SegmentationScores, segment_image
@@ -116,14 +116,11 @@ def train_segmenter(
     return run_then_teardown(ctx, work)
 
 
-class PairSafeDataset(SafeDataset):
-    """:class:`SafeDataset` for ``(input, mask)`` items: seeded per sample, unusable items named, replaced and
-    counted; ``"label"`` is the (H, W) int64 mask."""
+class PairSafeDataset(PairedSafeDataset):
+    """:class:`PairedSafeDataset` for ``(input, mask)`` items; ``"label"`` is the (H, W) int64 mask."""
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        (x, mask), bad = self._load(index, sample_seed(self.seed, epoch, index))
-        return {"input": x, "label": mask.long(), "bad": bad}
+    def convert(self, second: Any) -> Any:
+        return second.long()
 
 
 class SegmentTask(Task):
