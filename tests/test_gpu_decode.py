@@ -13,14 +13,17 @@ import pytest
 import torch
 from conftest import make_image, write_image
 from PIL import Image
+from test_composite import composite_raw, write_pairs
 from timm.data.constants import IMAGENET_DEFAULT_STD
 from torchvision.io import decode_jpeg
 
 from anymae.core import pretrain
+from anymae.core.build.composite_data import CompositeModality
 from anymae.core.config import resolve_config
 from anymae.core.data.samples import DataError, SafeDataset
 from anymae.modalities.image.device_decode import DeviceDecode, EncodedImageFiles
 from anymae.modalities.image.modality import ImageDataConfig, ImageModality, ImageTokenizerConfig
+from anymae.plugins import get_registry
 
 TOKENIZER = ImageTokenizerConfig(img_size=64, patch_size=8)
 CPU = torch.device("cpu")
@@ -164,3 +167,18 @@ def test_gpu_decode_is_refused_for_labelled_data(tiny_image_folder):
 
 def test_cpu_decode_has_no_device_transform(tiny_image_folder):
     assert ImageModality().device_transform(ImageDataConfig(root=str(tiny_image_folder)), TOKENIZER, device=CPU) is None
+
+
+def test_a_composite_part_decodes_on_the_device_and_the_run_does_not_depend_on_workers(tmp_path):
+    root = tmp_path / "data"
+    write_pairs(root, 8)
+    write_pairs(root, 2, split="heldout")
+    losses = []
+    for workers in (0, 1):
+        raw = composite_raw(tmp_path, root, epochs=1, num_workers=workers, run_name=f"w{workers}", figure_samples=0)
+        raw["data"]["image"]["decode"] = "gpu"  # the image part on the device (here the CPU), the audio as it is
+        cfg = resolve_config(raw)
+        task_input = CompositeModality(cfg.model.parts, registry=get_registry()).device_transform(cfg.data, device=CPU)
+        assert set(task_input.steps) == {"image", "audio"} and task_input.steps["audio"] is None
+        losses.append(pretrain(cfg, progress=False).train_loss)
+    assert math.isfinite(losses[0]) and losses[0] == losses[1]

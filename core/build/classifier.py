@@ -212,7 +212,8 @@ def _composite_classifier(
     if unknown or not names:
         raise ValueError(f"parts {names} must name parts of the model: {', '.join(pretrained.parts)}")
     shell = build_model(cfg, registry=registry, with_decoder=False)
-    shell.load_state_dict({k: v for k, v in pretrained.state_dict().items() if k.startswith(("encoder.", "parts."))
+    kept = ("encoder.", "parts.", "contrastive.")  # the encoder side; a contrastive projection is unused here
+    shell.load_state_dict({k: v for k, v in pretrained.state_dict().items() if k.startswith(kept)
                            and ".decoder." not in k})  # fmt: skip
     tokenizer = PartsTokenizer({name: shell.parts[name] for name in names}, embed_dim=cfg.embed_dim)
     encoder = vit_encoder(cfg, tokenizer.position_table(cfg.embed_dim), drop_path_rate=drop_path)

@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from anymae.core.config import PartConfig
 from anymae.core.data.samples import BadSampleError, DataError, DatasetTraits, DatasetWithTraits, dataset_traits
 from anymae.core.model.figures import add_caption
 from anymae.plugins.manager import Registry
 
-__all__ = ["CompositeModality", "PairedDataset", "stack_figures"]
+__all__ = ["CompositeModality", "PairedDataset", "PartsDeviceTransform", "stack_figures"]
 
 
 class PairedDataset(DatasetWithTraits):
@@ -127,13 +127,22 @@ def _pair(parts: dict[str, Dataset]) -> list[dict[str, int]]:
             f"no file of part {lead!r} has a partner of the same name in every other part "
             f"({', '.join(others)}); first unmatched: {unmatched[0] if unmatched else 'none'}"
         )
-    if unmatched:
+    lead_keys = set(keys[lead])
+    orphans = {other: sorted(set(keys[other]) - lead_keys) for other in others}  # files no lead item pairs with
+    if unmatched or any(orphans.values()):
+        lines = [f"part {lead!r}: {len(unmatched)} ({_first(unmatched)})"] if unmatched else []
+        lines += [f"part {o!r}: {len(keys_)} ({_first(keys_)})" for o, keys_ in orphans.items() if keys_]
         warnings.warn(
-            f"{len(unmatched)} items of part {lead!r} have no partner of the same name in every other part and are "
-            f"left out (first: {unmatched[0]})",
+            f"items with no partner of the same file name in every other part are left out: {'; '.join(lines)}",
             stacklevel=3,
         )
     return pairs
+
+
+def _first(keys: list[str], shown: int = 5) -> str:
+    """The first ``shown`` keys, and how many more."""
+    more = f", and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def _key(path: Path) -> str:
@@ -186,13 +195,45 @@ class CompositeModality:
             )
         return PairedDataset(sets, labelled=True)
 
-    def device_transform(self, data: dict[str, Any], tokenizer: Any = None, *, device: Any) -> None:
-        """A composite's input pipeline stays in the DataLoader workers: a part that asks for a device step
-        (e.g. ``data.decode: gpu``) is refused, naming it."""
-        for name, modality in self.modalities.items():
-            if modality.device_transform(data[name], self.configs[name].tokenizer, device=device) is not None:
-                raise DataError(f"data.{name}: a composite part cannot decode on the device yet; decode on the CPU")
-        return None
+    def device_transform(
+        self, data: dict[str, Any], tokenizer: Any = None, *, device: Any
+    ) -> PartsDeviceTransform | None:
+        """Each part's own device step (e.g. images with ``data.decode: gpu``), the other parts' inputs moved as
+        they are; None when no part asks for one."""
+        steps = {name: modality.device_transform(data[name], self.configs[name].tokenizer, device=device)
+                 for name, modality in self.modalities.items()}  # fmt: skip
+        if all(step is None for step in steps.values()):
+            return None
+        return PartsDeviceTransform(steps, device=device)
+
+
+class PartsDeviceTransform:
+    """A composite's device step: :meth:`collate` (in the DataLoader workers) collates each part's inputs with
+    its own step's ``collate`` (plain stacking for a part without one); ``__call__(batch)`` runs each part's step
+    on the device -> ``{part: (N, ...)}``. A sample a part's step finds unreadable is marked in ``batch["bad"]``
+    (counted by the trainer) and, as for one modality, that part's input is another sample's of the batch."""
+
+    def __init__(self, steps: dict[str, Any], *, device: Any) -> None:
+        self.steps, self.device = steps, torch.device(device)
+        self.collates = {name: step.collate if step is not None else None for name, step in steps.items()}
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """SafeDataset items ``{"input": {part: x}, "bad", "mask"}`` -> one batch, ``input`` a dict of parts."""
+        batch = default_collate([{k: v for k, v in item.items() if k != "input"} for item in items])
+        batch["input"] = {}
+        for name, collate in self.collates.items():
+            inputs = [{"input": item["input"][name]} for item in items]
+            batch["input"][name] = (collate or default_collate)(inputs)["input"]
+        return batch
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, step in self.steps.items():
+            if step is None:
+                out[name] = batch["input"][name].to(self.device, non_blocking=True)
+            else:  # the part's step marks unreadable samples in the shared batch["bad"]
+                out[name] = step({**batch, "input": batch["input"][name]})
+        return out
 
 
 def stack_figures(figures: dict[str, Path], path: Path) -> Path:

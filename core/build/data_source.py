@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from anymae.core.build.composite_data import CompositeModality
+from anymae.core.build.shard_source import split_dataset
 from anymae.core.config import ModelConfig, config_to_dict, from_dict
 from anymae.plugins.manager import COMPOSITE, Registry
 
@@ -60,10 +61,10 @@ class LabelledData:
     def split(self, split: str, *, augment: dict[str, Any] | None = None, crop_pct: float = 0.875) -> Dataset:
         """Split ``split`` ("train" or "heldout") as ``(input, label)`` items: the training augmentation
         ``augment`` (see :meth:`~anymae.core.model.modality.Modality.build_labelled_dataset`), or with ``None``
-        the evaluation transform with its resize-then-centre-crop ratio ``crop_pct``."""
-        return self.modality.build_labelled_dataset(
-            self.data, self.tokenizer, split=split, augment=augment, crop_pct=crop_pct
-        )
+        the evaluation transform with its resize-then-centre-crop ratio ``crop_pct``. A split the data section
+        reads from shards is streamed for training (with ``augment``), else read once in order."""
+        return split_dataset(self.modality, self.data, self.tokenizer, split=split, labelled=True, augment=augment,
+                             crop_pct=crop_pct, training=split == "train" and augment is not None)  # fmt: skip
 
 
 def labelled_data(

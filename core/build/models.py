@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from functools import partial
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from anymae.core.config import COMPOSITE, ModelConfig, check_decoder_options, config_to_dict
 from anymae.core.model.composite import MultiModalMAE, Part
+from anymae.core.model.contrastive import ContrastiveTerm
 from anymae.core.model.decoder import DecoderArgs, TransformerBlocks
 from anymae.core.model.encoder import MaskedEncoder, vit_blocks
 from anymae.core.model.joint_decoder import JointDecoder
@@ -95,11 +97,25 @@ def build_composite(cfg: ModelConfig, *, registry: Registry, with_decoder: bool 
             num_prefix=int(cfg.cls_token),
             norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps),
         )
+    contrastive = None
+    if cfg.contrastive.weight > 0:  # encoder-only too: retrieval reads its projection
+        names = list(parts)
+        term = cfg.contrastive
+        contrastive = ContrastiveTerm(
+            parts=names,
+            embed_dim=cfg.embed_dim,
+            pairs=[tuple(p) for p in term.pairs] if term.pairs else list(itertools.combinations(names, 2)),
+            weight=term.weight,
+            temperature=term.temperature,
+            proj_dim=term.proj_dim,
+            masked=term.masked,
+        )
     model = MultiModalMAE(
         parts=parts,
         encoder=encoder,
         decoder=joint,
         modality_dropout=cfg.modality_dropout,
+        contrastive=contrastive,
         config={"model": config_to_dict(cfg), "with_decoder": with_decoder},
     )
     set_fused_attn(model, cfg.fused_attn)

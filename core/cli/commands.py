@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from anymae.core.build.pack import pack as pack_files
 from anymae.core.cli.errors import one_line
 from anymae.core.config import (
     ConfigError,
@@ -21,6 +22,7 @@ from anymae.core.evaluate.classification import evaluate_checkpoint, format_stat
 from anymae.core.evaluate.detect_predict import predict_images
 from anymae.core.evaluate.embed import embed_command
 from anymae.core.evaluate.knn import knn_command
+from anymae.core.evaluate.retrieval import retrieval_line, retrieve_command
 from anymae.core.evaluate.visualize import visualize_checkpoint
 from anymae.core.train.launch import classify_from_checkpoint
 from anymae.core.train.task_detect import detect_from_config
@@ -31,9 +33,8 @@ from anymae.core.weights.convert import convert as convert_checkpoint
 from anymae.core.weights.convert import export_hugging_face, export_weights
 from anymae.plugins import get_registry
 
-__all__ = ["DEFAULT_CONFIG", "classify", "configs", "convert", "detect", "embed", "evaluate", "export", "knn",
-           "plugins", "predict",
-           "pretrain", "segment", "visualize"]  # fmt: skip
+__all__ = ["DEFAULT_CONFIG", "classify", "configs", "convert", "detect", "embed", "evaluate", "export", "knn", "pack",
+           "plugins", "predict", "pretrain", "retrieve", "segment", "visualize"]  # fmt: skip
 
 DEFAULT_CONFIG = "demo_image"  # `anymae pretrain` with no argument: the embedded image demo
 
@@ -59,6 +60,8 @@ def pretrain(args: argparse.Namespace) -> int:
             f"held-out masked-patch loss {result.heldout_loss:.4f} vs {result.baseline_loss:.4f} for the trivial "
             f"baseline (each patch predicted by its own mean): {ratio:.2f}x"
         )
+    for line in result.retrieval:  # a composite: its parts matched on the held-out items
+        print(line)
     print(f"run folder:      {result.run_dir}")
     print(f"checkpoint:      {result.checkpoint}")
     print(f"metrics:         {result.metrics}")
@@ -153,6 +156,35 @@ def knn(args: argparse.Namespace) -> int:
         f"k-NN (k={args.k}, T={args.temperature:g}, {features}): top-1 {report.top1:.1f}%  top-5 {report.top5:.1f}%  "
         f"({report.queries} held-out vs {report.training_items} training items{skipped})"
     )
+    return 0
+
+
+def pack(args: argparse.Namespace) -> int:
+    report = pack_files(args.src, args.dest, modality=args.modality, registry=get_registry(),
+                        shard_size=args.shard_size, split_by_class=args.split_by_class, seed=args.seed,
+                        progress=not args.no_progress)  # fmt: skip
+    classes = f", {len(report.classes)} classes" if report.classes else ""
+    bad = f"; {len(report.bad)} unreadable files left out (named above)" if report.bad else ""
+    print(f"wrote {report.samples} samples in {len(report.shards)} shards{classes} to {args.dest} "
+          f"(manifest.json){bad}")  # fmt: skip
+    return 0
+
+
+def retrieve(args: argparse.Namespace) -> int:
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not Path(config).is_file():  # `anymae retrieve CKPT data.x=y`
+        config, overrides = None, [config, *overrides]
+    report = retrieve_command(args.checkpoint, config, overrides,
+                              parts=args.parts.split(",") if args.parts else None, split=args.split,
+                              batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
+                              output=args.output, figure=args.figure, queries=args.queries,
+                              progress=not args.no_progress)  # fmt: skip
+    for direction, scores in report.directions.items():
+        print(retrieval_line(direction, scores, report.pairs))
+    items = "item" if report.skipped == 1 else "items"
+    skipped = f"; {report.skipped} {items} with an unreadable part skipped" if report.skipped else ""
+    figure = f", top-5 matches in {report.figure}" if report.figure else ""
+    print(f"results in {report.output}{figure}{skipped}")
     return 0
 
 

@@ -13,7 +13,7 @@ from anymae.plugins import get_registry
 __all__ = ["OVERRIDE_COMMANDS", "build_parser"]
 
 # Commands whose trailing key.sub=value overrides may also come after an option (argparse leaves those unparsed).
-OVERRIDE_COMMANDS = ("pretrain", "finetune", "linprobe", "segment", "detect", "eval", "knn")
+OVERRIDE_COMMANDS = ("pretrain", "finetune", "linprobe", "segment", "detect", "eval", "knn", "retrieve")
 _FILE_HELP = "anything `load_model` reads: anymae checkpoint, official MAE .pth, HF folder"
 _NO_PROGRESS_HELP = "no progress bar (logs still go to metrics.jsonl)"
 
@@ -21,8 +21,8 @@ _NO_PROGRESS_HELP = "no progress bar (logs still go to metrics.jsonl)"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anymae", description="Masked-autoencoder pre-training for any modality.")
     sub = parser.add_subparsers(dest="command")
-    for add in (_pretrain, _classify, _segment, _detect, _predict, _eval, _knn, _embed, _visualize, _export,
-                _convert, _plugins, _configs, _models):  # fmt: skip
+    for add in (_pretrain, _classify, _segment, _detect, _predict, _eval, _knn, _retrieve, _embed, _visualize, _export,
+                _convert, _pack, _plugins, _configs, _models):  # fmt: skip
         add(sub)
     _plugin_commands(sub)
     return parser
@@ -102,6 +102,23 @@ def _knn(sub: Any) -> None:
     p.set_defaults(func=commands.knn)
 
 
+def _retrieve(sub: Any) -> None:
+    p = sub.add_parser("retrieve", help="cross-modal retrieval R@1/5/10 between two parts of a composite model")
+    p.add_argument("checkpoint", help=_FILE_HELP)
+    p.add_argument("config", nargs="?", help="a YAML file or bundled config whose data section names the pairs")
+    p.add_argument("overrides", nargs="*", help="data.PART.KEY=VALUE changes, e.g. data.audio.root=my_clips")
+    p.add_argument("--parts", default=None, help="the two parts to match, e.g. audio,video (default: the first two)")
+    p.add_argument("--split", default="heldout", choices=["train", "heldout"], help="which split of the data")
+    p.add_argument("-o", "--output", default="retrieval.json", help="the JSON file of the results")
+    p.add_argument("--figure", default=None, help="a PNG of the top-5 matches of a few queries in each direction")
+    p.add_argument("--queries", type=int, default=4, help="with --figure: the queries drawn per direction")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for reading the data")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=commands.retrieve)
+
+
 def _embed(sub: Any) -> None:
     p = sub.add_parser("embed", help="write one feature row per input file (or per window of a long one)")
     p.add_argument("checkpoint", help=_FILE_HELP)
@@ -157,6 +174,18 @@ def _convert(sub: Any) -> None:
     p.add_argument("--num-heads", type=int, help="heads of an official / timm source of a non-official width")
     p.add_argument("--no-verify", action="store_true", help="skip reading the output back and comparing")
     p.set_defaults(func=commands.convert)
+
+
+def _pack(sub: Any) -> None:
+    p = sub.add_parser("pack", help="write a folder or list file as tar shards (WebDataset) with a manifest.json")
+    p.add_argument("src", help="a split folder (class folders or flat) or a list file of `path [label]` lines")
+    p.add_argument("dest", help="the folder for shard-NNNNNN.tar and manifest.json")
+    p.add_argument("--modality", required=True, help="the registered modality that reads SRC (its file types)")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    p.add_argument("--split-by-class", action="store_true", help="each class in shards of its own (not shuffled)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the order the samples are dealt into shards")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=commands.pack)
 
 
 def _plugins(sub: Any) -> None:

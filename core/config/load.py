@@ -14,6 +14,7 @@ from anymae.core.config.resolve import resolve_config, resolve_model_config, res
 from anymae.core.config.schema import Config
 from anymae.core.config.segment import SegmentConfig, load_segment_config
 from anymae.core.config.sources import apply_preset, read_config_source
+from anymae.core.config.stream import data_section
 from anymae.core.config.validate import from_dict
 from anymae.plugins.manager import COMPOSITE, Registry, resolve_registry
 
@@ -83,7 +84,7 @@ def load_classify_config(
         modality = registry.modality(head.modality)
     except KeyError as exc:
         raise ConfigError(f"config {mode}.modality: {exc.args[0]}") from None
-    cfg.data = from_dict(modality.data_config, data_raw, "data")
+    cfg.data = data_section(modality.data_config, data_raw, "data")
     if isinstance(head, FinetuneConfig) and head.token_masking:
         try:
             registry.masking_strategy(head.token_masking)

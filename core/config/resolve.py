@@ -14,8 +14,9 @@ from anymae.core.config.options import (
     check_masking_options,
     check_options,
 )
-from anymae.core.config.schema import Config, ModelConfig, PartConfig
+from anymae.core.config.schema import Config, ContrastiveConfig, ModelConfig, PartConfig
 from anymae.core.config.serialize import config_to_dict
+from anymae.core.config.stream import composite_stream, data_section
 from anymae.core.config.validate import from_dict
 from anymae.plugins.manager import COMPOSITE, Registry, resolve_registry
 
@@ -33,23 +34,27 @@ def resolve_config(raw: dict[str, Any], registry: Registry | None = None) -> Con
     if cfg.model.modality == COMPOSITE:
         cfg.data = resolve_part_data(cfg.model, data_raw, registry)
     else:
-        cfg.data = from_dict(registry.modality(cfg.model.modality).data_config, data_raw, "data")
+        cfg.data = data_section(registry.modality(cfg.model.modality).data_config, data_raw, "data")
     return cfg
 
 
 def resolve_part_data(model: ModelConfig, raw: Any, registry: Registry) -> dict[str, Any]:
     """A composite's ``data``: one section per part (``data.<part>``), each its modality's data_config."""
     raw = dict(raw or {})
+    stream = composite_stream(raw)  # shards, ...: every part of one item in one sample
     for key in raw:
         if key not in model.parts:
             raise ConfigError(
                 f"unknown config key 'data.{key}': a composite's data has one section per part "
                 f"({', '.join(model.parts)})"
             )
-    return {
+    data: dict[str, Any] = {
         name: from_dict(registry.modality(part.modality).data_config, raw.get(name), f"data.{name}")
         for name, part in model.parts.items()
     }
+    if stream != type(stream)():
+        data["stream"] = stream
+    return data
 
 
 def resolve_model_config(raw: Any, registry: Registry | None = None) -> ModelConfig:
@@ -63,6 +68,10 @@ def resolve_model_config(raw: Any, registry: Registry | None = None) -> ModelCon
     for key in ("parts", "modality_dropout", "joint_decoder", "part_depth"):
         if getattr(cfg, key):
             raise ConfigError(f"config model.{key} is for model.modality: {COMPOSITE}; this model is {cfg.modality!r}")
+    if cfg.contrastive != ContrastiveConfig():
+        raise ConfigError(
+            f"config model.contrastive is for model.modality: {COMPOSITE}; this model is {cfg.modality!r}"
+        )
     try:
         modality = registry.modality(cfg.modality)
         registry.masking_strategy(cfg.masking)
@@ -80,8 +89,8 @@ def resolve_model_config(raw: Any, registry: Registry | None = None) -> ModelCon
 _PER_PART = ("masking", "masking_options", "mask_ratio", "norm_pix_loss", "target", "decoder", "decoder_options",
              "pred_masked_only")  # fmt: skip
 _NOT_COMPOSITE = {
-    "init_from": "starting a composite from another checkpoint's weights is not supported yet",
-    "init_bands": "starting a composite from another checkpoint's weights is not supported yet",
+    "init_from": "a composite starts each part from its own file: model.parts.<name>.init_from",
+    "init_bands": "a composite starts each part from its own file: model.parts.<name>.init_bands",
 }
 
 
@@ -130,4 +139,9 @@ def _resolve_composite(cfg: ModelConfig, raw: dict[str, Any], tokenizer_raw: Any
                                       "model.joint_decoder: true")  # fmt: skip
         parts[str(name)] = part
     cfg.parts = parts
+    for pair in cfg.contrastive.pairs or []:
+        unknown = [name for name in pair if name not in parts]
+        if unknown:
+            raise ConfigError(f"config model.contrastive.pairs: {pair} names {unknown}, not parts of this model "
+                              f"({', '.join(parts)})")  # fmt: skip
     return cfg

@@ -8,7 +8,38 @@ from typing import Any, Literal
 
 from anymae.core.config.loggers import check_loggers
 
-__all__ = ["Config", "ModelConfig", "OptimConfig", "PartConfig", "TrainConfig", "check_lr_schedule"]
+__all__ = [
+    "Config",
+    "ContrastiveConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PartConfig",
+    "TrainConfig",
+    "check_lr_schedule",
+]
+
+
+@dataclass
+class ContrastiveConfig:
+    """``model.contrastive``: CAV-MAE's contrastive term between a composite's parts (Gong et al., ICLR 2023,
+    section 3.3; anymae.core.model.contrastive). ``weight`` 0 (the default) builds nothing: the model, its
+    checkpoint and its loss are those of a composite without the term."""
+
+    weight: float = 0.0  # CAV-MAE: 0.01 (lambda_c, its "contrast_loss_weight")
+    temperature: float = 0.05  # CAV-MAE's tau
+    proj_dim: int = 0  # 0: no projection (CAV-MAE contrasts the pooled, normalised encoder output); N: Linear(D, N)
+    pairs: list[list[str]] | None = None  # [[audio, video], ...]; default: every pair of parts
+    masked: bool = True  # the parts' visible tokens under the training masks (CAV-MAE); false: every token
+
+    def __post_init__(self) -> None:
+        if self.weight < 0 or self.temperature <= 0 or self.proj_dim < 0:
+            raise ValueError(
+                f"weight must be >= 0, temperature > 0 and proj_dim >= 0, got weight {self.weight}, "
+                f"temperature {self.temperature}, proj_dim {self.proj_dim}"
+            )
+        for pair in self.pairs or []:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"pairs: each pair names two different parts, got {pair}")
 
 
 @dataclass
@@ -47,6 +78,7 @@ class ModelConfig:
     modality_dropout: float = 0.0  # composite: share of training samples that lose one part (chosen at random)
     joint_decoder: bool = False  # composite: one decoder over every part's tokens (CAV-MAE) instead of each part's own
     part_depth: int = 0  # composite: blocks of each part's own before the shared `depth` (CAV-MAE: 11, then 1 shared)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)  # composite: CAV-MAE's contrastive term
 
     def __post_init__(self) -> None:
         if self.part_depth < 0:
@@ -90,10 +122,17 @@ class PartConfig:
     decoder_options: dict[str, Any] = field(default_factory=dict)
     pred_masked_only: bool = False
     loss_weight: float = 1.0  # the total loss is the sum of loss_weight x the part's masked-patch loss
+    # pretrain: start this part from a single-modality MAE file (anything model.init_from takes): its tokenizer,
+    # its first part_depth blocks into the part's own, the rest into the shared encoder (from the first part that
+    # names a file; later parts' files give their tokenizer and own blocks), its decoder into the part's own
+    init_from: str | None = None
+    init_bands: tuple[int, ...] | None = None  # init_from: the file's input channel for each channel of the part
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.init_bands is not None and (self.init_from is None or not self.init_bands or min(self.init_bands) < 0):
+            raise ValueError(f"init_bands must be channel indices >= 0 of init_from's file, got {self.init_bands}")
         if self.loss_weight < 0:
             raise ValueError(f"loss_weight must be >= 0, got {self.loss_weight}")
 

@@ -58,7 +58,7 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"config {key}: {value!r} is not one of {', '.join(map(repr, args))}")
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key)
+        return value if isinstance(value, tp) else from_dict(tp, value, key)  # a section validated before
     if tp is bool:
         if isinstance(value, bool):
             return value

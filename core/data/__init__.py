@@ -1,8 +1,8 @@
 """The data room: the kit every modality's datasets are made of.
 
 Reproducible per-sample seeds, :class:`SafeDataset` (a bad sample is named, skipped and counted, never the end
-of a long run), the epoch sampler, dataset traits a dataset declares, and the file kit (list files, class
-folders, the data root). Floor 0: it imports nothing of anymae.
+of a long run), the epoch sampler, dataset traits a dataset declares, the file kit (list files, class
+folders, the data root) and splits read from tar shards. Floor 0: it imports nothing of anymae.
 """
 
 from anymae.core.data.files import (
@@ -35,6 +35,7 @@ from anymae.core.data.samples import (
     seeded,
     to_device,
 )
+from anymae.core.data.shards import ShardSet, ShardSplit, ShardStream, resolve_shards
 
 __all__ = [
     "BadSampleError",
@@ -45,6 +46,9 @@ __all__ = [
     "ListedFile",
     "PairedSafeDataset",
     "SafeDataset",
+    "ShardSet",
+    "ShardSplit",
+    "ShardStream",
     "TimedItems",
     "cache_dir",
     "check_channel_stats",
@@ -59,6 +63,7 @@ __all__ = [
     "read_file_list",
     "resolve_data_file",
     "resolve_data_root",
+    "resolve_shards",
     "sample_seed",
     "seeded",
     "to_device",

@@ -173,7 +173,11 @@ class SafeDataset(DatasetWithTraits):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         seed = sample_seed(self.seed, epoch, index)
-        item, bad = self._load(index, seed)
+        return self.finish(*self._load(index, seed), seed)
+
+    def finish(self, item: Any, bad: int, seed: int) -> dict[str, Any]:
+        """A loaded ``item`` as the loop reads it (``bad``: 1 when it stands in for an unreadable one): the input,
+        and the masks drawn from the sample's ``seed`` (also for items a stream loaded, e.g. from shards)."""
         out = {"input": item[0] if isinstance(item, (list, tuple)) else item, "bad": bad}
         if self.mask_fn is not None:
             masks = [
@@ -221,7 +225,11 @@ class PairedSafeDataset(SafeDataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        (x, second), bad = self._load(index, sample_seed(self.seed, epoch, index))
+        seed = sample_seed(self.seed, epoch, index)
+        return self.finish(*self._load(index, seed), seed)
+
+    def finish(self, item: Any, bad: int, seed: int) -> dict[str, Any]:
+        x, second = item
         return {"input": x, self.second_key: self.convert(second), "bad": bad}
 
 

@@ -19,6 +19,7 @@ from anymae.core.build.classifier import Classifier
 from anymae.core.build.composite_data import CompositeModality
 from anymae.core.build.data_source import labelled_data, modality_for
 from anymae.core.config import COMPOSITE, ConfigError, apply_overrides, from_dict, resolve_model_config
+from anymae.core.config.stream import data_section
 from anymae.core.data.samples import (
     DataError,
     PairedSafeDataset,
@@ -192,7 +193,7 @@ def evaluate_checkpoint(
         data = {name: from_dict(part.data_config, data_raw.get(name), f"data.{name}")
                 for name, part in modality.modalities.items()}  # fmt: skip
     else:
-        data = from_dict(modality.data_config, data_raw, "data")
+        data = data_section(modality.data_config, data_raw, "data")
     labelled = labelled_data(model_cfg, data, registry=registry, parts=parts)
     dataset = labelled.split(split, crop_pct=config.get("eval_crop_pct", 0.875))
     ctx, target = setup(device)

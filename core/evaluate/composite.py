@@ -4,6 +4,9 @@ weighted total, one reconstruction figure with every part, and the cross-modal c
 The cross-modal check asks whether the model uses the other parts: part ``p``'s masked-patch loss with every other
 part visible (as masked for training) against the same loss, on the same masks of ``p``, with every other part
 dropped. A model that reads nothing across parts scores the two alike.
+
+Retrieval (``anymae retrieve``'s recall) between the first two parts over the same held-out items: each part alone,
+unmasked, pooled; its R@1 next to chance says whether the parts' representations match (CAV-MAE's measure).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from anymae.core.build.composite_data import CompositeModality, stack_figures
 from anymae.core.data.samples import SafeDataset, to_device
+from anymae.core.evaluate.retrieval import part_embeddings, recall_at_k, retrieval_line
 from anymae.core.model.composite import CompositeOutput, MultiModalMAE
 from anymae.core.model.figures import render_figure
 from anymae.core.model.loss import masked_mse, patch_mean_baseline
@@ -32,6 +36,7 @@ class HeldoutParts:
     record: dict[str, float] = field(default_factory=dict)  # per-part figures for the metrics row
     part_summaries: list[str] = field(default_factory=list)  # "video 0.41 (0.52x)"
     cross_lines: list[str] = field(default_factory=list)  # "cross-modal check: ..." per part
+    retrieval_lines: list[str] = field(default_factory=list)  # "retrieval video->audio: R@1 ..." per direction
     figure: Path | None = None
 
 
@@ -47,6 +52,8 @@ def check_composite(
     loader = DataLoader(safe, batch_size=cfg.train.batch_size, shuffle=False, generator=torch.Generator())
     generator = torch.Generator().manual_seed(cfg.train.seed)
     names = list(model.parts)
+    pair = names[:2]  # the parts retrieval matches
+    embedded: list[torch.Tensor] = []  # (N, E_a + E_b) per batch
     sums = {key: dict.fromkeys(names, 0.0) for key in ("loss", "baseline", "alone")}
     counts = dict.fromkeys(names, 0.0)
     figure = None
@@ -66,6 +73,7 @@ def check_composite(
             alone = model(x, mask=model.drop(mask, [n for n in names if n != name]))
             sums["alone"][name] += float(alone.losses[name]) * count
             counts[name] += count
+        embedded.append(part_embeddings(model, x, pair).float().cpu())
         if i == 0 and cfg.train.figure_samples > 0:
             k = cfg.train.figure_samples
             figure = composite_figure(model, modality, cfg.data, {n: v[:k] for n, v in x.items()}, out, path)
@@ -86,6 +94,13 @@ def check_composite(
             f"cross-modal check: {n} masked loss {mean['loss'][n]:.4f} with the {others} visible vs "
             f"{mean['alone'][n]:.4f} with the {others} dropped (the same {n} masks)"
         )
+    rows = torch.cat(embedded)
+    if rows.shape[0] >= 2:
+        a, b = rows.split(rows.shape[1] // 2, dim=1)
+        for (q, k), (q_name, k_name) in (((a, b), pair), ((b, a), pair[::-1])):
+            scores = recall_at_k(q, k)
+            held.record.update({f"retrieval_{q_name}_to_{k_name}_R@{r}": scores[f"R@{r}"] for r in (1, 5, 10)})
+            held.retrieval_lines.append(retrieval_line(f"{q_name}->{k_name}", scores, rows.shape[0]))
     return held
 
 

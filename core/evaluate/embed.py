@@ -20,7 +20,10 @@ The output is one safetensors file (no pickle, readable from any language):
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,8 +36,10 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from anymae.core.build.data_source import modality_for
-from anymae.core.config import from_dict, resolve_model_config
+from anymae.core.config import COMPOSITE, ConfigError, resolve_model_config
+from anymae.core.config.stream import data_section
 from anymae.core.data.samples import DataError, SafeDataset
+from anymae.core.data.shards import extract_samples, is_shard_input
 from anymae.core.distributed.context import resolve_device
 from anymae.core.evaluate.knn import Pool, default_pool, pooled_features
 from anymae.core.model.features import block_features
@@ -74,10 +79,13 @@ class Embeddings:
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Command-line inputs -> files: a folder gives every file below it (sorted; hidden ones skipped), a ``.txt`` /
     ``.lst`` file the paths it lists (one a line, relative to the list's folder; blank and ``#`` lines skipped),
+    a shard ``x.tar`` its samples' media, ``x.tar#key`` that sample's (written to a temporary folder, named by key),
     anything else itself. A path that does not exist raises :class:`DataError` naming it."""
     files: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_dir():
+        if is_shard_input(item):
+            files.extend(extract_samples(item, _scratch()))
+        elif item.is_dir():
             found = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
             if not found:
                 raise DataError(f"input folder {item} holds no files")
@@ -96,6 +104,13 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     if not files:
         raise DataError("no input files")
     return files
+
+
+def _scratch() -> Path:
+    """A temporary folder for the samples of shard inputs, removed when the process ends."""
+    folder = Path(tempfile.mkdtemp(prefix="anymae-inputs-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 class _FileWindows(Dataset):
@@ -159,9 +174,12 @@ def embed_files(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     model_cfg = resolve_model_config(model.config["model"], registry)
+    if model_cfg.modality == COMPOSITE:
+        raise ConfigError("anymae embed reads files of one modality; a composite model's parts are matched with "
+                          "`anymae retrieve` and scored with `anymae knn --parts PART`")  # fmt: skip
     modality = modality_for(model_cfg, registry=registry)
     if data is None:
-        data = from_dict(modality.data_config, model.config.get("data") or {}, "data")
+        data = data_section(modality.data_config, model.config.get("data") or {}, "data")
     pool = pool or default_pool(model)
     depth = len(model.encoder.blocks)
     layers = [i + depth if i < 0 else i for i in layers] if layers else None  # -1: the last block

@@ -27,11 +27,11 @@ from anymae.core.config import (
     COMPOSITE,
     ConfigError,
     apply_overrides,
-    from_dict,
     read_config_source,
     resolve_model_config,
     resolve_part_data,
 )
+from anymae.core.config.stream import data_section
 from anymae.core.data.samples import DataError, dataset_traits, to_device
 from anymae.core.distributed.context import resolve_device
 from anymae.core.evaluate.classification import LabelledSafeDataset
@@ -312,7 +312,7 @@ def knn_command(
         data = resolve_part_data(model_cfg, data_raw, registry)
         model = model.restricted(list(parts)) if parts is not None else model
     else:
-        data = from_dict(registry.modality(model_cfg.modality).data_config, data_raw, "data")
+        data = data_section(registry.modality(model_cfg.modality).data_config, data_raw, "data")
     labelled = labelled_data(model_cfg, data, registry=registry)
     train_set, query_set = labelled.split("train"), labelled.split("heldout")
     target = resolve_device(device)

@@ -16,7 +16,10 @@ import torch
 
 from anymae.core.build.data_source import modality_for
 from anymae.core.config import ConfigError, from_dict, resolve_model_config
+from anymae.core.config.stream import data_section
+from anymae.core.data.shards import is_shard_input
 from anymae.core.evaluate.composite import composite_figure
+from anymae.core.evaluate.embed import expand_inputs
 from anymae.core.io.checkpoint import CheckpointError
 from anymae.core.model.composite import MultiModalMAE
 from anymae.core.model.figures import render_figure
@@ -50,8 +53,10 @@ def visualize_checkpoint(
 ) -> Reconstruction:
     """Draw ``checkpoint``'s reconstructions of ``inputs`` to ``output`` (the masks seeded with ``seed``).
     ``raw_stats``: norm-pix models draw removed patches with the visible patches' average mean and std, not each
-    true patch's. A checkpoint without decoder weights is refused."""
+    true patch's. A checkpoint without decoder weights is refused. A shard input (``x.tar#key``: one held-out
+    sample; ``x.tar``: all of them) is drawn from its samples' media."""
     registry = resolve_registry(registry)
+    inputs = [str(f) for item in inputs for f in (expand_inputs([item]) if is_shard_input(item) else [item])]
     model = load_model(checkpoint)
     if isinstance(model, MultiModalMAE):
         return _composite(model, checkpoint, inputs, Path(output), mask_ratio=mask_ratio, seed=seed,
@@ -72,7 +77,7 @@ def _single(
     model_cfg = resolve_model_config(model.config["model"], registry)
     modality = modality_for(model_cfg, registry=registry)
     # anymae checkpoints carry their data section; official and HF models use the modality's defaults.
-    data_cfg = from_dict(modality.data_config, model.config.get("data") or {}, "data")
+    data_cfg = data_section(modality.data_config, model.config.get("data") or {}, "data")
     x = modality.load_inputs(inputs, data_cfg, model_cfg.tokenizer)
     forced = sample_mask(
         model.masking,

@@ -3,7 +3,8 @@
 Each *part* is a registered modality with its own tokenizer, a learned modality embedding, its own masking
 strategy and ratio, target and decoder. The visible tokens of every part go through one shared encoder; each
 part's decoder reconstructs that part from its own slice of the encoder's output (CAV-MAE's separate decoders);
-the loss is the sum of ``loss_weight x`` each part's masked-patch loss.
+the loss is the sum of ``loss_weight x`` each part's masked-patch loss, plus, with a
+:class:`~anymae.core.model.contrastive.ContrastiveTerm`, its weight x CAV-MAE's contrastive loss between the parts.
 
 The joint token sequence is the parts' token sequences concatenated in part order, so one mask ``(N, L)``
 (``L`` = the sum of the parts' token counts) says everything: each part's slice is that part's mask, and a
@@ -20,6 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from anymae.core.model.contrastive import ContrastiveTerm
 from anymae.core.model.decoder import LearnedMaskToken
 from anymae.core.model.encoder import MaskedEncoder
 from anymae.core.model.joint_decoder import JointDecoder
@@ -76,10 +78,11 @@ class Part(nn.Module):
 class CompositeOutput(NamedTuple):
     """What :meth:`MultiModalMAE.forward` returns; ``out[0]`` is the loss, as for a single-modality MAE."""
 
-    loss: Tensor  # sum over the parts of loss_weight x the part's masked-patch loss
+    loss: Tensor  # sum over the parts of loss_weight x the part's masked-patch loss (+ weight x contrastive)
     pred: dict[str, Tensor]  # part -> (N, L_p, P_p) in target space (0 at kept tokens with pred_masked_only)
     mask: Tensor  # (N, L) float, 1 = removed, the parts' slices in part order
     losses: dict[str, Tensor]  # part -> its masked-patch loss over the samples that have it (detached)
+    contrastive: Tensor | None = None  # the contrastive loss before its weight (detached); None without the term
 
 
 class CompositeMasker:
@@ -106,7 +109,8 @@ class MultiModalMAE(nn.Module):
     order (each part keeps the positions its modality defines); each part adds its modality embedding to its
     tokens. ``decoder``: a :class:`~anymae.core.model.joint_decoder.JointDecoder` over every part's tokens (CAV-MAE), or
     None for each part's own decoder. ``modality_dropout`` is the share of training samples that lose one part
-    (drawn with the mask).
+    (drawn with the mask). ``contrastive``: CAV-MAE's contrastive term between the parts' pooled representations,
+    computed on the same masks (:meth:`forward_contrastive`).
     """
 
     def __init__(
@@ -116,12 +120,14 @@ class MultiModalMAE(nn.Module):
         encoder: MaskedEncoder,
         decoder: JointDecoder | None = None,
         modality_dropout: float = 0.0,
+        contrastive: ContrastiveTerm | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.parts = nn.ModuleDict(parts)
         self.encoder = encoder
         self.decoder = decoder  # one decoder over every part's tokens; None: each part's own
+        self.contrastive = contrastive
         if decoder is not None and any(p.decoder is not None for p in parts.values()):
             raise ValueError("a joint decoder replaces the parts' own decoders: build the parts without one")
         self.modality_dropout = modality_dropout
@@ -152,7 +158,8 @@ class MultiModalMAE(nn.Module):
         for token in tokens:
             if token is not None:
                 nn.init.normal_(token, std=0.02)
-        for module in (self.encoder, *decoders, *(p.blocks for p in self.parts.values())):
+        heads = [self.contrastive] if self.contrastive is not None else []
+        for module in (self.encoder, *decoders, *(p.blocks for p in self.parts.values()), *heads):
             module.apply(init_linear_and_norm)
 
     def decoders(self) -> list[nn.Module]:
@@ -281,7 +288,44 @@ class MultiModalMAE(nn.Module):
             loss = self.forward_loss(x[name], pred, self.part_mask(mask, name), name, layout.present)
             losses[name] = loss.detach()
             total = total + self.parts[name].loss_weight * loss
-        return CompositeOutput(total, preds, mask.float(), losses)
+        contrastive = None
+        if self.contrastive is not None:
+            contrastive = self.forward_contrastive(x, mask)
+            total = total + self.contrastive.weight * contrastive
+            contrastive = contrastive.detach()
+        return CompositeOutput(total, preds, mask.float(), losses, contrastive)
+
+    def forward_contrastive(self, x: Inputs, mask: Tensor) -> Tensor:
+        """CAV-MAE's contrastive loss (weight not applied) between the parts in ``x``: each part's visible tokens
+        under ``mask`` (every token with ``contrastive.masked: false``) through the encoder alone, mean-pooled."""
+        assert self.contrastive is not None
+        reps, present = {}, {}
+        for name in self.parts:
+            if name in x:
+                reps[name], present[name] = self.pooled_alone(x, mask, name)
+        return self.contrastive({name: self.contrastive.embed(name, pooled) for name, pooled in reps.items()}, present)
+
+    def pooled_alone(self, x: Inputs, mask: Tensor | None, name: str) -> tuple[Tensor, Tensor]:
+        """Part ``name`` through the encoder with no other part: its tokens kept by ``mask`` (N, L) (None or
+        ``contrastive.masked: false``: all of them), mean-pooled after the final norm -> (N, D), and which samples
+        have the part (N,) bool. A sample that dropped the part is encoded on another sample's mask (its row
+        is not used)."""
+        n = next(iter(x.values())).shape[0]
+        device = x[name].device
+        own = torch.zeros(n, self.parts[name].num_tokens, dtype=torch.bool, device=device)
+        present = torch.ones(n, dtype=torch.bool, device=device)
+        masked = self.contrastive.masked if self.contrastive is not None else True
+        if mask is not None:
+            present = ~self.part_mask(mask, name).all(dim=1)
+        if mask is not None and masked:
+            own = self.part_mask(mask, name).clone()  # (N, L_p)
+            # A sample without the part is encoded on another's mask, or whole when none has it.
+            own[~present] = own[present][0] if bool(present.any()) else False
+        joint = torch.ones(n, self.num_tokens, dtype=torch.bool, device=device)
+        start, stop = self._span(name)
+        joint[:, start:stop] = own
+        latent, _ = self.forward_encoder({name: x[name]}, joint)  # (N, prefix + K_p, D)
+        return latent[:, self.encoder.num_prefix :].mean(dim=1), present
 
     def encode(self, x: Inputs) -> Tensor:
         """Features with no masking, over the parts in ``x`` (any subset): (N, num_prefix + L_present, D), CLS

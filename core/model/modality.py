@@ -34,6 +34,10 @@ class Modality(ABC):
     # ``data`` of ``anymae detect``: a subclass of anymae.core.config.detect.DetectionDataConfig, or None when the
     # modality has no COCO-format instance data (build_detection_dataset).
     detection_data_config: ClassVar[type | None] = None
+    # Keys of ``data_config`` besides ``root``, ``train_split`` and ``heldout_split`` that say where a split's files
+    # are (list files, a classes file): reset to their defaults when a split is read from shards, whose samples the
+    # core lays out as ``root/<split>/<class>/<file>`` for the modality's own dataset to read.
+    data_location_keys: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def build_tokenizer(self, config: Any, *, embed_dim: int) -> Tokenizer:

@@ -7,7 +7,7 @@ also as ``reconstruction.png``), and, when the data has labels, the k-NN accurac
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from anymae.core.build.data_source import labelled_data, modality_for
 from anymae.core.build.models import build_model
+from anymae.core.build.shard_source import log_sources, split_dataset
 from anymae.core.config import COMPOSITE, Config, ConfigError, config_to_dict
 from anymae.core.data.samples import DataError, SafeDataset, dataset_traits, input_size, to_device
 from anymae.core.distributed.context import DistContext, gather_full_state, run_then_teardown, setup
@@ -47,6 +48,7 @@ class PretrainResult:
     baseline_loss: float | None  # the same for predicting each patch's own mean
     figure: Path | None
     metrics: Path
+    retrieval: list[str] = field(default_factory=list)  # a composite's last check: "retrieval a->b: R@1 ..." lines
 
 
 def pretrain(
@@ -87,8 +89,9 @@ class PretrainTask(Task):
         self.composite = cfg.model.modality == COMPOSITE
         self.modality = modality_for(cfg.model, registry=registry)
         # Everything that can fail on the user's inputs fails here, before a model is built.
-        self.train_set = self.modality.build_dataset(cfg.data, cfg.model.tokenizer, split="train")
-        self.heldout_set = self.modality.build_dataset(cfg.data, cfg.model.tokenizer, split="heldout")
+        log_sources(cfg.data, main=ctx.is_main)
+        self.train_set = split_dataset(self.modality, cfg.data, cfg.model.tokenizer, split="train", training=True)
+        self.heldout_set = split_dataset(self.modality, cfg.data, cfg.model.tokenizer, split="heldout")
         seed_everything(cfg.train.seed)
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -106,7 +109,8 @@ class PretrainTask(Task):
         # in the workers, the transform itself in the step.
         self.device_transform = self.modality.device_transform(cfg.data, cfg.model.tokenizer, device=device)
         self.heldout: tuple[float, float] | None = None  # the last check's (loss, baseline)
-        self.part_losses: dict[str, torch.Tensor] = {}  # a composite's loss of each part, last micro-batch
+        self.retrieval: list[str] = []  # a composite's last check's retrieval lines
+        self.part_losses: dict[str, torch.Tensor] = {}  # a composite's loss of each part (+ contrastive), last step
         self.knn_sets = self._knn_sets()
 
     def _knn_sets(self) -> tuple[Dataset, Dataset] | None:
@@ -152,8 +156,8 @@ class PretrainTask(Task):
         if self.views_per_item > 1:  # (N, S, ...) -> (N*S, ...)
             x, mask = x.flatten(0, 1), mask.flatten(0, 1)
         out = net(x, mask=mask)
-        if self.composite:
-            self.part_losses = out.losses
+        if self.composite:  # each part's loss, and the contrastive term's before its weight
+            self.part_losses = out.losses | ({"contrastive": out.contrastive} if out.contrastive is not None else {})
         return out[0], input_size(x)
 
     def step_record(self) -> dict[str, float]:
@@ -171,7 +175,8 @@ class PretrainTask(Task):
         if self.composite:  # each part's loss, and how much each part's loss owes to the others
             held = check_composite(model, self.modality, self.cfg, self.heldout_set, device=self.device, path=path)
             record, loss, baseline, figure = held.record, held.loss, held.baseline, held.figure
-            extra = "".join(f"\n{line}" for line in held.cross_lines)
+            extra = "".join(f"\n{line}" for line in held.cross_lines + held.retrieval_lines)
+            self.retrieval = held.retrieval_lines
         else:
             loss, baseline, figure = evaluate_heldout(
                 model, self.modality, self.cfg, self.heldout_set, device=self.device, path=path
@@ -210,9 +215,8 @@ class PretrainTask(Task):
         loss, baseline = self.heldout if self.heldout is not None else (None, None)
         figure = trainer.copy_last_figure(trainer.run_dir / "reconstruction.png")
         assert trainer.checkpoint is not None
-        return PretrainResult(
-            trainer.run_dir, trainer.checkpoint, trainer.epoch_loss, loss, baseline, figure, trainer.metrics.path
-        )
+        return PretrainResult(trainer.run_dir, trainer.checkpoint, trainer.epoch_loss, loss, baseline, figure,
+                              trainer.metrics.path, self.retrieval)  # fmt: skip
 
     def _plain_model(self) -> MaskedAutoencoder:
         """The model as one plain module on rank 0, for the held-out evaluation that rank 0 runs alone: an FSDP

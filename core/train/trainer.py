@@ -42,6 +42,7 @@ from anymae.core.build.models import (
 )
 from anymae.core.config import ConfigError, TrainConfig, config_to_dict
 from anymae.core.data.samples import DataError, EpochSampler
+from anymae.core.data.shards import ShardStream
 from anymae.core.distributed.context import (
     DistContext,
     all_sum,
@@ -185,14 +186,26 @@ class Trainer:
                         reshard_after_forward=train.fsdp_reshard_after_forward)  # fmt: skip
         elif ctx.enabled:
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.sampler = EpochSampler(
-            len(task.train_set), batch_size=train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
-            seed=train.seed, weights=task.sample_weights(), num_samples=task.epoch_samples(),
-        )  # fmt: skip
+        dataset = task.loader_dataset()
+        if isinstance(task.train_set, ShardStream):
+            # Shards are read as a stream: each rank x worker its own samples, in an order seeded per epoch.
+            if task.sample_weights() is not None:
+                raise ConfigError(f"{task.command}: weighted (balanced) sampling needs a folder; shards are streamed")
+            self.sampler: EpochSampler | ShardStream = task.train_set.bind(
+                rank=ctx.rank, world_size=ctx.world_size, workers=train.num_workers, batch_size=train.batch_size,
+                seed=train.seed, finish=dataset.finish,  # type: ignore[attr-defined]
+            )  # fmt: skip
+            dataset, sampler = task.train_set, None
+        else:
+            self.sampler = EpochSampler(
+                len(task.train_set), batch_size=train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+                seed=train.seed, weights=task.sample_weights(), num_samples=task.epoch_samples(),
+            )  # fmt: skip
+            sampler = self.sampler
         self.loader = DataLoader(
-            task.loader_dataset(),
+            dataset,
             batch_size=train.batch_size,
-            sampler=self.sampler,
+            sampler=sampler,
             drop_last=True,
             num_workers=train.num_workers,
             pin_memory=train.pin_memory and device.type == "cuda",

@@ -107,6 +107,7 @@ class AudioModality(Modality):
     name = "audio"
     tokenizer_config = AudioTokenizerConfig
     data_config = AudioDataConfig
+    data_location_keys = ("label_csv", "audio_dir", "multi_label", "fold", "exclude_lists")
 
     def build_tokenizer(self, config: AudioTokenizerConfig, *, embed_dim: int) -> SpectrogramTokenizer:
         return SpectrogramTokenizer(

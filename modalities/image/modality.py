@@ -140,6 +140,7 @@ class ImageModality(Modality):
     name = "image"
     tokenizer_config = ImageTokenizerConfig
     data_config = ImageDataConfig
+    data_location_keys = ("train_list", "heldout_list", "classes_file")
     segmentation_data_config = ImageSegmentationDataConfig
     detection_data_config = ImageDetectionDataConfig
 

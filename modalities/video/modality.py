@@ -121,6 +121,7 @@ class VideoModality(Modality):
     name = "video"
     tokenizer_config = VideoTokenizerConfig
     data_config = VideoDataConfig
+    data_location_keys = ("classes_file",)
 
     def build_tokenizer(self, config: VideoTokenizerConfig, *, embed_dim: int) -> TubeletTokenizer:
         return TubeletTokenizer(
