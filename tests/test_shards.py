@@ -184,6 +184,38 @@ def test_video_audio_and_composite_samples_decode_with_their_modalities(tmp_path
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_pack_of_a_composite_writes_every_part_of_a_paired_item_in_one_sample_that_decodes_as_the_folders(
+    tmp_path: Path, capsys: Any
+) -> None:
+    from test_composite import composite_raw, write_pairs
+
+    pairs = tmp_path / "pairs"
+    write_pairs(pairs, 3, split="heldout", skip_audio=(2,))  # s002 has no sound: no item, left out and named
+    assert main(["pack", f"{pairs}/{{part}}/heldout", str(tmp_path / "av"), "--parts", "image=image,audio=audio",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "left out: part 'image': 1 (heldout/s002)" in capsys.readouterr().err
+    with tarfile.open(tmp_path / "av" / "shard-000000.tar") as tar:  # the bytes as they are, one sample an item
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    assert sorted(members) == ["s000.audio.wav", "s000.image.png", "s001.audio.wav", "s001.image.png"]
+    assert members["s001.audio.wav"] == (pairs / "audio" / "heldout" / "s001.wav").read_bytes()
+    assert members["s001.image.png"] == (pairs / "image" / "heldout" / "s001.png").read_bytes()
+
+    raw = composite_raw(tmp_path, pairs)
+    cfg = resolve_config(raw)
+    modality = modality_for(cfg.model, registry=get_registry())
+    expected = modality.build_dataset(cfg.data, None, split="heldout")
+    raw["data"]["heldout_shards"] = str(tmp_path / "av")
+    got = split_dataset(modality, resolve_config(raw).data, None, split="heldout")
+    assert len(got) == len(expected) == 2
+    for i, key in enumerate(s["__key__"] for s in wds.WebDataset(str(tmp_path / "av" / "shard-000000.tar"))):
+        with seeded(0):
+            a = got[i]
+        with seeded(0):
+            b = expected[["s000", "s001"].index(key)]
+        assert a.keys() == b.keys() == {"image", "audio"}
+        assert all(torch.equal(a[k], b[k]) for k in a), key
+
+
 def _input(item: Any) -> Any:
     """An item's input (pre-training items may be ``(input, label)`` pairs)."""
     return item[0] if isinstance(item, tuple) else item
@@ -313,6 +345,25 @@ def test_bad_samples_and_a_truncated_shard_are_named_skipped_and_counted(tmp_pat
     bad = next(r["epoch_bad_samples"] for r in rows if "epoch_bad_samples" in r)
     # 2 unreadable samples and the samples the truncated shard lost (it held 4; a third of it keeps at most 1).
     assert 2 + 3 <= bad <= 2 + 4, bad
+
+
+def test_a_resume_from_shards_inside_an_epoch_is_refused_with_other_workers_naming_both_counts(tmp_path) -> None:
+    from anymae.core.io.checkpoint import CheckpointError
+    from anymae.core.train.task_pretrain import pretrain
+
+    root = _labelled_images(tmp_path / "images", {"train": 4})  # 12 images: 6 steps of 2 an epoch
+    pack(root / "train", tmp_path / "sh", modality="image", registry=get_registry(), shard_size=3, progress=False)
+    pretrain(resolve_config(_pretrain_raw(tmp_path, tmp_path / "sh", num_workers=0, epochs=1, save_every_steps=1)),
+             progress=False)  # fmt: skip
+    run = tmp_path / "runs" / "shards"
+    inside = next(p for p in sorted(run.glob("checkpoint-step*.pt")) if read_checkpoint(p)["progress"]["batch"])
+    assert read_checkpoint(inside)["shard_slots"] == [1, 1]  # 1 rank x 1 worker (num_workers 0 reads as 1)
+
+    with pytest.raises(CheckpointError) as refused:
+        pretrain(resolve_config(_pretrain_raw(tmp_path, tmp_path / "sh", num_workers=2, epochs=1)),
+                 resume=str(inside), progress=False)  # fmt: skip
+    message = str(refused.value)
+    assert "1 rank(s) x 1 worker(s)" in message and "this run has 1 rank(s) x 2 worker(s)" in message, message
 
 
 DRIVER = '''\

@@ -5,11 +5,17 @@ holds the same file's bytes. :class:`ScratchDecoder` writes one sample's media i
 folder laid out that way (in ``/dev/shm`` where there is one: memory, not disk), builds the modality's dataset over
 it once per media kind, and reads the item back: the decoding, crops and augmentation are the modality's, byte
 for byte. A composite sample holds every part (``<key>.<part>.<ext>``, or one media file all parts read).
+
+Dense samples are decoded the same way by the modality's segmentation and detection datasets:
+:class:`SegmentScratchDecoder` writes an image and its label map (``KEY.jpg`` + ``KEY.seg.png``) as the ADE20K
+layout (``images/<split>/``, ``annotations/<split>/``); :class:`DetectScratchDecoder` writes an image and its
+COCO instances JSON of that one image (``KEY.jpg`` + ``KEY.json``) as an images folder and its annotations file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -24,9 +30,17 @@ from anymae.core.config.stream import StreamConfig
 from anymae.core.data.samples import BadSampleError, DataError
 from anymae.core.data.shards import describe, media_parts, sample_label
 
-__all__ = ["ScratchDecoder"]
+__all__ = [
+    "MASK_PART",
+    "DetectScratchDecoder",
+    "ScratchDecoder",
+    "SegmentScratchDecoder",
+    "coco_located",
+    "coco_sample",
+]
 
 _SCRATCH_PREFIX = "anymae-shards-"
+MASK_PART = "seg"  # a segmentation sample's label map: KEY.seg.png beside KEY.jpg
 
 
 class ScratchDecoder:
@@ -56,9 +70,7 @@ class ScratchDecoder:
         media = self._media(sample)
         dataset, files = self._dataset(tuple(name.rsplit(".", 1)[-1] for name in media.values()))
         for part, name in media.items():
-            staged = files[part].with_name(".staged")
-            staged.write_bytes(sample[name])
-            os.replace(staged, files[part])  # a new file (new inode and time): no stale per-file cache
+            _replace(files[part], sample[name])
         items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
         if self.labelled:
             label = sample_label(sample)
@@ -90,10 +102,7 @@ class ScratchDecoder:
         """The modality's dataset over a scratch folder holding one file per part, of these extensions (built once
         per extensions and process: a worker forked from this process makes its own)."""
         if self.pid != os.getpid():
-            self.pid, self.built, self.folder = os.getpid(), {}, _scratch_folder()
-            # Removed when this decoder goes, by the process that made it (a forked copy must not remove it); the
-            # folders of DataLoader workers, which end without collecting garbage, by the next start.
-            weakref.finalize(self, _remove, self.folder, os.getpid())
+            self.pid, self.built, self.folder = os.getpid(), {}, _process_folder(self)
         if kinds in self.built:
             return self.built[kinds]
         base = self.folder / str(len(self.built))
@@ -117,6 +126,118 @@ class ScratchDecoder:
             raise DataError(f"modality {self.modality.name!r} made no {self.split} dataset of a shard sample")
         self.built[kinds] = (dataset, files)
         return dataset, files
+
+
+class SegmentScratchDecoder:
+    """``decode(sample) -> [(image, mask)]``: a segmentation sample (its image and its label map ``seg.<ext>``)
+    read by the modality's segmentation dataset (``train``: its training pipeline, else full resolution)."""
+
+    def __init__(self, modality: Any, data: Any, tokenizer: Any, *, split: str, train: bool) -> None:
+        self.modality, self.data, self.tokenizer, self.split, self.train = modality, data, tokenizer, split, train
+        self.pid = -1
+        self.folder = Path()
+        self.built: dict[tuple[str, str], tuple[Dataset, Path, Path]] = {}
+
+    def __call__(self, sample: dict[str, Any]) -> list[Any]:
+        found = media_parts(sample)
+        masks = [name for name in found if name.startswith(f"{MASK_PART}.")]
+        images = [name for name in found if name not in masks]
+        if len(masks) != 1 or len(images) != 1:
+            raise BadSampleError(f"{describe(sample)}: a segmentation sample holds one image and one label map "
+                                 f"'{MASK_PART}.<ext>'; it holds {sorted(found) or 'no media'}")  # fmt: skip
+        dataset, image_file, mask_file = self._dataset(images[0].rsplit(".", 1)[-1], masks[0].rsplit(".", 1)[-1])
+        _replace(image_file, sample[images[0]])
+        _replace(mask_file, sample[masks[0]])
+        return [dataset[0]]
+
+    def _dataset(self, image_kind: str, mask_kind: str) -> tuple[Dataset, Path, Path]:
+        """The modality's segmentation dataset over one image and its mask in the ADE20K layout (built once per
+        extensions and process)."""
+        if self.pid != os.getpid():
+            self.pid, self.built, self.folder = os.getpid(), {}, _process_folder(self)
+        kinds = (image_kind, mask_kind)
+        if kinds not in self.built:
+            root = self.folder / f"segment-{len(self.built)}"
+            image_file = root / "images" / "s" / f"item.{image_kind}"
+            mask_file = root / "annotations" / "s" / f"item.{mask_kind}"  # paired with the image by its stem
+            for file in (image_file, mask_file):
+                file.parent.mkdir(parents=True)
+                file.write_bytes(b"")
+            data = _without_stream(self.data, root=str(root), train_split="s", heldout_split="s", train_list=None,
+                                   heldout_list=None)  # fmt: skip
+            dataset = self.modality.build_segmentation_dataset(data, self.tokenizer, split=self.split, train=self.train)
+            self.built[kinds] = (dataset, image_file, mask_file)
+        return self.built[kinds]
+
+
+def coco_sample(sample: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A detection sample's image part and its COCO instances JSON of that one image (``images`` of one entry,
+    ``annotations``, ``categories``); BadSampleError naming the sample otherwise."""
+    found = media_parts(sample)
+    if len(found) != 1 or "json" not in sample:
+        raise BadSampleError(f"{describe(sample)}: a detection sample holds one image and its COCO annotations "
+                             f"'json'; it holds {sorted(k for k in sample if not k.startswith('__'))}")  # fmt: skip
+    try:
+        coco = json.loads(sample["json"])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadSampleError(f"{describe(sample)}: its 'json' is not JSON: {exc}") from None
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) or len(coco["images"]) != 1:
+        raise BadSampleError(f"{describe(sample)}: its 'json' is not a COCO instances file of one image")
+    return next(iter(found)), coco
+
+
+class DetectScratchDecoder:
+    """``decode(sample) -> [(image, target)]``: a detection sample (its image and a COCO instances JSON of that
+    image) read by the modality's detection dataset, with ``augment`` as the folder's split takes it."""
+
+    def __init__(self, modality: Any, data: Any, tokenizer: Any, *, split: str, augment: dict[str, Any] | None) -> None:
+        self.modality, self.data, self.tokenizer, self.split, self.augment = modality, data, tokenizer, split, augment
+        self.pid = -1
+        self.folder = Path()
+
+    def __call__(self, sample: dict[str, Any]) -> list[Any]:
+        image, coco = coco_sample(sample)
+        if self.pid != os.getpid():
+            self.pid, self.folder = os.getpid(), _process_folder(self)
+            (self.folder / "images").mkdir()
+        name = f"item.{image.rsplit('.', 1)[-1]}"
+        _replace(self.folder / "images" / name, sample[image])
+        coco = {**coco, "images": [{**coco["images"][0], "file_name": name}]}
+        _replace(self.folder / "annotations.json", json.dumps(coco).encode())
+        # Built for each sample: the annotations are the sample's (reading one image's JSON is cheap).
+        dataset = self.modality.build_detection_dataset(coco_located(self.data, self.folder), self.tokenizer,
+                                                        split=self.split, augment=self.augment)  # fmt: skip
+        return [dataset[0]]
+
+
+def coco_located(data: Any, folder: Path) -> Any:
+    """A detection ``data`` section reading ``folder/images/`` and ``folder/annotations.json`` for both splits, with
+    no stream keys."""
+    return _without_stream(data, root=str(folder), train_images="images", heldout_images="images",
+                           train_annotations="annotations.json", heldout_annotations="annotations.json",
+                           train_subset=None)  # fmt: skip
+
+
+def _replace(file: Path, payload: bytes) -> None:
+    """``file`` replaced by a new file holding ``payload`` (a new inode and time: no stale per-file cache)."""
+    staged = file.with_name(".staged")
+    staged.write_bytes(payload)
+    os.replace(staged, file)
+
+
+def _without_stream(data: Any, **location: Any) -> Any:
+    """``data`` at ``location`` (a scratch folder) with no stream keys."""
+    reset = {f.name: getattr(StreamConfig(), f.name) for f in dataclasses.fields(StreamConfig)}
+    return dataclasses.replace(data, **(reset if isinstance(data, StreamConfig) else {}), **location)
+
+
+def _process_folder(owner: object) -> Path:
+    """A new scratch folder for this process, removed when ``owner`` goes, by the process that made it (a forked
+    copy must not remove it); the folders of DataLoader workers, which end without collecting garbage, by the next
+    start."""
+    folder = _scratch_folder()
+    weakref.finalize(owner, _remove, folder, os.getpid())
+    return folder
 
 
 def _located(data: Any, modality: Any, root: Path) -> Any:

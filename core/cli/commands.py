@@ -18,6 +18,7 @@ from anymae.core.config import (
     load_segment_config,
 )
 from anymae.core.config.detect import load_detect_config
+from anymae.core.data.samples import DataError
 from anymae.core.evaluate.classification import evaluate_checkpoint, format_stats
 from anymae.core.evaluate.detect_predict import predict_images
 from anymae.core.evaluate.embed import embed_command
@@ -160,9 +161,13 @@ def knn(args: argparse.Namespace) -> int:
 
 
 def pack(args: argparse.Namespace) -> int:
-    report = pack_files(args.src, args.dest, modality=args.modality, registry=get_registry(),
+    pairs = [part.split("=", 1) for part in args.parts.split(",")] if args.parts else []
+    if any(len(pair) != 2 or not all(pair) for pair in pairs):
+        raise DataError(f"--parts: expected NAME=MODALITY,... (image=image,audio=audio), got {args.parts!r}")
+    parts = dict(pairs) if pairs else None
+    report = pack_files(args.src, args.dest, modality=args.modality or "", parts=parts, registry=get_registry(),
                         shard_size=args.shard_size, split_by_class=args.split_by_class, seed=args.seed,
-                        progress=not args.no_progress)  # fmt: skip
+                        progress=not args.no_progress, task=args.task, images=args.images)  # fmt: skip
     classes = f", {len(report.classes)} classes" if report.classes else ""
     bad = f"; {len(report.bad)} unreadable files left out (named above)" if report.bad else ""
     print(f"wrote {report.samples} samples in {len(report.shards)} shards{classes} to {args.dest} "

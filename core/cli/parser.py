@@ -6,6 +6,7 @@ import argparse
 import warnings
 from typing import Any
 
+from anymae.core.build.pack import TASKS
 from anymae.core.cli import commands
 from anymae.core.weights.convert import targets
 from anymae.plugins import get_registry
@@ -178,12 +179,21 @@ def _convert(sub: Any) -> None:
 
 def _pack(sub: Any) -> None:
     p = sub.add_parser("pack", help="write a folder or list file as tar shards (WebDataset) with a manifest.json")
-    p.add_argument("src", help="a split folder (class folders or flat) or a list file of `path [label]` lines")
+    p.add_argument("src", help="a split folder (class folders or flat) or a list file of `path [label]` lines; "
+                   "--task segment: ROOT/images/<split> (ADE20K layout) or a list of `image mask` lines; "
+                   "--task detect: a COCO instances JSON")  # fmt: skip
     p.add_argument("dest", help="the folder for shard-NNNNNN.tar and manifest.json")
-    p.add_argument("--modality", required=True, help="the registered modality that reads SRC (its file types)")
+    p.add_argument("--modality", help="the registered modality that reads SRC (its file types)")
+    p.add_argument("--parts", help="a composite instead: NAME=MODALITY,... (image=image,audio=audio), each part's "
+                   "split folder SRC with {part} replaced by its name (or SRC/NAME); a sample holds every part of an "
+                   "item, paired by file name")  # fmt: skip
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     p.add_argument("--split-by-class", action="store_true", help="each class in shards of its own (not shuffled)")
     p.add_argument("--seed", type=int, default=0, help="seed of the order the samples are dealt into shards")
+    p.add_argument("--task", default="classify", choices=TASKS,
+                   help="what a sample holds: a file (and its class), an image and its label map (KEY.seg.png), "
+                   "or an image and its COCO annotations (KEY.json)")  # fmt: skip
+    p.add_argument("--images", help="--task detect: the folder the COCO JSON's file names are under")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=commands.pack)
 

@@ -18,6 +18,7 @@ from anymae.core.config.resolve import resolve_model_config
 from anymae.core.config.schema import ModelConfig, TrainConfig, check_lr_schedule
 from anymae.core.config.segment import MODEL_PRETRAIN_ONLY
 from anymae.core.config.sources import apply_preset, read_config_source
+from anymae.core.config.stream import data_section
 from anymae.core.config.validate import from_dict
 from anymae.plugins.manager import Registry, resolve_registry
 
@@ -99,7 +100,9 @@ class DetectionDataConfig:
     """The ``data`` fields of every COCO-format data set; a modality's detection data config subclasses it (the
     image plugin adds how the files' bands are read). Paths are relative to ``root``."""
 
-    root: str = ""  # "builtin:demo_detect": the generated demo set (96x96 photographs with 4 kinds of shapes)
+    # "builtin:demo_detect": the generated demo set (96x96 photographs with 4 kinds of shapes); required unless
+    # both splits are read from shards (data.shards, data.heldout_shards)
+    root: str = ""
     train_images: str = "images/train"
     train_annotations: str = "annotations/train.json"  # COCO instances JSON
     heldout_images: str = "images/heldout"
@@ -109,8 +112,6 @@ class DetectionDataConfig:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
     def __post_init__(self) -> None:
-        if not self.root:
-            raise ValueError("root is required: the folder the images and annotations paths are relative to")
         if self.train_subset is not None and self.train_subset < 1:
             raise ValueError(f"train_subset must be at least 1 image, got {self.train_subset}")
         if len(self.mean) != len(self.std) or min(self.std) <= 0:
@@ -195,7 +196,7 @@ def load_detect_config(
         raise ConfigError(f"config detect.modality: modality {head.modality!r} provides no detection data")
     if data_raw is None:
         raise ConfigError("config data: anymae detect needs a data section (data.root and the COCO files under it)")
-    cfg.data = from_dict(modality.detection_data_config, data_raw, "data")
+    cfg.data = data_section(modality.detection_data_config, data_raw, "data")  # data.shards, ... too
     return cfg
 
 

@@ -18,6 +18,7 @@ from anymae.core.config.errors import ConfigError
 from anymae.core.config.resolve import resolve_model_config
 from anymae.core.config.schema import ModelConfig, TrainConfig, check_lr_schedule
 from anymae.core.config.sources import apply_preset, read_config_source
+from anymae.core.config.stream import data_section
 from anymae.core.config.validate import from_dict
 from anymae.plugins.manager import Registry, resolve_registry
 
@@ -191,7 +192,7 @@ def load_segment_config(
     data_config = modality.segmentation_data_config
     if data_config is None:
         raise ConfigError(f"config segment.modality: modality {head.modality!r} provides no segmentation data")
-    cfg.data = from_dict(data_config, data_raw, "data")
+    cfg.data = data_section(data_config, data_raw, "data")  # the stream keys too (data.shards, ...)
     return cfg
 
 

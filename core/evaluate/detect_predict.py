@@ -20,7 +20,8 @@ from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
 from anymae.core.build.detector import DETECTOR_FORMAT, Detector, assemble_detector
-from anymae.core.config import from_dict, resolve_model_config
+from anymae.core.config import resolve_model_config
+from anymae.core.config.stream import data_section
 from anymae.core.distributed.context import resolve_device
 from anymae.core.evaluate.detection import MASK_THRESHOLD, coco_results, write_results
 from anymae.core.io.checkpoint import CheckpointError, read_checkpoint
@@ -113,7 +114,7 @@ def predict_images(
     config = detector.config
     model_cfg = resolve_model_config(config["model"], registry)
     modality = registry.modality(model_cfg.modality)
-    data = from_dict(modality.detection_data_config, config["data"], "data")
+    data = data_section(modality.detection_data_config, config["data"], "data")
     run_on = resolve_device(device)
     detector.to(run_on)
     categories = config["categories"]

@@ -29,9 +29,11 @@ from torch.utils.data import Dataset
 
 from anymae.core.build.detector import DETECTOR_FORMAT, Detector, build_detector, param_groups_detector
 from anymae.core.build.models import build_model
+from anymae.core.build.shard_source import detection_split, log_sources
 from anymae.core.config import config_to_dict, resolve_model_config
 from anymae.core.config.detect import DetectConfig
 from anymae.core.data.samples import DataError, PairedSafeDataset
+from anymae.core.data.shards import ShardStream
 from anymae.core.distributed.context import DistContext, broadcast_object, run_then_teardown, setup
 from anymae.core.evaluate.detect_predict import draw_detections, save_detection_figure
 from anymae.core.evaluate.detection import DetectionScores, coco_ground_truth, coco_results, evaluate_coco
@@ -149,14 +151,21 @@ class DetectTask(Task):
         modality = registry.modality(model_cfg.modality)
         augment = ({"recipe": "lsj", "size": head.max_size, "scale": tuple(head.lsj_scale)} if head.augment == "lsj"
                    else {"recipe": "flip"})  # fmt: skip
-        self.train_set = modality.build_detection_dataset(data, model_cfg.tokenizer, split="train", augment=augment)
-        self.eval_set = modality.build_detection_dataset(data, model_cfg.tokenizer, split="heldout", augment=None)
+        log_sources(data, main=ctx.is_main)
+        self.train_set = detection_split(modality, data, model_cfg.tokenizer, split="train", augment=augment,
+                                         training=True)  # fmt: skip
+        self.eval_set = detection_split(modality, data, model_cfg.tokenizer, split="heldout", augment=None)
         train_coco, heldout_coco = self.train_set.instances, self.eval_set.instances
         if heldout_coco.category_ids != train_coco.category_ids:
             raise DataError(f"data.heldout_annotations: categories {heldout_coco.category_ids} differ from the "
                             f"training split's {train_coco.category_ids}")  # fmt: skip
         if ctx.is_main:
-            for split, coco in (("train", train_coco), ("heldout", heldout_coco)):
+            reports = [("heldout", heldout_coco)]
+            if isinstance(self.train_set, ShardStream):  # read as a stream: its COCO file was checked when packed
+                print("data train: shards (what their COCO file dropped or clipped, anymae pack said)", flush=True)
+            else:
+                reports.insert(0, ("train", train_coco))
+            for split, coco in reports:
                 for line in coco.report.summary().splitlines():
                     print(f"data {split}: {line}", flush=True)
         self.ground_truth = coco_ground_truth(heldout_coco.ground_truth())

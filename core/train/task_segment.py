@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from anymae.core.build.models import build_model
 from anymae.core.build.segmenter import SEGMENTER_FORMAT, Segmenter, build_segmenter, param_groups_layer_decay
+from anymae.core.build.shard_source import log_sources, segmentation_split
 from anymae.core.config import ModelConfig, config_to_dict, resolve_model_config
 from anymae.core.config.segment import SegmentConfig, head_options, pair
 from anymae.core.data.samples import DataError, PairedSafeDataset
@@ -161,8 +162,9 @@ class SegmentTask(Task):
         self.model: Segmenter = model.to(device)
         modality = registry.modality(model_cfg.modality)
         tokenizer = resolve_model_config(model.config["model"], registry).tokenizer  # at the crop size
-        self.train_set = modality.build_segmentation_dataset(data, tokenizer, split="train", train=True)
-        self.eval_set = modality.build_segmentation_dataset(data, tokenizer, split="heldout", train=False)
+        log_sources(data, main=ctx.is_main)
+        self.train_set = segmentation_split(modality, data, tokenizer, split="train", train=True)
+        self.eval_set = segmentation_split(modality, data, tokenizer, split="heldout", train=False)
         self.best: dict[str, float] = {"miou": -1.0}
         self.stats: dict[str, float] = dict(self.best)  # the last check
 

@@ -451,6 +451,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "progress": config_to_dict(self.state),
                 "world_size": self.ctx.world_size,
+                "shard_slots": self._shard_slots(),
                 "rng": capture_rng(),
                 "run_config": config_to_dict(self.cfg),
             }
@@ -489,6 +490,7 @@ class Trainer:
         if self.scaler is not None and payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         self.state = _saved_progress(payload)
+        self._check_shard_slots(payload.get("shard_slots"), path)
         saved_world = payload.get("world_size", 1)
         if self.state.batch and saved_world != self.ctx.world_size:
             raise CheckpointError(
@@ -501,6 +503,31 @@ class Trainer:
             where = f"epoch {self.state.epoch + 1}" + (f", batch {self.state.batch + 1}" if self.state.batch else "")
             print(f"resuming {self.task.command} from {path} (step {self.state.step}): {where} of "
                   f"{self.train.epochs} epochs", flush=True)  # fmt: skip
+
+    def _shard_slots(self) -> list[int] | None:
+        """``[ranks, workers]`` reading the training shards (None: the training set is not a shard stream)."""
+        if not isinstance(self.sampler, ShardStream):
+            return None
+        return [self.sampler.world_size, self.sampler.workers]
+
+    def _check_shard_slots(self, saved: list[int] | None, path: Path) -> None:
+        """Shards are dealt to ranks x workers and each slot's order is seeded by its place: inside an epoch only
+        the same ranks and workers read the samples the saved run had left (others would read some twice and miss
+        some), so a different count is refused; at an epoch's end it is said, as the later epochs' orders change."""
+        ours = self._shard_slots()
+        if saved is None or ours is None or list(saved) == ours:
+            return
+        theirs = f"{saved[0]} rank(s) x {saved[1]} worker(s)"
+        now = f"{ours[0]} rank(s) x {ours[1]} worker(s)"
+        if self.state.batch:
+            raise CheckpointError(
+                f"--resume {path}: saved inside an epoch by a run reading shards on {theirs}; this run has {now}. "
+                f"Exact resume from shards needs the same ranks and workers (train.num_workers={saved[1]} on "
+                f"{saved[0]} process(es)), or resume from an epoch-end checkpoint"
+            )
+        if self.ctx.is_main:
+            print(f"--resume {path}: written by a run reading shards on {theirs}, resumed on {now}: every sample is "
+                  "still read once per epoch, in another order than that run's", flush=True)  # fmt: skip
 
     def _open_run_dir(self, checkpoint: Path | None, *, first_start: bool = False) -> Path:
         """The resumed run's folder; for ``--resume auto`` with no checkpoint yet (``first_start``) runs/<name>,
