@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -100,3 +101,23 @@ def test_embed_refuses_a_composite_naming_what_to_use_instead(tmp_path, capsys):
     run = pretrain(composite_config(tmp_path, root, epochs=1, figure_samples=0, heldout_batches=0), progress=False)
     assert main(["embed", str(run.checkpoint), str(root / "image" / "train"), "-o", str(tmp_path / "f.st")]) == 1
     assert "anymae embed reads files of one modality" in capsys.readouterr().err
+
+
+def test_retrieve_from_packed_composite_shards_equals_retrieve_from_the_folders(tmp_path, capsys):
+    root = tmp_path / "data"
+    write_pairs(root, 4)
+    write_pairs(root, 5, split="heldout")
+    cfg = composite_config(tmp_path, root, epochs=1, figure_samples=0)
+    cfg.model.contrastive.weight = 0.1
+    run = pretrain(cfg, progress=False)
+    shards = tmp_path / "shards"
+    assert main(["pack", str(root / "{part}" / "heldout"), str(shards), "--parts", "image=image,audio=audio",
+                 "--shard-size", "2", "--no-progress"]) == 0  # fmt: skip
+    folder, packed = tmp_path / "folder.json", tmp_path / "packed.json"
+    assert main(["retrieve", str(run.checkpoint), "-o", str(folder), "--no-progress"]) == 0
+    for part in ("image", "audio"):  # the shards are all that is left of the held-out split
+        shutil.rmtree(root / part / "heldout")
+    assert main(["retrieve", str(run.checkpoint), f"data.heldout_shards={shards}", "-o", str(packed),
+                 "--no-progress"]) == 0  # fmt: skip
+    a, b = json.loads(folder.read_text()), json.loads(packed.read_text())
+    assert a["pairs"] == b["pairs"] == 5 and a["directions"] == b["directions"]

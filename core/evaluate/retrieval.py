@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from anymae.core.build.composite_data import CompositeModality
 from anymae.core.build.data_source import modality_for
+from anymae.core.build.shard_source import split_dataset
 from anymae.core.config import (
     COMPOSITE,
     ConfigError,
@@ -121,7 +122,8 @@ def retrieve_command(
     data = resolve_part_data(model_cfg, apply_overrides({"data": data_raw}, overrides)["data"], registry)
     modality = modality_for(model_cfg, registry=registry, parts=names)
     assert isinstance(modality, CompositeModality)
-    paired = modality.build_dataset({n: data[n] for n in names}, split=split)
+    section = {n: data[n] for n in names} | ({"stream": data["stream"]} if "stream" in data else {})
+    paired = split_dataset(modality, section, None, split=split)  # folders, or shards holding every part
     if paired is None:
         raise DataError(f"the data of parts {', '.join(names)} has no {split} split to retrieve from")
     target = resolve_device(device)
