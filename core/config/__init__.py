@@ -21,7 +21,13 @@ from anymae.core.config.segment import (
     load_segment_config,
 )
 from anymae.core.config.serialize import config_to_dict
-from anymae.core.config.sources import apply_overrides, apply_preset, bundled_configs, read_config_source
+from anymae.core.config.sources import (
+    apply_overrides,
+    apply_preset,
+    bundled_configs,
+    data_with_overrides,
+    read_config_source,
+)
 from anymae.core.config.validate import from_dict
 from anymae.plugins.manager import COMPOSITE
 
@@ -47,6 +53,7 @@ __all__ = [
     "check_decoder_options",
     "check_masking_options",
     "config_to_dict",
+    "data_with_overrides",
     "from_dict",
     "load_classify_config",
     "load_config",

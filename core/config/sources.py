@@ -91,6 +91,19 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
+def data_with_overrides(
+    stored: dict[str, Any], overrides: Sequence[str], *, command: str, config: str | None = None
+) -> dict[str, Any]:
+    """The ``data`` section a command that reads a checkpoint's data works on: the checkpoint's ``stored`` one, or
+    ``config``'s (a YAML file or bundled config) when given, then ``data.KEY=VALUE`` ``overrides`` (any other
+    key is refused, naming ``command``)."""
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise ConfigError(f"anymae {command} takes data.KEY=VALUE overrides only, got {bad[0]!r}")
+    data = dict(stored or {}) if config is None else dict(read_config_source(config)[1].get("data") or {})
+    return apply_overrides({"data": data}, overrides)["data"]
+
+
 def apply_preset(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``overrides`` to a raw config: ``preset: NAME`` (in the file or as ``preset=NAME``) first applies the
     entry NAME of the config's ``presets`` section (a mapping of ``key.sub: value`` overrides), then the other

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from anymae.core.build.classifier import Classifier
 from anymae.core.build.composite_data import CompositeModality
 from anymae.core.build.data_source import labelled_data, modality_for
-from anymae.core.config import COMPOSITE, ConfigError, apply_overrides, from_dict, resolve_model_config
+from anymae.core.config import COMPOSITE, ConfigError, data_with_overrides, from_dict, resolve_model_config
 from anymae.core.config.stream import data_section
 from anymae.core.data.samples import (
     DataError,
@@ -182,10 +182,7 @@ def evaluate_checkpoint(
         if composite:
             raise ConfigError("--data-root: a composite's data has a section per part; use data.<part>.root=...")
         data_raw["root"] = data_root
-    bad = [o for o in overrides if not o.startswith("data.")]
-    if bad:
-        raise ConfigError(f"anymae eval takes data.KEY=VALUE overrides only, got {bad[0]!r}")
-    data_raw = apply_overrides({"data": data_raw}, overrides)["data"]
+    data_raw = data_with_overrides(data_raw, overrides, command="eval")
     model_cfg = resolve_model_config(config["model"], registry)
     parts = config["classifier"]["parts"] if composite else None  # the parts the classifier reads
     modality = modality_for(model_cfg, registry=registry, parts=parts)

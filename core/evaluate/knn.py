@@ -26,8 +26,7 @@ from anymae.core.build.data_source import labelled_data
 from anymae.core.config import (
     COMPOSITE,
     ConfigError,
-    apply_overrides,
-    read_config_source,
+    data_with_overrides,
     resolve_model_config,
     resolve_part_data,
 )
@@ -295,19 +294,13 @@ def knn_command(
     The data section is the checkpoint's (anymae runs carry theirs), replaced by ``config``'s when given, then
     ``data.KEY=VALUE`` ``overrides``. ``parts``: a composite's parts whose features vote (default: all of them,
     joint). An unreadable file is skipped with a warning naming it and counted in ``skipped``."""
-    bad = [o for o in overrides if not o.startswith("data.")]
-    if bad:
-        raise ConfigError(f"anymae knn takes data.KEY=VALUE overrides only, got {bad[0]!r}")
     registry = resolve_registry(registry)
     model = load_model(checkpoint)
     model_cfg = resolve_model_config(model.config["model"], registry)
     composite = model_cfg.modality == COMPOSITE
     if parts is not None and not composite:
         raise ConfigError(f"--parts is for composite models; {checkpoint} is a {model_cfg.modality} model")
-    data_raw = dict(model.config.get("data") or {})
-    if config is not None:
-        data_raw = dict(read_config_source(config)[1].get("data") or {})
-    data_raw = apply_overrides({"data": data_raw}, overrides)["data"]
+    data_raw = data_with_overrides(model.config.get("data") or {}, overrides, command="knn", config=config)
     if composite:  # one data section per part
         data = resolve_part_data(model_cfg, data_raw, registry)
         model = model.restricted(list(parts)) if parts is not None else model

@@ -28,8 +28,7 @@ from anymae.core.build.shard_source import split_dataset
 from anymae.core.config import (
     COMPOSITE,
     ConfigError,
-    apply_overrides,
-    read_config_source,
+    data_with_overrides,
     resolve_model_config,
     resolve_part_data,
 )
@@ -103,9 +102,6 @@ def retrieve_command(
     (or ``config``'s data section), after ``data.KEY=VALUE`` ``overrides``. ``parts``: the two parts to match
     (default: the model's first two). Writes the results as JSON at ``output`` and, with ``figure``, the top-5
     matches of the first ``queries`` items in each direction."""
-    bad = [o for o in overrides if not o.startswith("data.")]
-    if bad:
-        raise ConfigError(f"anymae retrieve takes data.KEY=VALUE overrides only, got {bad[0]!r}")
     registry = resolve_registry(registry)
     model = load_model(checkpoint)
     model_cfg = resolve_model_config(model.config["model"], registry)
@@ -116,10 +112,8 @@ def retrieve_command(
     if len(names) != 2 or names[0] == names[1] or any(n not in model_cfg.parts for n in names):
         raise ConfigError(f"--parts names two different parts of the model ({', '.join(model_cfg.parts)}), got "
                           f"{','.join(names)}")  # fmt: skip
-    data_raw = dict(model.config.get("data") or {})
-    if config is not None:
-        data_raw = dict(read_config_source(config)[1].get("data") or {})
-    data = resolve_part_data(model_cfg, apply_overrides({"data": data_raw}, overrides)["data"], registry)
+    data_raw = data_with_overrides(model.config.get("data") or {}, overrides, command="retrieve", config=config)
+    data = resolve_part_data(model_cfg, data_raw, registry)
     modality = modality_for(model_cfg, registry=registry, parts=names)
     assert isinstance(modality, CompositeModality)
     section = {n: data[n] for n in names} | ({"stream": data["stream"]} if "stream" in data else {})
