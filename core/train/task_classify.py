@@ -23,7 +23,7 @@ from anymae.core.build.classifier import Classifier, build_classifier, param_gro
 from anymae.core.build.data_source import labelled_data
 from anymae.core.config import ClassifyConfig, config_to_dict, resolve_model_config
 from anymae.core.data.samples import DataError, dataset_traits, input_size, to_device
-from anymae.core.distributed.context import DistContext, broadcast_object, run_then_teardown, setup
+from anymae.core.distributed.context import DistContext, broadcast_object
 from anymae.core.evaluate.classification import LabelledSafeDataset, evaluate, format_stats
 from anymae.core.io.checkpoint import CLASSIFIER_FORMAT, CheckpointError
 from anymae.core.model.composite import MultiModalMAE
@@ -31,7 +31,7 @@ from anymae.core.model.mae import MaskedAutoencoder
 from anymae.core.train.recipe_guard import warn_recipe_mismatch
 from anymae.core.train.results import ClassifyResult
 from anymae.core.train.run import seed_everything
-from anymae.core.train.trainer import Check, Task, Trainer
+from anymae.core.train.trainer import Check, Task, Trainer, run_task
 from anymae.plugins.manager import Registry, resolve_registry
 
 __all__ = ["CLASSIFIER_FORMAT", "ClassifyResult", "ClassifyTask", "FrameMixup", "MultiLabelMixup", "train_classifier"]
@@ -57,13 +57,8 @@ def train_classifier(
 
         check_probe_config(cfg, resume=resume)
         return train_probe(cfg, pretrained, registry=registry, progress=progress)
-    ctx, device = setup(cfg.train.device)
-
-    def work() -> ClassifyResult:
-        task = ClassifyTask(cfg, pretrained, registry=registry, ctx=ctx, device=device)
-        return Trainer(task, cfg, ctx=ctx, device=device, progress=progress).run(resume)
-
-    return run_then_teardown(ctx, work)
+    return run_task(lambda ctx, device: ClassifyTask(cfg, pretrained, registry=registry, ctx=ctx, device=device),
+                    cfg, progress=progress, resume=resume)  # fmt: skip
 
 
 class FrameMixup:

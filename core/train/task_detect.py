@@ -34,13 +34,13 @@ from anymae.core.config import config_to_dict, resolve_model_config
 from anymae.core.config.detect import DetectConfig
 from anymae.core.data.samples import DataError, PairedSafeDataset
 from anymae.core.data.shards import ShardStream
-from anymae.core.distributed.context import DistContext, broadcast_object, run_then_teardown, setup
+from anymae.core.distributed.context import DistContext, broadcast_object
 from anymae.core.evaluate.detect_predict import draw_detections, save_detection_figure
 from anymae.core.evaluate.detection import DetectionScores, coco_ground_truth, coco_results, evaluate_coco
 from anymae.core.io.checkpoint import CheckpointError
 from anymae.core.model.mae import MaskedAutoencoder
 from anymae.core.train.run import seed_everything
-from anymae.core.train.trainer import Check, Task, Trainer
+from anymae.core.train.trainer import Check, Task, Trainer, run_task
 from anymae.core.weights.loading import load_model
 from anymae.plugins.manager import Registry, resolve_registry
 
@@ -99,13 +99,8 @@ def train_detector(
 ) -> DetectResult:
     """Train ``cfg``'s detector on ``pretrained``'s encoder; ``resume``: a checkpoint of this run, or "auto"."""
     registry = resolve_registry(registry)
-    ctx, device = setup(cfg.train.device)
-
-    def work() -> DetectResult:
-        task = DetectTask(cfg, pretrained, registry=registry, ctx=ctx, device=device)
-        return Trainer(task, cfg, ctx=ctx, device=device, progress=progress).run(resume)
-
-    return run_then_teardown(ctx, work)
+    return run_task(lambda ctx, device: DetectTask(cfg, pretrained, registry=registry, ctx=ctx, device=device),
+                    cfg, progress=progress, resume=resume)  # fmt: skip
 
 
 class TargetSafeDataset(PairedSafeDataset):

@@ -20,7 +20,7 @@ from anymae.core.build.models import build_model
 from anymae.core.build.shard_source import log_sources, split_dataset
 from anymae.core.config import COMPOSITE, Config, ConfigError, config_to_dict
 from anymae.core.data.samples import DataError, SafeDataset, dataset_traits, input_size, to_device
-from anymae.core.distributed.context import DistContext, gather_full_state, run_then_teardown, setup
+from anymae.core.distributed.context import DistContext, gather_full_state
 from anymae.core.evaluate.composite import check_composite
 from anymae.core.evaluate.knn import knn_accuracy
 from anymae.core.model.composite import MultiModalMAE
@@ -31,7 +31,7 @@ from anymae.core.model.masking import sample_mask
 from anymae.core.model.modality import Modality
 from anymae.core.train.optim import param_groups_weight_decay, step_in_backward
 from anymae.core.train.run import resume_path, seed_everything
-from anymae.core.train.trainer import Check, Task, Trainer
+from anymae.core.train.trainer import Check, Task, Trainer, run_task
 from anymae.core.weights.init_from import init_model_from
 from anymae.core.weights.loading import CHECKPOINT_FORMAT
 from anymae.plugins.manager import Registry, resolve_registry
@@ -59,13 +59,8 @@ def pretrain(
     Under ``torchrun`` every process calls this; rank 0 writes the run folder, checkpoints and metrics.
     """
     registry = resolve_registry(registry)
-    ctx, device = setup(cfg.train.device)
-
-    def work() -> PretrainResult:
-        task = PretrainTask(cfg, registry=registry, ctx=ctx, device=device, resume=resume)
-        return Trainer(task, cfg, ctx=ctx, device=device, progress=progress).run(resume)
-
-    return run_then_teardown(ctx, work)
+    return run_task(lambda ctx, device: PretrainTask(cfg, registry=registry, ctx=ctx, device=device, resume=resume),
+                    cfg, progress=progress, resume=resume)  # fmt: skip
 
 
 class PretrainTask(Task):

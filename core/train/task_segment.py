@@ -30,14 +30,14 @@ from anymae.core.build.shard_source import log_sources, segmentation_split
 from anymae.core.config import ModelConfig, config_to_dict, resolve_model_config
 from anymae.core.config.segment import SegmentConfig, head_options, pair
 from anymae.core.data.samples import DataError, PairedSafeDataset
-from anymae.core.distributed.context import DistContext, all_sum, broadcast_object, run_then_teardown, setup
+from anymae.core.distributed.context import DistContext, all_sum, broadcast_object
 from anymae.core.evaluate.segment_figure import save_segmentation_figure
 from anymae.core.evaluate.segmentation import ConfusionMatrix, SegmentationScores, segment_image
 from anymae.core.io.checkpoint import CheckpointError
 from anymae.core.model.heads import segmentation_loss
 from anymae.core.model.mae import MaskedAutoencoder
 from anymae.core.train.run import seed_everything
-from anymae.core.train.trainer import Check, Task, Trainer
+from anymae.core.train.trainer import Check, Task, Trainer, run_task
 from anymae.core.weights.loading import load_model
 from anymae.plugins.manager import Registry, resolve_registry
 
@@ -108,13 +108,8 @@ def train_segmenter(
 ) -> SegmentResult:
     """Train ``cfg``'s segmenter on ``pretrained``'s encoder; ``resume``: a checkpoint of this run, or "auto"."""
     registry = resolve_registry(registry)
-    ctx, device = setup(cfg.train.device)
-
-    def work() -> SegmentResult:
-        task = SegmentTask(cfg, pretrained, registry=registry, ctx=ctx, device=device)
-        return Trainer(task, cfg, ctx=ctx, device=device, progress=progress).run(resume)
-
-    return run_then_teardown(ctx, work)
+    return run_task(lambda ctx, device: SegmentTask(cfg, pretrained, registry=registry, ctx=ctx, device=device),
+                    cfg, progress=progress, resume=resume)  # fmt: skip
 
 
 class PairSafeDataset(PairedSafeDataset):

@@ -20,7 +20,7 @@ import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,8 @@ from anymae.core.distributed.context import (
     broadcast_object,
     gather_full_state,
     load_full_state,
+    run_then_teardown,
+    setup,
     shard_model,
 )
 from anymae.core.io.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
@@ -69,7 +71,7 @@ from anymae.core.train.run import (
 )
 from anymae.core.weights.loading import check_state_dict, load_state_dict_checked
 
-__all__ = ["Check", "Progress", "Task", "Trainer"]
+__all__ = ["Check", "Progress", "Task", "Trainer", "run_task"]
 
 
 @dataclass
@@ -161,6 +163,24 @@ class Task(ABC):
     @abstractmethod
     def result(self, trainer: Trainer) -> Any:
         """What the command returns once the run is over (rank 0's view, broadcast where it matters)."""
+
+
+def run_task(
+    make_task: Callable[[DistContext, torch.device], Task],
+    cfg: Any,
+    *,
+    progress: bool = True,
+    resume: str | None = None,
+) -> Any:
+    """Every command's launch: join the process group (under ``torchrun``) and pick ``cfg.train.device``, build the
+    task there, run it through the loop from ``resume`` (a checkpoint of this run, or "auto"), then leave the group
+    (also on an error) -> the task's result."""
+    ctx, device = setup(cfg.train.device)
+
+    def work() -> Any:
+        return Trainer(make_task(ctx, device), cfg, ctx=ctx, device=device, progress=progress).run(resume)
+
+    return run_then_teardown(ctx, work)
 
 
 class Trainer:
