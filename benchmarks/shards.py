@@ -5,6 +5,9 @@ Writes photograph-like 500x375 JPEGs and 10-second 340x256 H.264 clips (the file
 trainer's DataLoader: ``SafeDataset`` + ``EpochSampler`` over the folder, ``ShardStream`` over the shards, the
 same modality transform: RandomResizedCrop 224 for images, VideoMAE 16x4 clips at 224 px for video) with 1 and
 2 DataLoader workers, folder and shards interleaved, best of ``--rounds``. Items/s per worker = items/s / workers.
+Two regimes: ``warm``, every file in the page cache (a set that fits in memory, after its first epoch), and
+``cold``, the files of both sources evicted from the page cache (``posix_fadvise(DONTNEED)``) before each pass, as
+for a set larger than memory or on a network filesystem, where each epoch reads from the disk again.
 
     python -m benchmarks.shards --images 256 --videos 8 --results benchmarks/RESULTS.md
 """
@@ -12,6 +15,7 @@ same modality transform: RandomResizedCrop 224 for images, VideoMAE 16x4 clips a
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -52,8 +56,22 @@ def loader(raw: dict[str, Any], *, workers: int, batch: int) -> DataLoader:
     return DataLoader(safe, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True)
 
 
-def rate(raw: dict[str, Any], *, workers: int, batch: int, items: int) -> float:
-    """Items per second over the first ``items`` items (after the first batch: worker start-up excluded)."""
+def evict(root: Path) -> None:
+    """Drop the page cache of every file under ``root`` (the next read comes from the disk)."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def rate(raw: dict[str, Any], *, workers: int, batch: int, items: int, cold: Path | None = None) -> float:
+    """Items per second over the first ``items`` items (after the first batch: worker start-up excluded); with
+    ``cold``, the files under it evicted from the page cache first."""
+    if cold is not None:
+        evict(cold)
     seen, started = 0, 0.0
     for i, batch_ in enumerate(loader(raw, workers=workers, batch=batch)):
         if i == workers - 1:  # every worker has delivered one batch
@@ -93,18 +111,23 @@ def main(argv: list[str] | None = None) -> None:
         pack(root / "train", shards, modality=name, registry=registry, shard_size=max(1, len(list(
             (root / "train").rglob("*.*"))) // 8), progress=False)  # fmt: skip
         base = {"model": {**MODELS[name], "embed_dim": 64, "num_heads": 2}}
-        sources = {"folder": {**base, "data": {"root": str(root)}},
-                   "shards": {**base, "data": {"shards": str(shards), "shuffle_buffer": 64}}}  # fmt: skip
-        for workers in map(int, args.workers.split(",")):
-            best = dict.fromkeys(sources, 0.0)
-            for _ in range(args.rounds):  # interleaved: a load change on the machine hits both alike
-                for source, raw in sources.items():
-                    best[source] = max(best[source], rate(raw, workers=workers, batch=batch, items=items))
-            ratio = best["shards"] / best["folder"]
-            rows.append([name, str(workers), f"{best['folder'] / workers:.1f}", f"{best['shards'] / workers:.1f}",
-                         f"{ratio:.2f}x"])  # fmt: skip
-            print(f"{name}, {workers} worker(s): folder {best['folder']:.1f}/s, shards {best['shards']:.1f}/s")
-    header = ["data", "workers", "folder (items/s per worker)", "shards (items/s per worker)", "shards / folder"]
+        sources = {"folder": ({**base, "data": {"root": str(root)}}, root),
+                   "shards": ({**base, "data": {"shards": str(shards), "shuffle_buffer": 64}}, shards)}  # fmt: skip
+        for regime in ("warm", "cold") if hasattr(os, "posix_fadvise") else ("warm",):
+            for workers in map(int, args.workers.split(",")):
+                best = dict.fromkeys(sources, 0.0)
+                for _ in range(args.rounds):  # interleaved: a load change on the machine hits both alike
+                    for source, (raw, files) in sources.items():
+                        cold = files if regime == "cold" else None
+                        best[source] = max(best[source], rate(raw, workers=workers, batch=batch, items=items,
+                                                              cold=cold))  # fmt: skip
+                ratio = best["shards"] / best["folder"]
+                rows.append([name, regime, str(workers), f"{best['folder'] / workers:.1f}",
+                             f"{best['shards'] / workers:.1f}", f"{ratio:.2f}x"])  # fmt: skip
+                print(f"{name}, {regime}, {workers} worker(s): folder {best['folder']:.1f}/s, "
+                      f"shards {best['shards']:.1f}/s")  # fmt: skip
+    header = ["data", "page cache", "workers", "folder (items/s per worker)", "shards (items/s per worker)",
+              "shards / folder"]  # fmt: skip
     title = ("### Pre-training input from shards vs folders: 500x375 JPEGs (RandomResizedCrop 224) and 10 s "
              "340x256 H.264 (VideoMAE 16x4, 224 px)")  # fmt: skip
     report(title, markdown_table(header, rows), script="shards", results=args.results)

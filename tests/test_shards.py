@@ -130,6 +130,48 @@ def test_a_shard_sample_decodes_to_the_folder_item_of_its_file(tmp_path: Path) -
         assert torch.equal(shards[i], by_key[key]), key
 
 
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_training_jpegs_decode_from_memory_to_the_folder_item_and_other_files_through_a_scratch_file(
+    tmp_path: Path, monkeypatch: Any, decode: str
+) -> None:
+    """A training sample's JPEG is decoded from the shard's bytes (no scratch file written) into the item the folder
+    dataset makes of its file for the same seed (crop box, flip, pixels); a PNG still goes through a scratch file;
+    a damaged JPEG is named by shard and key."""
+    from anymae.core.build import scratch
+    from anymae.core.data.samples import BadSampleError
+
+    root = _labelled_images(tmp_path / "images", {"train": 2})  # 3 JPEGs and 3 PNGs
+    pack(root / "train", tmp_path / "sh", modality="image", registry=get_registry(), shard_size=6, progress=False)
+    model = resolve_model_config({"tokenizer": {"img_size": 32, "patch_size": 8}})
+    modality = modality_for(model, registry=get_registry())
+    folder = modality.build_dataset(_image_data(root=str(root), decode=decode), model.tokenizer, split="train")
+    decoder = scratch.ScratchDecoder(modality, _image_data(decode=decode), model.tokenizer, split="train",
+                                     labelled=False, augment=None, crop_pct=1.0)  # fmt: skip
+    written: list[Path] = []
+    replace = scratch._replace
+    monkeypatch.setattr(scratch, "_replace", lambda file, payload: (written.append(file), replace(file, payload)))
+    samples = list(wds.WebDataset(str(tmp_path / "sh" / "shard-000000.tar"), shardshuffle=False))
+    assert len(samples) == 6
+    for sample in samples:
+        file = next(f for f in folder.files if str(f.relative_to(root / "train").with_suffix("")).replace(".", "_")
+                    == sample["__key__"])  # fmt: skip
+        before = len(written)
+        with seeded(3):
+            (got,) = decoder(sample)
+        with seeded(3):
+            expected = folder[folder.files.index(file)]
+        if decode == "gpu":
+            got, expected = (got.data, got.box, got.flip), (expected.data, expected.box, expected.flip)
+        else:
+            got, expected = (got,), (expected,)
+        assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(got, expected))
+        # Only the PNGs were written to a scratch file.
+        assert len(written) - before == (file.suffix == ".png"), sample["__key__"]
+    jpeg = next(s for s in samples if "jpg" in s)
+    with pytest.raises(BadSampleError, match=re.escape(f"{jpeg['__key__']}.jpg")):
+        decoder({**jpeg, "jpg": b"\xff\xd8 not a JPEG"})
+
+
 def test_video_audio_and_composite_samples_decode_with_their_modalities(tmp_path: Path) -> None:
     from test_composite import AUDIO_TOKENIZER, write_pairs
 

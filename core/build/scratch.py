@@ -4,7 +4,9 @@ A modality reads files from its folder layout (``root/<split>/<class>/<file>``);
 holds the same file's bytes. :class:`ScratchDecoder` writes one sample's media into a small per-process scratch
 folder laid out that way (in ``/dev/shm`` where there is one: memory, not disk), builds the modality's dataset over
 it once per media kind, and reads the item back: the decoding, crops and augmentation are the modality's, byte
-for byte. A composite sample holds every part (``<key>.<part>.<ext>``, or one media file all parts read).
+for byte. A dataset that declares ``from_bytes`` (:class:`DatasetTraits`) decodes the sample's bytes in memory
+instead, with no file written (the image modality's JPEGs). A composite sample holds every part
+(``<key>.<part>.<ext>``, or one media file all parts read).
 
 Dense samples are decoded the same way by the modality's segmentation and detection datasets:
 :class:`SegmentScratchDecoder` writes an image and its label map (``KEY.jpg`` + ``KEY.seg.png``) as the ADE20K
@@ -27,7 +29,7 @@ from torch.utils.data import Dataset
 
 from anymae.core.build.composite_data import CompositeModality
 from anymae.core.config.stream import StreamConfig
-from anymae.core.data.samples import BadSampleError, DataError
+from anymae.core.data.samples import BadSampleError, DataError, dataset_traits
 from anymae.core.data.shards import describe, media_parts, sample_label
 
 __all__ = [
@@ -69,13 +71,24 @@ class ScratchDecoder:
     def __call__(self, sample: dict[str, Any]) -> list[Any]:
         media = self._media(sample)
         dataset, files = self._dataset(tuple(name.rsplit(".", 1)[-1] for name in media.values()))
-        for part, name in media.items():
-            _replace(files[part], sample[name])
-        items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+        items = self._from_memory(dataset, sample, media)
+        if items is None:
+            for part, name in media.items():
+                _replace(files[part], sample[name])
+            items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
         if self.labelled:
             label = sample_label(sample)
             items = [(item[0], label) for item in items]
         return items
+
+    def _from_memory(self, dataset: Dataset, sample: dict[str, Any], media: dict[str, str]) -> list[Any] | None:
+        """The items decoded from the sample's bytes by a dataset that declares ``from_bytes`` (one media file, one
+        part); None when the scratch file is needed."""
+        from_bytes = dataset_traits(dataset).from_bytes
+        if from_bytes is None or len(media) != 1:
+            return None
+        name = next(iter(media.values()))
+        return from_bytes(sample[name], Path(f"{sample.get('__url__', 'shard')}:{sample.get('__key__', '?')}.{name}"))
 
     def _media(self, sample: dict[str, Any]) -> dict[str, str]:
         """Part -> the name of its media in the sample (``video.mp4`` for part ``video``; the one media file when

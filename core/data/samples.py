@@ -72,6 +72,10 @@ class DatasetTraits:
     file name in each part's folder, or one media file that holds every part), else by index.
     ``timed``: the items are random windows of recordings (:class:`TimedItems`); a composite whose parts all
     declare it draws one start time for all of them, so that they stay aligned in time.
+    ``from_bytes``: ``(raw, name) -> items``, the items the dataset would make of one file holding ``raw`` (named
+    ``name`` for its extension and messages), decoded from memory with the generator calls of ``[]``; ``None``
+    when this file must be read from disk (a format the memory path does not take). Shard samples use it instead
+    of a scratch file.
     """
 
     classes: tuple[str, ...] = ()
@@ -81,6 +85,7 @@ class DatasetTraits:
     sample_weights: Callable[[], Sequence[float]] | None = None
     source: Callable[[int], Path] | None = None
     timed: TimedItems | None = None
+    from_bytes: Callable[[bytes, Path], list[Any] | None] | None = None
 
 
 class DatasetWithTraits(Dataset):

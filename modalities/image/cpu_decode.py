@@ -26,6 +26,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
+from anymae.core.data.samples import DatasetTraits
+
 from .data import ImageReader, load_image, pretrain_transform
 from .device_decode import CropDrawingFiles, is_plain_jpeg, read_header
 
@@ -49,19 +51,39 @@ class TensorDecodedImages(CropDrawingFiles):
         self.scale = 1.0 / (255.0 * std_t)  # (C, 1, 1): uint8 -> normalized in one multiply-add
         self.shift = -torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
 
+    @property
+    def traits(self) -> DatasetTraits:
+        return DatasetTraits(source=self.source, from_bytes=self.from_bytes)
+
     def __getitem__(self, index: int) -> Tensor:
         path = self.files[index % len(self.files)]
-        if not self.reader.photographs or path.suffix.lower() not in (".jpg", ".jpeg", ".jpe", ".jfif"):
+        if not self._decodes(path):
             return self.fallback(self.reader(path))
-        raw = path.read_bytes()
+        item = self._decode(path.read_bytes(), path)
+        return item if item is not None else self.fallback(self.reader(path))
+
+    def from_bytes(self, raw: bytes, name: Path) -> list[Tensor] | None:
+        """The ``len(self)`` items of one file holding ``raw`` (a shard sample), for plain JPEGs; None for a file
+        the PIL path reads."""
+        if not self._decodes(name):
+            return None
+        items = [self._decode(raw, name) for _ in range(self.repeats)]
+        return None if items[0] is None else items  # type: ignore[return-value]
+
+    def _decodes(self, path: Path) -> bool:
+        return self.reader.photographs and path.suffix.lower() in (".jpg", ".jpeg", ".jpe", ".jfif")
+
+    def _decode(self, raw: bytes, path: Path) -> Tensor | None:
+        """A JPEG file's bytes -> the cropped, normalized tensor; None when PIL decides (CMYK, truncated, not a
+        JPEG after all), before any random draw."""
         header = read_header(raw, path)  # a file PIL cannot identify is a bad sample, as on the PIL path
-        if not is_plain_jpeg(header, raw):  # CMYK, truncated, not a JPEG after all: PIL decides
-            return self.fallback(self.reader(path))
+        if not is_plain_jpeg(header, raw):
+            return None
         (top, left, height, width), flip = self.draw(header)
         try:
             image = decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=self.mode)  # (C, H, W)
         except RuntimeError:  # damage libjpeg-turbo refuses: PIL's decoder decides, with the same box and flip
-            image = tvf.pil_to_tensor(load_image(path, self.reader.in_chans))
+            image = tvf.pil_to_tensor(load_image(path, self.reader.in_chans, raw))
         crop = tvf.resized_crop(
             image, top, left, height, width, self.size, interpolation=InterpolationMode.BICUBIC, antialias=True
         )  # (C, h, w) uint8

@@ -25,6 +25,7 @@ Two ways in, chosen per file by :class:`ImageReader`:
 
 from __future__ import annotations
 
+import io
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,10 +80,11 @@ def find_images(folder: Path) -> list[Path]:
     return find_files(folder, IMAGE_EXTENSIONS)
 
 
-def load_image(path: Path, in_chans: int) -> Image.Image:
-    """Decode one file to RGB (3 channels) or L (1 channel); a file PIL cannot read raises BadSampleError."""
+def load_image(path: Path, in_chans: int, raw: bytes | None = None) -> Image.Image:
+    """Decode one file (or its bytes ``raw``, named ``path``) to RGB (3 channels) or L (1 channel); a file PIL
+    cannot read raises BadSampleError."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path if raw is None else io.BytesIO(raw)) as im:
             return im.convert("RGB" if in_chans == 3 else "L")
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         raise BadSampleError(f"cannot read image {path}: {exc}") from None

@@ -49,9 +49,16 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from anymae.core.data.samples import BadSampleError, DataError
+from anymae.core.data.samples import BadSampleError, DataError, DatasetTraits
 
-from .data import RepeatedFiles, full_precision_format, high_bit_mode, load_image
+from .data import (
+    ARRAY_EXTENSIONS,
+    TIFF_EXTENSIONS,
+    RepeatedFiles,
+    full_precision_format,
+    high_bit_mode,
+    load_image,
+)
 
 __all__ = [
     "CropDrawingFiles",
@@ -122,17 +129,30 @@ class EncodedImageFiles(CropDrawingFiles):
         super().__init__(files, **crops)
         self.in_chans = in_chans
 
+    @property
+    def traits(self) -> DatasetTraits:
+        return DatasetTraits(source=self.source, from_bytes=self.from_bytes)
+
     def __getitem__(self, index: int) -> EncodedImage:
         path = self.files[index % len(self.files)]
         _refuse_full_precision(path, full_precision_format(path))
-        raw = path.read_bytes()
+        return self._encoded(path.read_bytes(), path)
+
+    def from_bytes(self, raw: bytes, name: Path) -> list[EncodedImage] | None:
+        """The ``len(self)`` items of one file holding ``raw`` (a shard sample); None for TIFF, arrays and PNG,
+        whose precision the file path checks."""
+        if name.suffix.lower() in TIFF_EXTENSIONS + ARRAY_EXTENSIONS + (".png",):
+            return None
+        return [self._encoded(raw, name) for _ in range(self.repeats)]
+
+    def _encoded(self, raw: bytes, path: Path) -> EncodedImage:
         header = read_header(raw, path)
         _refuse_full_precision(path, f"a {header.format} of mode {header.mode}" if high_bit_mode(header.mode) else None)
         if is_plain_jpeg(header, raw):
             data, shape = torch.frombuffer(bytearray(raw), dtype=torch.uint8), None
             box, flip = self.draw(header)
         else:
-            image = load_image(path, self.in_chans)  # raises BadSampleError, as with data.decode: cpu
+            image = load_image(path, self.in_chans, raw)  # raises BadSampleError, as with data.decode: cpu
             pixels = tvf.pil_to_tensor(image)  # (C, H, W) uint8
             data, shape = pixels.reshape(-1), tuple(pixels.shape)
             box, flip = self.draw(image)
