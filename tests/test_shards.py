@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -164,7 +165,9 @@ def test_training_jpegs_decode_from_memory_to_the_folder_item_and_other_files_th
             got, expected = (got.data, got.box, got.flip), (expected.data, expected.box, expected.flip)
         else:
             got, expected = (got,), (expected,)
-        assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(got, expected))
+        assert all(
+            torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(got, expected, strict=True)
+        )
         # Only the PNGs were written to a scratch file.
         assert len(written) - before == (file.suffix == ".png"), sample["__key__"]
     jpeg = next(s for s in samples if "jpg" in s)
@@ -586,6 +589,98 @@ def test_a_hugging_face_folder_and_parquet_files_read_as_the_images_they_hold(tm
         for i, f in enumerate(files):
             x, label = rows[i]
             assert label == by_file[f.name][1] and torch.equal(x, by_file[f.name][0]), (name, f)
+
+
+def _parquet_files(tmp_path: Path, files: list[Path], *, per_file: int, label_names: bool = True) -> Path:
+    """``files`` as rows of parquet files written by ``datasets`` (an ``Image`` column and a class label), in
+    ``tmp_path/pq/part-N.parquet``, ``per_file`` rows each."""
+    datasets = pytest.importorskip("datasets")
+    label = datasets.ClassLabel(names=list(CLASSES)) if label_names else datasets.Value("int64")
+    features = datasets.Features({"image": datasets.Image(), "label": label})
+    for k in range(0, len(files), per_file):
+        chunk = files[k : k + per_file]
+        datasets.Dataset.from_dict(
+            {"image": [{"bytes": f.read_bytes(), "path": f.name} for f in chunk],
+             "label": [CLASSES.index(f.parent.name) for f in chunk]},
+            features=features,
+        ).to_parquet(str(tmp_path / "pq" / f"part-{k // per_file}.parquet"))  # fmt: skip
+    return tmp_path / "pq"
+
+
+def test_hf_streaming_reads_parquet_rows_as_shards_every_row_once_per_epoch_as_the_folder_items(tmp_path) -> None:
+    """``data.hf_streaming``: parquet files are shards (rows counted from the footers, class names from the
+    ClassLabel feature); the training stream over 2 workers reads every row once per epoch, in one order for one
+    seed; the held-out rows decode to the folder's items of their files, labels included."""
+    root = _labelled_images(tmp_path / "images", {"train": 4, "val": 2})  # 12 training rows, 6 held-out
+    train = sorted((root / "train").rglob("*.*"))
+    pq = _parquet_files(tmp_path, train, per_file=3)  # 4 files: one per slot of 2 ranks x 2 workers
+    model = resolve_model_config({"tokenizer": {"img_size": 32, "patch_size": 8}})
+    modality = modality_for(model, registry=get_registry())
+    data = _image_data(hf_dataset=str(pq), hf_streaming=True, shuffle_buffer=4)
+    stream = split_dataset(modality, data, model.tokenizer, split="train", training=True)
+    assert isinstance(stream, ShardStream) and len(stream) == 12 and stream.shards.counts == (3, 3, 3, 3)
+
+    def keys(rank: int, epoch: int) -> list[str]:
+        keys_stream = ShardStream(stream.shards, decode=lambda s: [f"{Path(s['__url__']).name}#{s['__key__']}"],
+                                  shuffle_buffer=4)  # fmt: skip
+        keys_stream.bind(rank=rank, world_size=2, workers=2, batch_size=1, seed=5, finish=lambda i, b, s: i)
+        keys_stream.set_epoch(epoch)
+        return [k for batch in DataLoader(keys_stream, batch_size=1, num_workers=2, collate_fn=list) for k in batch]
+
+    every = sorted(f"part-{k}.parquet#row{r}" for k in range(4) for r in range(3))
+    epoch0 = keys(0, 0) + keys(1, 0)
+    assert sorted(epoch0) == every and sorted(keys(0, 1) + keys(1, 1)) == every
+    assert keys(0, 0) + keys(1, 0) == epoch0 and keys(0, 1) + keys(1, 1) != epoch0  # seeded; a new order each epoch
+    batch = next(iter(DataLoader(stream.bind(rank=0, world_size=1, workers=1, batch_size=2, seed=0,
+                                             finish=lambda i, b, s: i), batch_size=2, num_workers=1)))  # fmt: skip
+    assert batch.shape == (2, 3, 32, 32)
+
+    val = sorted((root / "val").rglob("*.*"))
+    for label_names in (True, False):  # class names from ClassLabel, else 0..max of the column
+        shutil.rmtree(tmp_path / "pq")
+        _parquet_files(tmp_path, val, per_file=4, label_names=label_names)
+        folder = labelled_data(model, _image_data(root=str(root), heldout_split="val"), registry=get_registry())
+        expected = folder.split("heldout")
+        by_file = {Path(f).name: expected[i] for i, (f, _) in enumerate(expected.samples)}
+        data = _image_data(hf_heldout=str(tmp_path / "pq"), hf_streaming=True)
+        rows = labelled_data(model, data, registry=get_registry()).split("heldout")
+        assert len(rows) == 6 and rows.classes == (list(CLASSES) if label_names else ["0", "1", "2"])
+        for i, f in enumerate(val):
+            x, label = rows[i]
+            assert label == by_file[f.name][1] and torch.equal(x, by_file[f.name][0]), f
+
+
+def test_hf_streaming_names_bad_rows_and_refuses_what_it_cannot_read(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    root = _labelled_images(tmp_path / "images", {"train": 1})
+    good = (root / "train" / "cats" / "cats.0.png").read_bytes()
+    (tmp_path / "pq").mkdir()
+    datasets.Dataset.from_dict({"image": [good, None, b"not a known file"], "label": [0, 1, 2]}).to_parquet(
+        str(tmp_path / "pq" / "rows.parquet"))  # fmt: skip
+    model = resolve_model_config({"tokenizer": {"img_size": 32, "patch_size": 8}})
+    modality = modality_for(model, registry=get_registry())
+    data = _image_data(hf_heldout=str(tmp_path / "pq"), hf_streaming=True)
+    rows = split_dataset(modality, data, model.tokenizer, split="heldout")
+    assert rows[0].shape == (3, 32, 32)
+    from anymae.core.data.samples import BadSampleError
+
+    shard = tmp_path / "pq" / "rows.parquet"
+    with pytest.raises(BadSampleError, match=re.escape(f"shard {shard}, key row1: column 'image' holds no file")):
+        rows[1]
+    with pytest.raises(BadSampleError, match="key row2: cannot tell the file type"):
+        rows[2]
+    with pytest.raises(ValueError, match="hf_streaming names a column of hf_dataset"):
+        _image_data(hf_streaming=True)
+    datasets.Dataset.from_dict({"image": [good]}).save_to_disk(str(tmp_path / "saved"))
+    for name, message in (("saved", "is a `save_to_disk` folder"), ("missing", "reads local parquet files"),
+                          ("images", "names no parquet files")):  # fmt: skip
+        data = _image_data(hf_dataset=str(tmp_path / name), hf_streaming=True)
+        with pytest.raises(DataError, match=re.escape(f"data.hf_dataset: {tmp_path / name}") + ".*" + message):
+            split_dataset(modality, data, model.tokenizer, split="train", training=True)
+    (tmp_path / "pq" / "broken.parquet").write_bytes(b"PAR1 cut short")
+    with pytest.raises(DataError, match=r"broken\.parquet is not a readable parquet file"):
+        split_dataset(modality, _image_data(hf_dataset=str(tmp_path / "pq"), hf_streaming=True), model.tokenizer,
+                      split="train", training=True)  # fmt: skip
 
 
 def test_embed_and_visualize_take_a_shard_or_one_sample_of_it(tmp_path: Path, capsys: Any) -> None:

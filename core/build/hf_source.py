@@ -15,13 +15,11 @@ from typing import Any
 
 from anymae.core.build.scratch import ScratchDecoder
 from anymae.core.config.stream import StreamConfig
+from anymae.core.data.parquet import ParquetRows, row_sample
 from anymae.core.data.samples import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
 
 __all__ = ["HFRows", "hf_split"]
 
-# File signatures, for bytes stored without a file name: the extension the modality's reader expects.
-_MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG", "png"), (b"RIFF", "wav"), (b"fLaC", "flac"), (b"OggS", "ogg"),
-          (b"\x1a\x45\xdf\xa3", "webm"), (b"GIF8", "gif"), (b"BM", "bmp"), (b"\x93NUMPY", "npy"))  # fmt: skip
 _HELDOUT_SPLITS = ("validation", "val", "heldout", "test")
 
 
@@ -90,6 +88,7 @@ class HFRows(DatasetWithTraits):
             table = table.cast_column(input_column, type(feature)(decode=False))
         self.table, self.decode, self.name = table, decode, name
         self.input_column, self.label_column = input_column, label_column
+        self.rows = ParquetRows(input_column, label_column)
         self.classes: list[str] = []
         if label_column is not None:
             label = table.features[label_column]
@@ -119,19 +118,5 @@ class HFRows(DatasetWithTraits):
     def _sample(self, row: int) -> dict[str, Any]:
         """Row ``row`` in the shape of a shard sample: ``{__key__, __url__, <ext>: bytes, cls}``."""
         record = self.table[row]
-        value = record[self.input_column]
-        path = None
-        if isinstance(value, dict):
-            value, path = value.get("bytes"), value.get("path")
-        if not isinstance(value, bytes) or not value:
-            raise BadSampleError(f"{self.name}, row {row}: column {self.input_column!r} holds no file bytes")
-        ext = Path(path).suffix.lower().lstrip(".") if path else ""
-        ext = ext or next((e for magic, e in _MAGIC if value.startswith(magic)), "")
-        if not ext and value[4:8] == b"ftyp":
-            ext = "mp4"
-        if not ext:
-            raise BadSampleError(f"{self.name}, row {row}: cannot tell the file type (no path with an extension)")
-        sample = {"__key__": f"row{row}", "__url__": self.name, ext: value}
-        if self.label_column is not None:
-            sample["cls"] = str(int(record[self.label_column])).encode()
-        return sample
+        label = record[self.label_column] if self.label_column is not None else None
+        return row_sample(record[self.input_column], label, name=self.name, row=row, rows=self.rows)

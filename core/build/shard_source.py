@@ -27,6 +27,7 @@ from anymae.core.build.scratch import (
     coco_sample,
 )
 from anymae.core.config.stream import StreamConfig, stream_config
+from anymae.core.data.parquet import ParquetRows, parquet_classes, parquet_counts, parquet_files
 from anymae.core.data.samples import BadSampleError, DataError
 from anymae.core.data.shards import ShardSet, ShardSplit, ShardStream, read_samples, resolve_shards
 
@@ -63,10 +64,11 @@ def split_dataset(
         return modality.build_dataset(data, tokenizer, split=split)
     assert stream is not None
     key = "data.shards" if split == "train" else "data.heldout_shards"
-    if (split == "train" and stream.hf_dataset) or (split != "train" and stream.hf_heldout):
+    hf_name = stream.hf_dataset if split == "train" else stream.hf_heldout
+    if hf_name and not stream.hf_streaming:
         return hf_split(modality, data, tokenizer, stream, split=split, labelled=labelled, augment=augment,
                         crop_pct=crop_pct)  # fmt: skip
-    shards, mix = _split_shards(stream, split)
+    shards, mix = _split_shards(stream, split, labelled=labelled)
     if labelled and not shards.classes:
         raise DataError(f"{key}: labelled data needs the class names: the shards' {shards.urls[0]} folder has no "
                         "manifest.json with 'classes' (anymae pack --split-by-class writes one)")  # fmt: skip
@@ -80,17 +82,47 @@ def split_dataset(
     return ShardSplit(shards, decode=decode)
 
 
-def _split_shards(stream: StreamConfig, split: str) -> tuple[ShardSet, list[tuple[ShardSet, float]]]:
-    """The shards ``split`` reads, and the weighted sources of a training mix (``data.sources``; else empty)."""
+def _split_shards(
+    stream: StreamConfig, split: str, *, labelled: bool = False
+) -> tuple[ShardSet, list[tuple[ShardSet, float]]]:
+    """The shards ``split`` reads (tar shards, or a table's parquet files with ``data.hf_streaming``), and the
+    weighted sources of a training mix (``data.sources``; else empty)."""
     if split != "train" or not stream.sources:
+        hf_name = stream.hf_dataset if split == "train" else stream.hf_heldout
+        if hf_name:
+            return parquet_shards(stream, hf_name, key=f"data.{'hf_dataset' if split == 'train' else 'hf_heldout'}",
+                                  labelled=labelled), []  # fmt: skip
         return resolve_shards(stream.split_source(split), key="data.shards" if split == "train" else
                               "data.heldout_shards"), []  # fmt: skip
     mix: list[tuple[ShardSet, float]] = []
     for i, entry in enumerate(stream.sources):
         if "hf_dataset" in entry:
-            raise DataError(f"data.sources[{i}]: a mix reads shards; pack the dataset with `anymae pack` first")
-        mix.append((resolve_shards(entry["shards"], key=f"data.sources[{i}].shards"), entry.get("weight", 1.0)))
+            if not stream.hf_streaming:
+                raise DataError(f"data.sources[{i}]: a mix reads shards; pack the dataset with `anymae pack` first, "
+                                "or read its parquet files as shards with data.hf_streaming: true")  # fmt: skip
+            shards = parquet_shards(stream, entry["hf_dataset"], key=f"data.sources[{i}].hf_dataset",
+                                    labelled=labelled)  # fmt: skip
+        else:
+            shards = resolve_shards(entry["shards"], key=f"data.sources[{i}].shards")
+        mix.append((shards, entry.get("weight", 1.0)))
     return _joined([s for s, _ in mix]), mix
+
+
+def parquet_shards(stream: StreamConfig, name: str, *, key: str, labelled: bool) -> ShardSet:
+    """``data.hf_streaming``: the parquet files ``name`` names (a file, a glob or a folder) as shards, one file
+    each, with their row counts and, for labelled data, the label column's class names. A ``save_to_disk``
+    folder (memory-mapped Arrow, read in place) and a hub name (downloaded) are refused, naming the key."""
+    path = Path(name).expanduser()
+    if path.is_dir() and any((path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+        raise DataError(f"{key}: {name} is a `save_to_disk` folder, memory-mapped and read in place without "
+                        "data.hf_streaming; hf_streaming reads parquet files")  # fmt: skip
+    if not path.exists() and not any(c in name for c in "*?["):
+        raise DataError(f"{key}: {name} does not exist: data.hf_streaming reads local parquet files (a hub dataset "
+                        "is read by naming it without hf_streaming: downloaded to the datasets cache)")  # fmt: skip
+    rows = ParquetRows(stream.hf_input_column, stream.hf_label_column if labelled else None)
+    files = parquet_files(name, key=key)
+    counts = parquet_counts(files, key=key)
+    return ShardSet(tuple(files), counts, parquet_classes(files, rows, key=key), key, rows)
 
 
 def _dense_shards(data: Any, split: str, command: str) -> tuple[StreamConfig, ShardSet, list] | None:
@@ -228,7 +260,9 @@ def log_sources(data: Any, *, main: bool = True) -> None:
     for split in ("train", "heldout"):
         source = stream.split_source(split)
         if source is not None:
-            print(f"data: the {split} split reads {_short(source)}", flush=True)
+            how = " (its parquet files as shards: data.hf_streaming)" if stream.hf_streaming and isinstance(
+                source, str) and source in (stream.hf_dataset, stream.hf_heldout) else ""  # fmt: skip
+            print(f"data: the {split} split reads {_short(source)}{how}", flush=True)
 
 
 def _short(source: Any) -> str:

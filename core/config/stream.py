@@ -32,6 +32,9 @@ class StreamConfig:
     hf_heldout: str | None = None  # ... the held-out split (a folder's "test"/"validation" split when it has one)
     hf_input_column: str = "image"  # the column holding the media (bytes, or {"bytes": ...} as datasets stores it)
     hf_label_column: str = "label"  # the column holding the class index (labelled commands)
+    # Read hf_dataset / hf_heldout's parquet files as shards, row by row in file order with pyarrow (no conversion
+    # to an Arrow cache first): the shard machinery (rank x worker split, shuffle buffer, exact resume) applies.
+    hf_streaming: bool = False
 
     def __post_init__(self) -> None:
         if self.shuffle_buffer < 0:
@@ -55,7 +58,7 @@ class StreamConfig:
                     raise ValueError(f"{key} applies to a training split read from shards (shards, sources or "
                                      "hf_dataset); this one reads a folder")  # fmt: skip
         if not (self.hf_dataset or self.hf_heldout or any("hf_dataset" in s for s in self.sources or [])):
-            for key, default in (("hf_input_column", "image"), ("hf_label_column", "label")):
+            for key, default in (("hf_input_column", "image"), ("hf_label_column", "label"), ("hf_streaming", False)):
                 if getattr(self, key) != default:
                     raise ValueError(f"{key} names a column of hf_dataset / hf_heldout, and neither is set")
 

@@ -44,6 +44,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
+from anymae.core.data.parquet import ROW_ERROR, ParquetRows, parquet_samples
 from anymae.core.data.samples import BadSampleError, DataError, DatasetTraits, DatasetWithTraits, sample_seed, seeded
 
 __all__ = [
@@ -73,6 +74,7 @@ class ShardSet:
     counts: tuple[int, ...] | None = None
     classes: tuple[str, ...] = ()
     key: str = "data.shards"
+    rows: ParquetRows | None = None  # parquet files of a ``datasets`` table (data.hf_streaming), not tar files
 
     @property
     def total(self) -> int | None:
@@ -128,18 +130,28 @@ def _manifest_counts(urls: Sequence[str]) -> tuple[tuple[int, ...] | None, tuple
     return tuple(counts), classes
 
 
-def read_samples(urls: Sequence[str], errors: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """The samples of ``urls`` in order (webdataset's opener, tar reader and grouping by key). A shard that cannot
-    be opened or ends early is named in a warning and in ``errors``, and reading goes on with the next one."""
+def read_samples(
+    urls: Sequence[str], errors: list[str] | None = None, *, rows: ParquetRows | None = None
+) -> Iterator[dict[str, Any]]:
+    """The samples of ``urls`` in order (webdataset's opener, tar reader and grouping by key; with ``rows``, the
+    rows of parquet files). A shard that cannot be opened or ends early is named in a warning and in ``errors``,
+    and reading goes on with the next one."""
 
-    def handler(exc: Exception) -> bool:
-        where = next((str(a) for a in reversed(exc.args) if isinstance(a, str) and a in urls), "a shard")
+    def handler(exc: Exception, where: str | None = None) -> bool:
+        where = where or next((str(a) for a in reversed(exc.args) if isinstance(a, str) and a in urls), "a shard")
         message = f"shard {where}: {type(exc).__name__}: {exc.args[0] if exc.args else exc}"
         if errors is not None:
             errors.append(message)
         warnings.warn(f"skipping the rest of {message}", stacklevel=2)
         return True
 
+    if rows is not None:
+        for url in urls:
+            try:
+                yield from parquet_samples(url, rows)
+            except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSError
+                handler(exc, url)
+        return
     for url in urls:
         opened = list(url_opener([{"url": url}], handler=handler))
         if not opened:
@@ -178,7 +190,10 @@ def extract_samples(spec: str | Path, folder: Path) -> list[Path]:
 
 
 def media_parts(sample: dict[str, Any]) -> dict[str, bytes]:
-    """A sample's media parts (name -> bytes): every part but the key, the shard and ``cls``/``json``/``txt``."""
+    """A sample's media parts (name -> bytes): every part but the key, the shard and ``cls``/``json``/``txt``; a
+    table row that holds no readable file raises BadSampleError saying why."""
+    if ROW_ERROR in sample:
+        raise BadSampleError(f"{describe(sample)}: {sample[ROW_ERROR]}")
     return {k: v for k, v in sample.items() if not k.startswith("__") and k not in META_PARTS}
 
 
@@ -441,7 +456,8 @@ class ShardStream(IterableDataset, DatasetWithTraits):
         urls, dealt = self.sources[source].urls, plan.dealt[source]
         order = list(range(len(urls)) if dealt is None else dealt[slot])
         random.Random(sample_seed(self.seed + source, epoch, -1 - rereads)).shuffle(order)
-        for position, sample in enumerate(read_samples([urls[i] for i in order], errors)):
+        rows = self.sources[source].rows
+        for position, sample in enumerate(read_samples([urls[i] for i in order], errors, rows=rows)):
             if dealt is None and position % plan.slots != slot:
                 continue
             yield sample
@@ -508,7 +524,7 @@ class ShardSplit(DatasetWithTraits):
         self.count = shards.total
         if self.count is None:
             print(f"{shards.key}: counting the samples of {len(shards.urls)} shards (no {MANIFEST})", flush=True)
-            self.count = sum(1 for _ in read_samples(shards.urls))
+            self.count = sum(1 for _ in read_samples(shards.urls, rows=shards.rows))
         if self.count == 0:
             raise DataError(f"{shards.key}: the shards hold no samples")
         self.views = views if views is not None else len(self._decode(self._first()))
@@ -519,7 +535,7 @@ class ShardSplit(DatasetWithTraits):
         return DatasetTraits(classes=tuple(self.classes))
 
     def _first(self) -> dict[str, Any]:
-        first = next(iter(read_samples(self.shards.urls[:1])), None)
+        first = next(iter(read_samples(self.shards.urls[:1], rows=self.shards.rows)), None)
         if first is None:
             raise DataError(f"{self.shards.key}: cannot read a sample from {self.shards.urls[0]}")
         return first
@@ -538,7 +554,11 @@ class ShardSplit(DatasetWithTraits):
         reader = self.reader
         # position - 1: the current sample's index
         if reader.samples is None or index < reader.position - 1 or reader.pid != os.getpid():
-            reader.samples, reader.position, reader.current = read_samples(self.shards.urls), 0, None
+            reader.samples, reader.position, reader.current = (
+                read_samples(self.shards.urls, rows=self.shards.rows),
+                0,
+                None,
+            )
             reader.pid = os.getpid()
         while reader.position <= index:
             reader.current = next(reader.samples, None)
