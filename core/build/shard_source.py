@@ -119,6 +119,10 @@ def parquet_shards(stream: StreamConfig, name: str, *, key: str, labelled: bool)
     if not path.exists() and not any(c in name for c in "*?["):
         raise DataError(f"{key}: {name} does not exist: data.hf_streaming reads local parquet files (a hub dataset "
                         "is read by naming it without hf_streaming: downloaded to the datasets cache)")  # fmt: skip
+    try:
+        import pyarrow.parquet  # noqa: F401  (installed with `datasets`)
+    except ImportError:
+        raise DataError(f"{key}: data.hf_streaming needs pyarrow: pip install 'anymae[hf]'") from None
     rows = ParquetRows(stream.hf_input_column, stream.hf_label_column if labelled else None)
     files = parquet_files(name, key=key)
     counts = parquet_counts(files, key=key)
