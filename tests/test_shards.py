@@ -131,13 +131,14 @@ def test_a_shard_sample_decodes_to_the_folder_item_of_its_file(tmp_path: Path) -
         assert torch.equal(shards[i], by_key[key]), key
 
 
-@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+@pytest.mark.parametrize("decode", ["cpu", "gpu", "pil", "labelled"])
 def test_training_jpegs_decode_from_memory_to_the_folder_item_and_other_files_through_a_scratch_file(
     tmp_path: Path, monkeypatch: Any, decode: str
 ) -> None:
     """A training sample's JPEG is decoded from the shard's bytes (no scratch file written) into the item the folder
-    dataset makes of its file for the same seed (crop box, flip, pixels); a PNG still goes through a scratch file;
-    a damaged JPEG is named by shard and key."""
+    dataset makes of its file for the same seed (crop box, flip, pixels; each pre-training decode path, and a
+    labelled set with the linear probe's random crops, labelled from the sample); a PNG still goes through a
+    scratch file; a damaged JPEG is named by shard and key."""
     from anymae.core.build import scratch
     from anymae.core.data.samples import BadSampleError
 
@@ -145,29 +146,38 @@ def test_training_jpegs_decode_from_memory_to_the_folder_item_and_other_files_th
     pack(root / "train", tmp_path / "sh", modality="image", registry=get_registry(), shard_size=6, progress=False)
     model = resolve_model_config({"tokenizer": {"img_size": 32, "patch_size": 8}})
     modality = modality_for(model, registry=get_registry())
-    folder = modality.build_dataset(_image_data(root=str(root), decode=decode), model.tokenizer, split="train")
-    decoder = scratch.ScratchDecoder(modality, _image_data(decode=decode), model.tokenizer, split="train",
-                                     labelled=False, augment=None, crop_pct=1.0)  # fmt: skip
+    labelled = decode == "labelled"
+    keys = {"decode": "cpu" if labelled else decode}
+    augment = {"recipe": "linprobe"} if labelled else None
+    if labelled:
+        folder = modality.build_labelled_dataset(_image_data(root=str(root), **keys), model.tokenizer, split="train",
+                                                 augment=augment)  # fmt: skip
+        files = [f for f, _ in folder.samples]
+    else:
+        folder = modality.build_dataset(_image_data(root=str(root), **keys), model.tokenizer, split="train")
+        files = folder.files
+    decoder = scratch.ScratchDecoder(modality, _image_data(**keys), model.tokenizer, split="train",
+                                     labelled=labelled, augment=augment, crop_pct=1.0)  # fmt: skip
     written: list[Path] = []
     replace = scratch._replace
     monkeypatch.setattr(scratch, "_replace", lambda file, payload: (written.append(file), replace(file, payload)))
     samples = list(wds.WebDataset(str(tmp_path / "sh" / "shard-000000.tar"), shardshuffle=False))
     assert len(samples) == 6
     for sample in samples:
-        file = next(f for f in folder.files if str(f.relative_to(root / "train").with_suffix("")).replace(".", "_")
+        file = next(f for f in files if str(f.relative_to(root / "train").with_suffix("")).replace(".", "_")
                     == sample["__key__"])  # fmt: skip
         before = len(written)
         with seeded(3):
             (got,) = decoder(sample)
         with seeded(3):
-            expected = folder[folder.files.index(file)]
+            expected = folder[files.index(file)]
         if decode == "gpu":
             got, expected = (got.data, got.box, got.flip), (expected.data, expected.box, expected.flip)
-        else:
+        elif not labelled:
             got, expected = (got,), (expected,)
-        assert all(
-            torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(got, expected, strict=True)
-        )
+        assert labelled is False or got[1] == CLASSES.index(file.parent.name)
+        assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+                   for a, b in zip(got, expected, strict=True))  # fmt: skip
         # Only the PNGs were written to a scratch file.
         assert len(written) - before == (file.suffix == ".png"), sample["__key__"]
     jpeg = next(s for s in samples if "jpg" in s)

@@ -186,14 +186,24 @@ class LabelledImages(DatasetWithTraits):
 
     @property
     def traits(self) -> DatasetTraits:
-        return DatasetTraits(classes=tuple(self.classes))
+        return DatasetTraits(classes=tuple(self.classes), from_bytes=self.from_bytes)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        image = self.reader(path)
+        return self._item(self.reader(path), path, label)
+
+    def from_bytes(self, raw: bytes, name: Path) -> list[tuple[torch.Tensor, int]] | None:
+        """The items of a one-sample set whose file holds ``raw`` (a shard sample, JPEGs), with that sample's label;
+        None for other files."""
+        image = self.reader.from_bytes(raw, name)
+        if image is None or len(self.samples) != 1:
+            return None
+        return [self._item(image, name, self.samples[0][1])]
+
+    def _item(self, image: Any, path: Path, label: int) -> tuple[torch.Tensor, int]:
         try:
             return self.transform(image), label
         except BadSampleError as exc:  # a transform's refusal (e.g. RandAugment on 16 bits): name the file

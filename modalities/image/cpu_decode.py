@@ -28,7 +28,7 @@ from torchvision.transforms.v2 import functional as tvf
 
 from anymae.core.data.samples import DatasetTraits
 
-from .data import ImageReader, load_image, pretrain_transform
+from .data import JPEG_EXTENSIONS, ImageReader, load_image, pretrain_transform
 from .device_decode import CropDrawingFiles, is_plain_jpeg, read_header
 
 __all__ = ["TensorDecodedImages"]
@@ -71,7 +71,7 @@ class TensorDecodedImages(CropDrawingFiles):
         return None if items[0] is None else items  # type: ignore[return-value]
 
     def _decodes(self, path: Path) -> bool:
-        return self.reader.photographs and path.suffix.lower() in (".jpg", ".jpeg", ".jpe", ".jfif")
+        return self.reader.photographs and path.suffix.lower() in JPEG_EXTENSIONS
 
     def _decode(self, raw: bytes, path: Path) -> Tensor | None:
         """A JPEG file's bytes -> the cropped, normalized tensor; None when PIL decides (CMYK, truncated, not a

@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 TIFF_EXTENSIONS = (".tif", ".tiff")
+JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")  # 8-bit by definition: read from bytes with no precision check
 ARRAY_EXTENSIONS = (".npy", ".npz")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", *TIFF_EXTENSIONS, ".ppm", ".pgm", *ARRAY_EXTENSIONS)
 BUILTIN_DEMO_ROOT = "builtin:demo_photos"  # the photographs shipped inside the package (demo_photos/)
@@ -241,6 +242,14 @@ class ImageReader:
                 raise BadSampleError(f"cannot read image {path}: {exc}") from None
         return scale_values(self.select(path, read_bands(path, array_layout=self.array_layout)), self.value_range)
 
+    def from_bytes(self, raw: bytes, name: Path) -> Image.Image | None:
+        """A JPEG's bytes (named ``name``) -> the PIL image ``self(path)`` gives for its file; None for other files
+        (their precision is read from the file)."""
+        if not self.photographs or name.suffix.lower() not in JPEG_EXTENSIONS:
+            return None
+        image = load_image(name, self.in_chans, raw)
+        return None if high_bit_mode(image.mode) else image
+
     def select(self, path: Path, array: np.ndarray) -> np.ndarray:
         """``data.bands`` of ``array`` (C, H, W), checked against ``in_chans``."""
         count = array.shape[0]
@@ -330,5 +339,14 @@ class ImageFiles(RepeatedFiles):
         self.transform = transform
         self.reader = reader
 
+    @property
+    def traits(self) -> DatasetTraits:
+        return DatasetTraits(source=self.source, from_bytes=self.from_bytes)
+
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.transform(self.reader(self.files[index % len(self.files)]))
+
+    def from_bytes(self, raw: bytes, name: Path) -> list[torch.Tensor] | None:
+        """The ``len(self)`` items of one JPEG holding ``raw`` (a shard sample); None for other files."""
+        image = self.reader.from_bytes(raw, name)
+        return None if image is None else [self.transform(image) for _ in range(self.repeats)]
