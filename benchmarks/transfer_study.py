@@ -9,16 +9,16 @@ and ``textures`` (the class is the fill pattern, whatever the outline)::
 
     python -m benchmarks.transfer_study data transfer_study               # both sets, 10,000 unlabelled images each
     anymae pretrain demo_image preset=segment_pool                         # the MAE, on both pools: ~40 min
-    python -m benchmarks.transfer_study segment transfer_study --variant shapes --labels 50 --steps 1200 \\
-        --start random --start runs/demo_image_segment_pool/checkpoint-0012.pt
+    python -m benchmarks.transfer_study segment transfer_study --variant shapes --labels 50 --steps 800 \\
+        --start random --start runs/demo_image_segment_pool/checkpoint-0005.pt
     python -m benchmarks.transfer_study report transfer_study --results benchmarks/RESULTS.md
 
 ``segment`` runs ``anymae segment demo_image_segment`` once per ``--start`` (``random``, or a pre-training
 checkpoint) with the first ``--labels`` training images (a list file), ``--steps`` optimizer steps (whole epochs:
-the step count is rounded up to them) and a held-out check at every tenth of the run; ``--set key=value`` (repeatable)
-overrides the recipe (``--set segment.head=linear``). Each run appends a line to ``ROOT/results.jsonl``:
-the last check (steps fixed in advance) and the best one (what the held-out curve would pick, for both starts
-alike). ``report`` turns those lines into the table of ``benchmarks/RESULTS.md``.
+the step count is rounded up to them) and a held-out check at every tenth of the run; ``--set key=value``
+(repeatable) overrides the recipe (``--set segment.head=upernet --set segment.channels=64``). Each run appends a line
+to ``ROOT/results.jsonl``: the last check (steps fixed in advance) and the best one (what the held-out curve would
+pick, for both starts alike). ``report`` turns those lines into the table of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -138,16 +138,16 @@ def main(argv: list[str] | None = None) -> None:
     seg.add_argument("root", type=Path)
     seg.add_argument("--variant", choices=sorted(VARIANTS), default="shapes")
     seg.add_argument("--labels", type=int, default=50, help="the first N labelled training images")
-    seg.add_argument("--steps", type=int, default=1200, help="optimizer steps (rounded up to whole epochs)")
+    seg.add_argument("--steps", type=int, default=800, help="optimizer steps (rounded up to whole epochs)")
     seg.add_argument("--start", action="append", required=True, help="'random' or a pre-training checkpoint")
-    seg.add_argument("--tag", default="upernet", help="a name for the regime in the table")
+    seg.add_argument("--tag", default="linear", help="a name for the regime in the table")
     seg.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an override of demo_image_segment (repeatable), e.g. --set segment.head=linear",
+        help="an override of demo_image_segment (repeatable), e.g. --set segment.head=upernet",
     )
     rep = sub.add_parser("report", help="the table of ROOT/results.jsonl")
     rep.add_argument("root", type=Path)
