@@ -525,6 +525,18 @@ def report(title: str, table: str, *, script: str, results: Path | None) -> None
         write_section(results, machine=device_name(device), script=script, markdown=body)
 
 
+def add_transfer_study_arguments(run: Any, sub: Any, *, tag: str, example: str) -> None:
+    """The arguments the transfer studies share: ``--start`` (repeatable), ``--tag``, ``--set KEY=VALUE`` on the
+    run subcommand ``run``, and the ``report ROOT [--results]`` subcommand on ``sub``."""
+    run.add_argument("--start", action="append", required=True, help="'random' or a pre-training checkpoint")
+    run.add_argument("--tag", default=tag, help="a name for the regime in the table")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help=f"an override of the recipe (repeatable), e.g. --set {example}")  # fmt: skip
+    report = sub.add_parser("report", help="the table of ROOT/results.jsonl")
+    report.add_argument("root", type=Path)
+    report.add_argument("--results", type=Path, default=None, help="write it into this RESULTS.md")
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

@@ -40,7 +40,7 @@ from PIL import Image
 from anymae.modalities.image.data import demo_photos_root, find_images
 from anymae.modalities.image.detect_demo import NUM_TRAIN, SPLITS, make_demo_image
 
-from .common import device_name, machine_header, markdown_table, write_section
+from .common import add_transfer_study_arguments, device_name, machine_header, markdown_table, write_section
 
 BATCH = 8  # demo_image_detect's train.batch_size; the loader drops the last partial batch
 POOL_FIRST_SEED = 1_000_000  # past every seed of the demo's splits (training 0-299, held-out 100,000-100,099)
@@ -181,19 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     det.add_argument(
         "--checks", type=int, default=5, help="a held-out check every 1/N of the run, and at the last step"
     )
-    det.add_argument("--start", action="append", required=True, help="'random' or a pre-training checkpoint")
-    det.add_argument("--tag", default="shipped", help="a name for the regime in the table")
-    det.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an override of demo_image_detect (repeatable), e.g. --set detect.layer_decay=1.0",
-    )
-    rep = sub.add_parser("report", help="the table of ROOT/results.jsonl")
-    rep.add_argument("root", type=Path)
-    rep.add_argument("--results", type=Path, default=None, help="write it into this RESULTS.md")
+    add_transfer_study_arguments(det, sub, tag="shipped", example="detect.layer_decay=1.0")
     args = parser.parse_args(argv)
     if args.command == "data":
         make_pool(args.root, unlabelled=args.unlabelled)

@@ -36,7 +36,7 @@ import torch
 
 from anymae.modalities.image.segment_demo import VARIANTS, write_demo_segment
 
-from .common import device_name, machine_header, markdown_table, write_section
+from .common import add_transfer_study_arguments, device_name, machine_header, markdown_table, write_section
 
 BATCH = 8  # demo_image_segment's train.batch_size; the loader drops the last partial batch
 
@@ -139,19 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     seg.add_argument("--variant", choices=sorted(VARIANTS), default="shapes")
     seg.add_argument("--labels", type=int, default=50, help="the first N labelled training images")
     seg.add_argument("--steps", type=int, default=800, help="optimizer steps (rounded up to whole epochs)")
-    seg.add_argument("--start", action="append", required=True, help="'random' or a pre-training checkpoint")
-    seg.add_argument("--tag", default="linear", help="a name for the regime in the table")
-    seg.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an override of demo_image_segment (repeatable), e.g. --set segment.head=upernet",
-    )
-    rep = sub.add_parser("report", help="the table of ROOT/results.jsonl")
-    rep.add_argument("root", type=Path)
-    rep.add_argument("--results", type=Path, default=None, help="write it into this RESULTS.md")
+    add_transfer_study_arguments(seg, sub, tag="linear", example="segment.head=upernet")
     args = parser.parse_args(argv)
     if args.command == "data":
         make_data(args.root, unlabelled=args.unlabelled)
