@@ -26,8 +26,6 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from anymae.core.data.samples import DatasetTraits
-
 from .data import JPEG_EXTENSIONS, ImageReader, load_image, pretrain_transform
 from .device_decode import CropDrawingFiles, is_plain_jpeg, read_header
 
@@ -51,10 +49,6 @@ class TensorDecodedImages(CropDrawingFiles):
         self.scale = 1.0 / (255.0 * std_t)  # (C, 1, 1): uint8 -> normalized in one multiply-add
         self.shift = -torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
 
-    @property
-    def traits(self) -> DatasetTraits:
-        return DatasetTraits(source=self.source, from_bytes=self.from_bytes)
-
     def __getitem__(self, index: int) -> Tensor:
         path = self.files[index % len(self.files)]
         if not self._decodes(path):
@@ -65,10 +59,10 @@ class TensorDecodedImages(CropDrawingFiles):
     def from_bytes(self, raw: bytes, name: Path) -> list[Tensor] | None:
         """The ``len(self)`` items of one file holding ``raw`` (a shard sample), for plain JPEGs; None for a file
         the PIL path reads."""
-        if not self._decodes(name):
+        first = self._decode(raw, name) if self._decodes(name) else None
+        if first is None:
             return None
-        items = [self._decode(raw, name) for _ in range(self.repeats)]
-        return None if items[0] is None else items  # type: ignore[return-value]
+        return [first] + [self._decode(raw, name) for _ in range(self.repeats - 1)]  # type: ignore[list-item]
 
     def _decodes(self, path: Path) -> bool:
         return self.reader.photographs and path.suffix.lower() in JPEG_EXTENSIONS

@@ -30,6 +30,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -247,8 +248,7 @@ class ImageReader:
         (their precision is read from the file)."""
         if not self.photographs or name.suffix.lower() not in JPEG_EXTENSIONS:
             return None
-        image = load_image(name, self.in_chans, raw)
-        return None if high_bit_mode(image.mode) else image
+        return load_image(name, self.in_chans, raw)  # 8 bits: JPEG has no other depth PIL reads
 
     def select(self, path: Path, array: np.ndarray) -> np.ndarray:
         """``data.bands`` of ``array`` (C, H, W), checked against ``in_chans``."""
@@ -322,11 +322,16 @@ class RepeatedFiles(DatasetWithTraits):
 
     @property
     def traits(self) -> DatasetTraits:
-        return DatasetTraits(source=self.source)
+        return DatasetTraits(source=self.source, from_bytes=self.from_bytes)
 
     def source(self, index: int) -> Path:
         """The file item ``index`` is read from."""
         return self.files[index % len(self.files)]
+
+    def from_bytes(self, raw: bytes, name: Path) -> list[Any] | None:
+        """The ``len(self)`` items of one file holding ``raw`` (a shard sample), decoded in memory; None (here:
+        always) when the file must be read from disk."""
+        return None
 
 
 class ImageFiles(RepeatedFiles):
@@ -338,10 +343,6 @@ class ImageFiles(RepeatedFiles):
         super().__init__(files, repeats=repeats)
         self.transform = transform
         self.reader = reader
-
-    @property
-    def traits(self) -> DatasetTraits:
-        return DatasetTraits(source=self.source, from_bytes=self.from_bytes)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.transform(self.reader(self.files[index % len(self.files)]))

@@ -49,7 +49,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from anymae.core.data.samples import BadSampleError, DataError, DatasetTraits
+from anymae.core.data.samples import BadSampleError, DataError
 
 from .data import (
     ARRAY_EXTENSIONS,
@@ -128,10 +128,6 @@ class EncodedImageFiles(CropDrawingFiles):
     def __init__(self, files: Sequence[Path], *, in_chans: int, **crops: Any) -> None:
         super().__init__(files, **crops)
         self.in_chans = in_chans
-
-    @property
-    def traits(self) -> DatasetTraits:
-        return DatasetTraits(source=self.source, from_bytes=self.from_bytes)
 
     def __getitem__(self, index: int) -> EncodedImage:
         path = self.files[index % len(self.files)]
