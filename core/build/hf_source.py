@@ -18,7 +18,7 @@ from anymae.core.config.stream import StreamConfig
 from anymae.core.data.parquet import ParquetRows, row_sample
 from anymae.core.data.samples import BadSampleError, DataError, DatasetTraits, DatasetWithTraits
 
-__all__ = ["HFRows", "hf_split"]
+__all__ = ["HFRows", "hf_split", "is_saved_dataset"]
 
 _HELDOUT_SPLITS = ("validation", "val", "heldout", "test")
 
@@ -44,6 +44,11 @@ def hf_split(
                   label_column=stream.hf_label_column if labelled else None)  # fmt: skip
 
 
+def is_saved_dataset(path: Path) -> bool:
+    """Whether ``path`` is a folder ``datasets``' ``save_to_disk`` wrote (a Dataset or a DatasetDict)."""
+    return path.is_dir() and any((path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json", "state.json"))
+
+
 def _load(name: str, *, split: str, key: str) -> Any:
     """The table ``name`` names: a ``save_to_disk`` folder (a DatasetDict: its train / validation split), parquet
     files (a file, a glob, or a folder of them), else a dataset on the hub (downloaded: the user named it)."""
@@ -52,7 +57,7 @@ def _load(name: str, *, split: str, key: str) -> Any:
     except ImportError:
         raise DataError(f"{key} needs the `datasets` package: pip install 'anymae[hf]'") from None
     path = Path(name).expanduser()
-    if path.is_dir() and any((path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+    if is_saved_dataset(path):
         table = datasets.load_from_disk(str(path))
     elif name.endswith(".parquet") or (path.is_dir() and any(path.glob("*.parquet"))):
         files = sorted(str(p) for p in path.glob("*.parquet")) if path.is_dir() else name

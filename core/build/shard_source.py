@@ -18,7 +18,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from anymae.core.build.hf_source import hf_split
+from anymae.core.build.hf_source import hf_split, is_saved_dataset
 from anymae.core.build.scratch import (
     DetectScratchDecoder,
     ScratchDecoder,
@@ -113,7 +113,7 @@ def parquet_shards(stream: StreamConfig, name: str, *, key: str, labelled: bool)
     each, with their row counts and, for labelled data, the label column's class names. A ``save_to_disk``
     folder (memory-mapped Arrow, read in place) and a hub name (downloaded) are refused, naming the key."""
     path = Path(name).expanduser()
-    if path.is_dir() and any((path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+    if is_saved_dataset(path):
         raise DataError(f"{key}: {name} is a `save_to_disk` folder, memory-mapped and read in place without "
                         "data.hf_streaming; hf_streaming reads parquet files")  # fmt: skip
     if not path.exists() and not any(c in name for c in "*?["):
